@@ -1,0 +1,1 @@
+"""Site side: the ClientApp, site configuration and site CLI."""

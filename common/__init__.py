@@ -1,0 +1,1 @@
+"""fedward: federated learning for hospitals."""

@@ -1,0 +1,77 @@
+"""The run configuration: `[tool.flwr.app.config]` keys (kebab-case), typed and checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.errors import ConfigError
+from common.privacy import DPConfig
+from common.training import LocalTraining
+
+
+class RunConfig(BaseModel):
+    """Everything the coordinator sets for a run. Defaults equal pyproject.toml's (tested)."""
+
+    model_config = ConfigDict(
+        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, frozen=True
+    )
+
+    task: str = "ckd"
+    num_server_rounds: int = Field(10, ge=1)
+    strategy: str = "fedavg"
+    min_sites: int = Field(2, ge=1)
+    seed: int = 0
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.5, gt=0)
+    model: str = "logreg"
+    dp: bool = True
+    dp_target_epsilon: float = Field(3.0, ge=0)
+    dp_noise_multiplier: float = Field(0.0, ge=0)
+    dp_delta: float = Field(0.0, ge=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, gt=0)
+    dp_accountant: str = "prv"
+    data_root: str = ""
+    partition: str = "iid"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    runs_dir: str = "runs"
+    run_name: str = ""
+    device: str = "auto"
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse Flower's `context.run_config`; unknown keys and bad values raise ConfigError."""
+        known = {f.alias or name for name, f in cls.model_fields.items()}
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise ConfigError(f"unknown run config key(s): {', '.join(unknown)}")
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid run config: {problems}") from exc
+
+    def to_flower(self) -> dict[str, Any]:
+        """Kebab-case dict, as in `[tool.flwr.app.config]`."""
+        return self.model_dump(by_alias=True)
+
+    @property
+    def privacy(self) -> DPConfig:
+        """The DP-SGD settings of this run."""
+        return DPConfig(
+            enabled=self.dp,
+            target_epsilon=self.dp_target_epsilon,
+            noise_multiplier=self.dp_noise_multiplier,
+            delta=self.dp_delta,
+            max_grad_norm=self.dp_max_grad_norm,
+            accountant=self.dp_accountant,
+        )
+
+    def local_training(self, server_round: int, site_index: int) -> LocalTraining:
+        """Local optimisation settings, seeded per run, round and site."""
+        seed = (self.seed * 1_000_003 + server_round * 1_009 + site_index) % (2**31)
+        return LocalTraining(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, seed=seed)

@@ -1,0 +1,1 @@
+"""Site data: validation and loading."""

@@ -1,0 +1,63 @@
+"""Classification metrics at a site, and their exact pooling across sites."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score
+
+BINARY_KEYS = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, ROC AUC, sensitivity, specificity, F1 and log loss, plus the confusion counts.
+
+    AUC is NaN when the split holds a single class; the counts let a server pool the
+    threshold metrics exactly.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = (np.asarray(p_positive) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+    auc = roc_auc_score(y_true, p_positive) if len(np.unique(y_true)) == 2 else math.nan
+    p = np.clip(np.asarray(p_positive, dtype=np.float64), 1e-7, 1 - 1e-7)
+    out = {"roc-auc": float(auc), "loss": float(log_loss(y_true, p, labels=[0, 1]))}
+    out.update({"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)})
+    out.update(_from_counts(tp, fp, tn, fn))
+    return out
+
+
+def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    return {
+        "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def pool_binary(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Overall metrics of several sites' evaluations.
+
+    Threshold metrics come from the summed confusion counts (exact, as if pooled); ROC AUC and
+    loss are averaged weighted by each site's examples, skipping sites where AUC is undefined.
+    """
+    sites = list(per_site)
+    counts = {k: sum(float(s[k]) for s in sites) for k in ("tp", "fp", "tn", "fn")}
+    out = _from_counts(counts["tp"], counts["fp"], counts["tn"], counts["fn"])
+    out["roc-auc"] = weighted_mean(sites, "roc-auc")
+    out["loss"] = weighted_mean(sites, "loss")
+    out["num-examples"] = float(sum(float(s["num-examples"]) for s in sites))
+    return out
+
+
+def weighted_mean(sites: list[dict[str, float]], key: str, weight: str = "num-examples") -> float:
+    """Mean of `key` over sites weighted by `weight`, ignoring NaN values."""
+    pairs = [(float(s[key]), float(s[weight])) for s in sites if key in s and not math.isnan(float(s[key]))]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total > 0 else math.nan

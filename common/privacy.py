@@ -1,0 +1,134 @@
+"""DP-SGD settings and exact ε accounting over the steps a site actually took.
+
+A thin layer over Opacus accountants: the site keeps the history of (noise multiplier, sampling
+rate, steps) of every private step, and ε(δ) is always recomputed from the whole history.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from common.errors import PrivacyError
+
+ACCOUNTANTS = ("prv", "rdp")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """How a site trains privately. `noise_multiplier > 0` wins over `target_epsilon`."""
+
+    enabled: bool = True
+    target_epsilon: float = 3.0
+    noise_multiplier: float = 0.0
+    delta: float = 0.0  # 0 -> 1 / (10 n)
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+
+    def __post_init__(self) -> None:
+        if self.accountant not in ACCOUNTANTS:
+            raise PrivacyError(f"dp-accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.enabled and self.noise_multiplier <= 0 and self.target_epsilon <= 0:
+            raise PrivacyError("set dp-target-epsilon > 0 or dp-noise-multiplier > 0 (or dp = false)")
+        if self.max_grad_norm <= 0:
+            raise PrivacyError(f"dp-max-grad-norm must be > 0, got {self.max_grad_norm}")
+
+
+def resolve_delta(requested: float, num_examples: int) -> float:
+    """δ for a site with `num_examples` training samples: default 1/(10 n), never above 1/n."""
+    if num_examples < 1:
+        raise PrivacyError("a site needs at least one training example to train privately")
+    limit = 1.0 / num_examples
+    if requested <= 0:
+        return limit / 10
+    if requested > limit:
+        raise PrivacyError(
+            f"dp-delta {requested:g} exceeds 1/n = {limit:.3g} for a site with n = {num_examples} "
+            "training examples; choose dp-delta <= 1/n"
+        )
+    return requested
+
+
+def resolve_noise_multiplier(
+    config: DPConfig, *, delta: float, sample_rate: float, planned_steps: int
+) -> float:
+    """σ given directly, or the smallest σ that keeps ε(δ) <= target over `planned_steps`."""
+    if config.noise_multiplier > 0:
+        return config.noise_multiplier
+    return _calibrate(config.target_epsilon, delta, sample_rate, max(1, planned_steps), config.accountant)
+
+
+@lru_cache(maxsize=256)
+def _calibrate(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Binary search of Opacus (seconds with PRV), so cached: a site asks the same every round."""
+    with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" advice
+        warnings.simplefilter("ignore", UserWarning)
+        return float(
+            get_noise_multiplier(
+                target_epsilon=epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
+
+
+@dataclass
+class PrivacyHistory:
+    """Every private step batch a site took: (noise multiplier, sampling rate, steps)."""
+
+    entries: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        """Total number of private steps taken."""
+        return sum(s for _, _, s in self.entries)
+
+    def extend(self, entries: list[tuple[float, float, int]]) -> None:
+        """Append an Opacus accountant's history (merges consecutive equal mechanisms)."""
+        for sigma, q, steps in entries:
+            if self.entries and self.entries[-1][:2] == (sigma, q):
+                last = self.entries.pop()
+                self.entries.append((sigma, q, last[2] + steps))
+            else:
+                self.entries.append((float(sigma), float(q), int(steps)))
+
+    def epsilon(self, delta: float, accountant: str = "prv") -> float:
+        """ε(δ) composed over the whole history with an Opacus accountant (0 when empty)."""
+        return compose_epsilon(self.entries, delta, accountant)
+
+    def to_config(self) -> dict[str, list[float] | list[int]]:
+        """Lists for a Flower ConfigRecord kept in `context.state`."""
+        return {
+            "noise-multiplier": [e[0] for e in self.entries],
+            "sample-rate": [e[1] for e in self.entries],
+            "steps": [e[2] for e in self.entries],
+        }
+
+    @classmethod
+    def from_config(cls, record) -> PrivacyHistory:
+        """Inverse of `to_config`."""
+        if record is None or "steps" not in record:
+            return cls()
+        return cls(
+            [
+                (float(s), float(q), int(n))
+                for s, q, n in zip(record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True)
+            ]
+        )
+
+
+def compose_epsilon(entries: list[tuple[float, float, int]], delta: float, accountant: str = "prv") -> float:
+    """ε(δ) of the composition of `entries` under an Opacus accountant."""
+    if not entries:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in entries]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(acc.get_epsilon(delta=delta))

@@ -1,0 +1,80 @@
+"""The task interface: all that differs between the CKD and tumour models sits behind it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from common.config import RunConfig
+
+
+@dataclass(frozen=True)
+class SiteSource:
+    """Where a site's data lives: a folder of its own, or a partition of shipped data (simulation)."""
+
+    site_id: str
+    data_dir: Path | None = None
+    partition_index: int = 0
+    num_partitions: int = 1
+
+
+@dataclass
+class SiteData:
+    """A site's validated data, split by patient into train and held-out test parts.
+
+    `train` and `test` are task-specific raw containers; `report` lists what was read and what was
+    skipped or blanked, with counts only (it may leave the site).
+    """
+
+    site_id: str
+    train: Any
+    test: Any
+    num_train: int
+    num_test: int
+    report: dict[str, float] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)  # per-file/per-cell reasons; stay at the site
+
+
+class Task(ABC):
+    """One learning problem: data, model, loss, metrics. Client and server only see this."""
+
+    name: str
+
+    @abstractmethod
+    def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
+        """Load, validate and split a site's data."""
+
+    def statistics(self, site: SiteData) -> dict[str, list[float]] | None:
+        """Aggregate statistics the server needs before training (None: no such step)."""
+        return None
+
+    def combine_statistics(self, per_site: list[Mapping[str, Any]]) -> dict[str, list[float]]:
+        """Server side: turn the sites' statistics into the preprocessing every site applies."""
+        return {}
+
+    @abstractmethod
+    def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+        """Model-ready train and test datasets, given the server's shared preprocessing."""
+
+    @abstractmethod
+    def build_model(self, config: RunConfig) -> nn.Module:
+        """A freshly initialised model."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss (mean over the batch)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+        """Metrics of `model` on a site's held-out data; must include `num-examples`."""
+
+    @abstractmethod
+    def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
+        """Overall metrics from per-site evaluations."""

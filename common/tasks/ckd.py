@@ -1,0 +1,122 @@
+"""Chronic kidney disease from routine lab values (UCI CKD schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from common.config import RunConfig
+from common.data.ckd import CkdTable, load_ckd_csv
+from common.data.ckd_schema import NUM_FEATURES
+from common.data.partition import partition_indices
+from common.data.split import stratified_split
+from common.datasets import ckd_csv_path
+from common.errors import DataValidationError
+from common.metrics import binary_metrics, pool_binary
+from common.models import build_tabular_model
+from common.stats import FeatureMoments, Standardiser
+from common.tasks.base import SiteData, SiteSource, Task
+from common.training import predict_proba
+
+
+def find_site_csv(data_dir: Path) -> tuple[Path, Path | None]:
+    """A site folder holds `train.csv` + `test.csv` (pre-split) or exactly one CKD CSV."""
+    train, test = data_dir / "train.csv", data_dir / "test.csv"
+    if train.is_file() and test.is_file():
+        return train, test
+    csvs = sorted(data_dir.glob("*.csv"))
+    if len(csvs) == 1:
+        return csvs[0], None
+    if not csvs:
+        raise DataValidationError(str(data_dir), ["no CSV file found (expected one CKD table)"])
+    names = ", ".join(p.name for p in csvs)
+    raise DataValidationError(
+        str(data_dir), [f"several CSV files ({names}); expected one, or train.csv and test.csv"]
+    )
+
+
+class CkdTask(Task):
+    """Binary CKD / not CKD from 24 lab and clinical features."""
+
+    name = "ckd"
+
+    def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
+        """Validated rows of the site, split stratified by label (each row is one patient)."""
+        if source.data_dir is not None:
+            first, second = find_site_csv(source.data_dir)
+            train = load_ckd_csv(first, strict=False)
+            if second is not None:
+                test = load_ckd_csv(second, strict=False)
+                tables = [train, test]
+            else:
+                tables = [train]
+                train, test = self._split(train, config)
+        else:
+            table = load_ckd_csv(ckd_csv_path(), strict=False)
+            parts = partition_indices(
+                table.y, source.num_partitions, config.partition,
+                alpha=config.dirichlet_alpha, seed=config.seed,
+            )
+            mine = table.subset(parts[source.partition_index])
+            own_rows = set(mine.source_rows.tolist())
+            mine.issues = [i for i in table.issues if i.row in own_rows]
+            tables = [mine]
+            train, test = self._split(mine, config)
+        issues = [i for t in tables for i in t.issues]
+        dropped = sum(len(t.dropped_rows) for t in tables)
+        report = {
+            "rows-read": float(len(train) + len(test) + dropped),
+            "rows-dropped": float(dropped),
+            "cells-blanked": float(len(issues) - dropped),
+        }
+        return SiteData(source.site_id, train, test, len(train), len(test), report, [str(i) for i in issues])
+
+    @staticmethod
+    def _split(table: CkdTable, config: RunConfig) -> tuple[CkdTable, CkdTable]:
+        train_idx, test_idx = stratified_split(
+            table.source_rows, table.y, config.test_fraction, config.seed
+        )
+        return table.subset(train_idx), table.subset(test_idx)
+
+    def statistics(self, site: SiteData) -> dict[str, list[float]]:
+        """Counts, sums and sums of squares of each feature over the site's training rows."""
+        return FeatureMoments.of(site.train.x).to_lists()
+
+    def combine_statistics(self, per_site: list[Mapping[str, Any]]) -> dict[str, list[float]]:
+        """Federated imputation means and scaling deviations."""
+        return Standardiser.combine(FeatureMoments.from_lists(s) for s in per_site).to_config()
+
+    def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+        """Standardised tensors; missing values take the federated mean."""
+        scaler = Standardiser.from_config(shared)
+
+        def tensors(table: CkdTable) -> TensorDataset:
+            return TensorDataset(torch.from_numpy(scaler.apply(table.x)), torch.from_numpy(table.y))
+
+        return tensors(site.train), tensors(site.test)
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        """Logistic regression (default) or a small MLP over the 24 features."""
+        return build_tabular_model(config.model, NUM_FEATURES, 2)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the two classes."""
+        return F.cross_entropy(output, target)
+
+    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+        """Binary metrics and confusion counts on the held-out rows."""
+        probs, labels = predict_proba(model, test, device)
+        out = binary_metrics(labels, probs[:, 1]) if len(labels) else {}
+        out["num-examples"] = float(len(labels))
+        return {k: float(v) for k, v in out.items()}
+
+    def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
+        """Exact pooled threshold metrics; example-weighted AUC and loss."""
+        return pool_binary([s for s in per_site if s.get("num-examples", 0) > 0])
+

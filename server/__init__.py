@@ -1,0 +1,1 @@
+"""Coordinator side: the ServerApp, run directory and coordinator CLI."""

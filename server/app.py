@@ -1,0 +1,100 @@
+"""The fedward ServerApp: statistics step, strategy rounds, run directory."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.tasks import get_task
+from server.rounds import RoundRecorder
+from server.rundir import RunDirectory, default_run_name
+from server.statistics import collect_statistics, wait_for_sites
+from strategies.observed import ObservedStrategy
+from strategies.registry import build_strategy
+
+app = ServerApp()
+log = logging.getLogger("fedward.server")
+
+
+def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Example-weighted train loss; the largest ε of any site."""
+    metrics = [c["metrics"] for c in contents]
+    total = sum(float(m[weighted_by_key]) for m in metrics)
+    losses = [(float(m["train-loss"]), float(m[weighted_by_key])) for m in metrics]
+    loss = sum(v * w for v, w in losses if not math.isnan(v)) / total if total else math.nan
+    return MetricRecord(
+        {"train-loss": loss, "epsilon-max": max(float(m["epsilon"]) for m in metrics), weighted_by_key: total}
+    )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one federated training of the configured task."""
+    started = time.monotonic()
+    config = RunConfig.from_flower(context.run_config)
+    task = get_task(config.task)
+    run = RunDirectory.create(config.runs_dir, config.run_name or default_run_name(config.task))
+    print(f"fedward: run directory {run.path}", flush=True)
+
+    node_ids = wait_for_sites(grid, config.min_sites)
+    sites = collect_statistics(grid, node_ids)
+    shared = task.combine_statistics([s.statistics for s in sites])
+    run.write_json(
+        "config.json",
+        {
+            "run-config": config.to_flower(),
+            "sites": {s.site_id: s.report for s in sites},
+            "flower-run-id": context.run_id,
+        },
+    )
+
+    recorder = RoundRecorder(run, task, sites, config.num_server_rounds)
+
+    def pool(contents: list[RecordDict], _key: str) -> MetricRecord:
+        return MetricRecord(task.pool([dict(c["metrics"]) for c in contents]))
+
+    strategy = ObservedStrategy(
+        build_strategy(
+            config.strategy, num_sites=len(sites), train_metrics=_train_metrics, evaluate_metrics=pool
+        ),
+        on_train=recorder.on_train,
+        on_evaluate=recorder.on_evaluate,
+    )
+    torch.manual_seed(config.seed)
+    initial = task.build_model(config)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(initial.state_dict()),
+        num_rounds=config.num_server_rounds,
+        train_config=ConfigRecord(shared),
+        evaluate_config=ConfigRecord(shared),
+    )
+    run.save_model(result.arrays.to_torch_state_dict())
+    last = recorder.last
+    summary = {
+        "task": config.task,
+        "strategy": config.strategy,
+        "rounds": config.num_server_rounds,
+        "rounds-completed": last.get("round", 0),
+        "dp": config.dp,
+        "overall": last.get("overall", {}),
+        "sites": {
+            site: {
+                "evaluate": (last.get("sites", {}).get(site) or {}).get("evaluate"),
+                "epsilon": recorder.epsilon.get(site),
+                "delta": (recorder.train.get(site) or {}).get("delta"),
+                "privacy-steps": (recorder.train.get(site) or {}).get("privacy-steps"),
+                "data": next(s.report for s in sites if s.site_id == site),
+            }
+            for site in sorted(s.site_id for s in sites)
+        },
+        "wall-seconds": time.monotonic() - started,
+    }
+    run.write_json("summary.json", summary)
+    print(f"fedward: summary written to {run.path / 'summary.json'}", flush=True)

@@ -1,0 +1,63 @@
+"""The run directory: config.json, metrics.jsonl (one object per round), summary.json, model."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by None, recursively; numpy scalars become floats."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+def default_run_name(task: str) -> str:
+    """`<task>-YYYYmmdd-HHMMSS`."""
+    return f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDirectory:
+    """Writes one run's outputs under `<runs-dir>/<run-name>/`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create(cls, runs_dir: str, run_name: str) -> RunDirectory:
+        """Make (or reuse) the directory of a run."""
+        return cls(Path(runs_dir).expanduser().resolve() / run_name)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        """Write `payload` as pretty JSON atomically (temp file, then rename)."""
+        target = self.path / name
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        tmp.write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True) + "\n")
+        tmp.replace(target)
+        return target
+
+    def append_round(self, record: dict[str, Any]) -> None:
+        """Append one round's record to metrics.jsonl."""
+        with (self.path / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+
+    def save_model(self, state_dict: dict[str, torch.Tensor], name: str = "model.pt") -> Path:
+        """Save the global model's state dict."""
+        target = self.path / name
+        torch.save(state_dict, target)
+        return target

@@ -1,0 +1,1 @@
+"""Multi-site simulations on one machine."""

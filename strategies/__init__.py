@@ -1,0 +1,1 @@
+"""Aggregation strategies built on flwr.serverapp.strategy."""

@@ -1,0 +1,56 @@
+"""A strategy wrapper that shows each round's per-site replies to an observer.
+
+Built like Flower's DP wrappers: it delegates every step to the wrapped strategy, so any
+`flwr.serverapp.strategy` class can be observed without subclassing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+RoundObserver = Callable[[int, list[Message], MetricRecord | None], None]
+
+
+class ObservedStrategy(Strategy):
+    """Delegates to `inner`; calls `on_train` / `on_evaluate` with the round's replies."""
+
+    def __init__(self, inner: Strategy, on_train: RoundObserver, on_evaluate: RoundObserver) -> None:
+        self.inner = inner
+        self.on_train = on_train
+        self.on_evaluate = on_evaluate
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As the wrapped strategy."""
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate with the wrapped strategy, then report the replies."""
+        replies = list(replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        self.on_train(server_round, replies, metrics)
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As the wrapped strategy."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate with the wrapped strategy, then report the replies."""
+        replies = list(replies)
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        self.on_evaluate(server_round, replies, metrics)
+        return metrics
+
+    def summary(self) -> None:
+        """As the wrapped strategy."""
+        self.inner.summary()
