@@ -40,9 +40,7 @@ def statistics(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             "statistics": MetricRecord({**stats, "num-examples": site.num_train}),
-            "report": MetricRecord(
-                {**site.report, "num-train": site.num_train, "num-test": site.num_test}
-            ),
+            "report": MetricRecord({**site.report, "num-train": site.num_train, "num-test": site.num_test}),
             "site": ConfigRecord({"site-id": source.site_id}),
         }
     )

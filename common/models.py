@@ -23,9 +23,7 @@ class TabularMLP(nn.Module):
 
     def __init__(self, num_features: int, num_classes: int = 2, hidden: int = 32) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes)
-        )
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
 
     def forward(self, x):
         return self.net(x)

@@ -118,7 +118,9 @@ class PrivacyHistory:
         return cls(
             [
                 (float(s), float(q), int(n))
-                for s, q, n in zip(record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True)
+                for s, q, n in zip(
+                    record["noise-multiplier"], record["sample-rate"], record["steps"], strict=True
+                )
             ]
         )
 

@@ -114,7 +114,9 @@ def train_model(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu", batch_size: int = 256):
+def predict_proba(
+    model: nn.Module, dataset: Dataset, device: torch.device | str = "cpu", batch_size: int = 256
+):
     """Class probabilities (n, k) and labels (n,) of `dataset`."""
     model.to(device).eval()
     probs, labels = [], []

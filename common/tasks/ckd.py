@@ -60,8 +60,11 @@ class CkdTask(Task):
         else:
             table = load_ckd_csv(ckd_csv_path(), strict=False)
             parts = partition_indices(
-                table.y, source.num_partitions, config.partition,
-                alpha=config.dirichlet_alpha, seed=config.seed,
+                table.y,
+                source.num_partitions,
+                config.partition,
+                alpha=config.dirichlet_alpha,
+                seed=config.seed,
             )
             mine = table.subset(parts[source.partition_index])
             own_rows = set(mine.source_rows.tolist())
@@ -79,9 +82,7 @@ class CkdTask(Task):
 
     @staticmethod
     def _split(table: CkdTable, config: RunConfig) -> tuple[CkdTable, CkdTable]:
-        train_idx, test_idx = stratified_split(
-            table.source_rows, table.y, config.test_fraction, config.seed
-        )
+        train_idx, test_idx = stratified_split(table.source_rows, table.y, config.test_fraction, config.seed)
         return table.subset(train_idx), table.subset(test_idx)
 
     def statistics(self, site: SiteData) -> dict[str, list[float]]:
@@ -119,4 +120,3 @@ class CkdTask(Task):
     def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
         """Exact pooled threshold metrics; example-weighted AUC and loss."""
         return pool_binary([s for s in per_site if s.get("num-examples", 0) > 0])
-

@@ -1,0 +1,30 @@
+"""The `fedward` command: one sub-command group per role."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from common.errors import FedwardError
+from simulations.cli import app as sim_app
+
+app = typer.Typer(
+    help="fedward: federated learning for hospitals.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(sim_app, name="sim")
+
+
+def main() -> None:
+    """Console entry point: errors meant for people print without a traceback unless --debug."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except FedwardError as exc:
+        if debug:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        sys.exit(2)

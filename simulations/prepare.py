@@ -1,0 +1,43 @@
+"""Lay out simulated sites on disk: one folder per site with its own train and test CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from common.data.ckd import load_ckd_csv
+from common.data.partition import partition_indices
+from common.data.split import stratified_split
+from common.datasets import ckd_csv_path
+
+
+def prepare_ckd_sites(
+    out_dir: Path,
+    num_sites: int,
+    partition: str,
+    *,
+    alpha: float = 0.5,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    source: Path | None = None,
+) -> list[Path]:
+    """Partition the CKD table into `out_dir/site-<i>/{train,test}.csv`.
+
+    Rows are copied verbatim from the source file (a site sees the same raw format a hospital
+    export has); each site's held-out split is stratified by label.
+    """
+    source = source or ckd_csv_path()
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    table = load_ckd_csv(source, strict=False)
+    parts = partition_indices(table.y, num_sites, partition, alpha=alpha, seed=seed)
+    folders = []
+    for i, part in enumerate(parts):
+        rows = table.source_rows[part] - 1
+        train, test = stratified_split(rows, table.y[part], test_fraction, seed)
+        folder = out_dir / f"site-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        raw.iloc[rows[train]].to_csv(folder / "train.csv", index=False)
+        raw.iloc[rows[test]].to_csv(folder / "test.csv", index=False)
+        folders.append(folder)
+    return folders

@@ -1,0 +1,150 @@
+"""Run the fedward app on Flower's simulation runtime through a SuperLink this process owns.
+
+`flwr run` is Flower's supported way to launch an app; we start the simulation SuperLink ourselves
+(runtime dependency installation off, so nothing is downloaded) and stop it when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedwardError
+
+FEDERATION = "fedward-sim"
+
+
+def app_dir() -> Path:
+    """The fedward app folder (the one holding pyproject.toml)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise FedwardError(f"no pyproject.toml in {root}: run fedward from a source checkout")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(found).exists():
+        raise FedwardError(f"'{name}' not found next to {sys.executable}; is flwr installed?")
+    return found
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FedwardError(f"the simulation SuperLink exited with code {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise FedwardError(f"the simulation SuperLink did not open port {port} within {timeout:.0f} s")
+
+
+def run_simulation(
+    run_config: Mapping[str, Any],
+    num_sites: int,
+    *,
+    cpus_per_site: int = 1,
+    log_file: Path | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run the app with `num_sites` simulated SuperNodes and the given run-config overrides.
+
+    Streams the run's log to `log_file`; prints fedward's progress lines and errors (every line
+    with `verbose`). Returns when the run has ended.
+    """
+    work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(work / "flwr"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+        # the SuperLink launches flower-superexec by name: make this environment's tools visible
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    (work / "flwr").mkdir()
+    (work / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "{FEDERATION}"\n\n'
+        f'[superlink.{FEDERATION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    config_file = work / "run-config.toml"
+    config_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
+    superlink_log = (log_file.with_name("superlink.log") if log_file else work / "superlink.log").open("w")
+    superlink = subprocess.Popen(
+        [
+            _tool("flower-superlink"), "--insecure", "--simulation",
+            "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
+            "--database", str(work / "state.db"), "--disable-runtime-dependency-installation",
+        ],
+        env=env, stdout=superlink_log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port, superlink)
+        federation = (
+            f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
+            "client-resources-num-gpus=0.0"
+        )
+        command = [
+            _tool("flwr"), "run", str(app_dir()), FEDERATION, "--stream",
+            "--federation-config", federation, "--run-config", str(config_file),
+        ]  # fmt: skip
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            sink = log_file.open("a") if log_file else None
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    if sink:
+                        sink.write(line)
+                    if verbose or _worth_showing(line):
+                        print(line, end="", flush=True)
+            finally:
+                if sink:
+                    sink.close()
+        if proc.returncode != 0:
+            raise FedwardError(f"`flwr run` failed with exit code {proc.returncode}")
+    finally:
+        _stop(superlink)
+        superlink_log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _worth_showing(line: str) -> bool:
+    return line.startswith(("round ", "fedward:")) or "ERROR" in line or "Error" in line
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the SuperLink and everything it started (its own process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
