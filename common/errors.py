@@ -28,7 +28,8 @@ class CellIssue:
     expected: str
 
     def __str__(self) -> str:
-        return f"{self.file}: row {self.row}, column '{self.column}': got {self.value!r}, expected {self.expected}"
+        where = f"{self.file}: row {self.row}, column '{self.column}'"
+        return f"{where}: got {self.value!r}, expected {self.expected}"
 
 
 class DataValidationError(FedwardError):
