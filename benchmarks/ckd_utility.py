@@ -1,0 +1,172 @@
+"""CKD utility: pooled vs local-only vs federated, without DP and with DP at several ε.
+
+5 sites, Dirichlet(α) label skew, several seeds. Federated runs go through the real Flower simulation
+runtime (`fedward sim` path); pooled and local-only baselines train the same model with the same loop
+and the same number of epochs in-process. Prints a table and writes JSON (and a Markdown table).
+
+    python benchmarks/ckd_utility.py --seeds 5 --out benchmarks/results/ckd_utility.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import RunConfig
+from common.data.ckd import CkdTable
+from common.tasks import SiteData, SiteSource, get_task
+from common.training import train_model
+from simulations.prepare import prepare_ckd_sites
+from simulations.runner import run_simulation
+
+
+def _concat(tables: list[CkdTable]) -> CkdTable:
+    return CkdTable(
+        np.concatenate([t.x for t in tables]),
+        np.concatenate([t.y for t in tables]),
+        np.concatenate([t.source_rows for t in tables]),
+        "pooled",
+    )
+
+
+def _centralised(config: RunConfig, site: SiteData) -> dict[str, float]:
+    """Train one model on one site's data (no DP) for rounds x local epochs; evaluate on its test split."""
+    task = get_task("ckd")
+    shared = task.combine_statistics([task.statistics(site)])
+    train, test = task.datasets(site, shared)
+    torch.manual_seed(config.seed)
+    model = task.build_model(config)
+    for rnd in range(1, config.num_server_rounds + 1):
+        train_model(model, train, task.loss, config.local_training(rnd, 0), None)
+    return task.evaluate(model, test, torch.device("cpu"))
+
+
+def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
+    """All arms of the comparison for one seed."""
+    task = get_task("ckd")
+    data_root = work / f"seed-{seed}" / "sites"
+    prepare_ckd_sites(data_root, args.sites, "dirichlet", alpha=args.alpha, seed=seed)
+    base = RunConfig(
+        num_server_rounds=args.rounds,
+        seed=seed,
+        model=args.model,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        min_sites=args.sites,
+        data_root=str(data_root),
+        partition="dirichlet",
+        dirichlet_alpha=args.alpha,
+        runs_dir=str(work / "runs"),
+    )
+    sites = [
+        task.load_site(SiteSource(f"site-{i}", data_root / f"site-{i}"), base) for i in range(args.sites)
+    ]
+    out: dict[str, dict[str, float]] = {}
+
+    t0 = time.perf_counter()
+    pooled = SiteData(
+        "pooled",
+        _concat([s.train for s in sites]),
+        _concat([s.test for s in sites]),
+        sum(s.num_train for s in sites),
+        sum(s.num_test for s in sites),
+    )
+    out["pooled"] = {**_centralised(base, pooled), "seconds": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    local = [_centralised(base, s) for s in sites]
+    out["local-only"] = {
+        "accuracy": float(np.mean([m["accuracy"] for m in local])),
+        "roc-auc": float(np.nanmean([m["roc-auc"] for m in local])),
+        "seconds": time.perf_counter() - t0,
+    }
+
+    arms = [("federated", False, 0.0)] + [(f"federated-dp-eps{e:g}", True, e) for e in args.epsilons]
+    for name, dp, eps in arms:
+        run_name = f"{name}-seed{seed}"
+        config = base.model_copy(update={"dp": dp, "dp_target_epsilon": eps or 3.0, "run_name": run_name})
+        t0 = time.perf_counter()
+        run_simulation(config.to_flower(), args.sites, log_file=work / f"{run_name}.log")
+        summary = json.loads((work / "runs" / run_name / "summary.json").read_text())
+        eps_spent = [s["epsilon"] for s in summary["sites"].values()]
+        out[name] = {
+            "accuracy": summary["overall"]["accuracy"],
+            "roc-auc": summary["overall"]["roc-auc"],
+            "epsilon-max": max(eps_spent) if dp else None,
+            "seconds": time.perf_counter() - t0,
+            "server-seconds": summary["wall-seconds"],
+        }
+        print(f"seed {seed} {name}: {out[name]}", flush=True)
+    return out
+
+
+def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Mean and sd over seeds of each arm's accuracy, AUC and seconds."""
+    table = {}
+    for arm in per_seed[0]:
+        row = {}
+        for key in ("accuracy", "roc-auc", "seconds"):
+            values = [s[arm][key] for s in per_seed if s[arm].get(key) is not None]
+            row[f"{key}-mean"] = statistics.fmean(values)
+            row[f"{key}-sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        table[arm] = row
+    return table
+
+
+def markdown(table: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    """The BENCHMARKS.md table."""
+    lines = [
+        f"CKD, {args.sites} sites, Dirichlet α = {args.alpha}, {args.rounds} rounds, model {args.model}, "
+        f"lr {args.lr}, batch {args.batch_size}, {args.seeds} seeds (mean ± sd)",
+        "",
+        "| arm | accuracy | ROC AUC | wall s |",
+        "|---|---|---|---|",
+    ]
+    for arm, row in table.items():
+        lines.append(
+            f"| {arm} | {row['accuracy-mean']:.4f} ± {row['accuracy-sd']:.4f} "
+            f"| {row['roc-auc-mean']:.4f} ± {row['roc-auc-sd']:.4f} | {row['seconds-mean']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Parse options, run every seed, print and write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--sites", type=int, default=5)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=RunConfig().num_server_rounds)
+    parser.add_argument("--model", default=RunConfig().model)
+    parser.add_argument("--lr", type=float, default=RunConfig().lr)
+    parser.add_argument("--batch-size", type=int, default=RunConfig().batch_size)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ckd_utility.json"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedward-bench-") as tmp:
+        per_seed = [run_seed(seed, args, Path(tmp)) for seed in range(args.seeds)]
+    table = summarise(per_seed)
+    text = markdown(table, args)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "ckd_utility",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "per-seed": per_seed,
+        "summary": table,
+        "wall-seconds": time.perf_counter() - started,
+    }
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
