@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 
 from common.errors import FedwardError
+from server.cli import provision_command
 from simulations.cli import app as sim_app
 
 app = typer.Typer(
     help="fedward: federated learning for hospitals.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(sim_app, name="sim")
+app.command("provision")(provision_command)
 
 
 def main() -> None:
