@@ -120,11 +120,11 @@ def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
     return table
 
 
-def markdown(table: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def markdown(table: dict[str, dict[str, float]], args: argparse.Namespace, seeds: int) -> str:
     """The BENCHMARKS.md table."""
     lines = [
         f"CKD, {args.sites} sites, Dirichlet α = {args.alpha}, {args.rounds} rounds, model {args.model}, "
-        f"lr {args.lr}, batch {args.batch_size}, {args.seeds} seeds (mean ± sd)",
+        f"lr {args.lr}, batch {args.batch_size}, {seeds} seeds (mean ± sd)",
         "",
         "| arm | accuracy | ROC AUC | wall s |",
         "|---|---|---|---|",
@@ -151,21 +151,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ckd_utility.json"))
     args = parser.parse_args()
     started = time.perf_counter()
+    per_seed: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="fedward-bench-") as tmp:
-        per_seed = [run_seed(seed, args, Path(tmp)) for seed in range(args.seeds)]
+        for seed in range(args.seeds):
+            per_seed.append(run_seed(seed, args, Path(tmp)))
+            write(per_seed, args, time.perf_counter() - started)  # partial results survive a stop
+    print(markdown(summarise(per_seed), args, len(per_seed)))
+
+
+def write(per_seed: list[dict[str, dict[str, float]]], args: argparse.Namespace, seconds: float) -> None:
+    """Write the JSON results and the Markdown table for the seeds done so far."""
     table = summarise(per_seed)
-    text = markdown(table, args)
-    print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "ckd_utility",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "seeds-done": len(per_seed),
         "per-seed": per_seed,
         "summary": table,
-        "wall-seconds": time.perf_counter() - started,
+        "wall-seconds": seconds,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".md").write_text(markdown(table, args, len(per_seed)))
 
 
 if __name__ == "__main__":

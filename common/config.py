@@ -27,7 +27,7 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.5, gt=0)
-    model: str = "logreg"
+    model: str = "mlp"
     dp: bool = True
     dp_target_epsilon: float = Field(3.0, ge=0)
     dp_noise_multiplier: float = Field(0.0, ge=0)
