@@ -4,6 +4,7 @@ Rows live in `<state_dir>/privacy-ledger.sqlite`, keyed by a fingerprint of the 
 never stored: it is recomputed over the whole history with an Opacus accountant
 (`common.privacy.compose_epsilon`). The database runs in WAL mode and every write is one
 `BEGIN IMMEDIATE` transaction, so restarts and concurrent runs on the same site lose no rows.
+Listing and recording do not import Opacus; only ε computations do.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError, PrivacyError
-from common.privacy import ACCOUNTANTS, PrivacyHistory
+
+if TYPE_CHECKING:
+    from common.privacy import PrivacyHistory
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 _MANIFEST_VERSION = b"fedward-manifest-v1\n"
@@ -115,9 +120,28 @@ class PrivacyLedger:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
+        try:
+            db.execute("PRAGMA synchronous = FULL")
+            self._ensure_wal(db)
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _ensure_wal(self, db: sqlite3.Connection) -> None:
+        """Switch a new ledger to WAL. SQLite does not wait on the lock this needs, so retry here:
+        processes that open a fresh ledger together would otherwise fail with 'database is locked'."""
+        deadline = time.monotonic() + self._timeout
+        while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            if mode != "wal":
+                raise ConfigError(f"{self.path}: the file system does not support SQLite's WAL mode")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -141,9 +165,11 @@ class PrivacyLedger:
         accountant: str,
         task: str,
     ) -> None:
-        """Append one row per (noise multiplier, sampling rate, steps) entry, all in one transaction."""
-        if accountant not in ACCOUNTANTS:
-            raise PrivacyError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+        """Append one row per (noise multiplier, sampling rate, steps) entry, all in one transaction.
+
+        `delta` and `accountant` are what the run reported its ε with; they are kept for the
+        history listing only: `spent` and `project` compose under the δ and accountant they are given.
+        """
         if not 0 < delta < 1:
             raise PrivacyError(f"delta must be in (0, 1), got {delta}")
         for sigma, q, steps in entries:
@@ -163,6 +189,8 @@ class PrivacyLedger:
 
     def history(self, fingerprint: str) -> PrivacyHistory:
         """All steps on the data set, equal mechanisms merged (composition does not depend on order)."""
+        from common.privacy import PrivacyHistory  # Opacus and torch load in seconds: only when needed
+
         with closing(self._connect()) as db:
             grouped = db.execute(
                 "SELECT noise_multiplier, sample_rate, SUM(steps) FROM steps WHERE fingerprint = ? "
