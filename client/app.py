@@ -5,16 +5,19 @@ Only model arrays and aggregate numbers leave the site: feature moments, metrics
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site import load_site, site_source
+from client.budget import SiteBudget
+from client.site import load_site, site_privacy, site_source
 from common.config import RunConfig
 from common.device import pick_device
-from common.privacy import PrivacyHistory, resolve_delta
+from common.privacy import PrivacyHistory
 from common.tasks import get_task
 from common.training import train_model
 
@@ -22,6 +25,7 @@ app = ClientApp()
 log = logging.getLogger("fedward.client")
 
 PRIVACY_STATE = "privacy"
+REFUSED = 4030  # error code of a round the site's privacy policy refuses
 
 
 def _setup(context: Context):
@@ -49,35 +53,47 @@ def statistics(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One round of local (DP-SGD) training from the global model."""
+    """One round of local (DP-SGD) training from the global model, unless the site's policy or
+    lifetime budget refuses it: then an error reply with the reason, and no training step."""
     config, task, source, site = _setup(context)
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
+    budget = SiteBudget(site_privacy(context, config), site.files)
+    history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
+    plan = budget.plan(config, site.num_train)
+    reason = budget.refusal(config, plan, site.num_train, history)
+    if reason is not None:
+        log.warning("site %s refuses round %d: %s", source.site_id, server_round, reason)
+        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
+
     device = pick_device(config.device)
     train_set, _ = task.datasets(site, shared)
     model = task.build_model(config)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-
-    history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
-    delta = resolve_delta(config.dp_delta, site.num_train) if config.dp else 0.0
+    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
     outcome = train_model(
         model,
         train_set,
         task.loss,
         config.local_training(server_round, source.partition_index),
-        config.privacy if config.dp else None,
-        delta=delta,
-        planned_rounds=config.num_server_rounds,
+        dp,
         device=device,
     )
     history.extend(outcome.privacy_steps)
+    delta = plan.delta if plan else 0.0
     context.state[PRIVACY_STATE] = ConfigRecord({**history.to_config(), "delta": delta})
-    epsilon = history.epsilon(delta, config.dp_accountant) if config.dp else 0.0
-
+    if plan is not None:
+        budget.record(str(context.run_id), server_round, outcome.privacy_steps, plan, config)
+        epsilon = history.epsilon(delta, config.dp_accountant)
+        lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
+    else:
+        epsilon = lifetime = math.inf
     metrics = {
         "num-examples": outcome.num_examples,
         "train-loss": outcome.loss,
-        "epsilon": epsilon,
+        "epsilon": epsilon,  # this run
+        "epsilon-lifetime": lifetime,  # every run on this data set (ledger), else this run
+        "epsilon-cap": budget.cap(),
         "delta": delta,
         "noise-multiplier": outcome.noise_multiplier,
         "steps": outcome.steps,

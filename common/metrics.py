@@ -22,6 +22,8 @@ def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, threshold: float 
     threshold metrics exactly.
     """
     y_true = np.asarray(y_true).astype(int)
+    if len(y_true) == 0:  # same keys as always, so replies stay consistent across sites
+        return {**dict.fromkeys(BINARY_KEYS, math.nan), "tp": 0, "fp": 0, "tn": 0, "fn": 0}
     y_pred = (np.asarray(p_positive) >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     auc = roc_auc_score(y_true, p_positive) if len(np.unique(y_true)) == 2 else math.nan
@@ -61,3 +63,60 @@ def weighted_mean(sites: list[dict[str, float]], key: str, weight: str = "num-ex
     pairs = [(float(s[key]), float(s[weight])) for s in sites if key in s and not math.isnan(float(s[key]))]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total > 0 else math.nan
+
+
+def _confusion_keys(site: dict[str, float]) -> list[tuple[int, int]]:
+    return [tuple(map(int, k[3:].split("-"))) for k in site if k.startswith("cm-")]
+
+
+def _from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro sensitivity, specificity and F1 of a k x k confusion matrix (rows = truth)."""
+    total = cm.sum()
+    tp = np.diag(cm).astype(float)
+    fn = cm.sum(axis=1) - tp
+    fp = cm.sum(axis=0) - tp
+    tn = total - tp - fn - fp
+
+    def macro(num: np.ndarray, den: np.ndarray) -> float:
+        ok = den > 0
+        return float(np.mean(num[ok] / den[ok])) if ok.any() else math.nan
+
+    return {
+        "accuracy": _ratio(float(tp.sum()), float(total)),
+        "sensitivity": macro(tp, tp + fn),  # balanced accuracy
+        "specificity": macro(tn, tn + fp),
+        "f1": macro(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro sensitivity/specificity/F1, macro one-vs-rest ROC AUC and log loss of (n, k)
+    probabilities, plus the confusion counts `cm-<true>-<predicted>` for exact pooling."""
+    y_true = np.asarray(y_true).astype(int)
+    k = probs.shape[1]
+    cm = confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(k)))
+    present = len(np.unique(y_true)) == k
+    auc = roc_auc_score(y_true, probs, multi_class="ovr", labels=list(range(k))) if present else math.nan
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1.0)
+    p = p / p.sum(axis=1, keepdims=True)
+    out: dict[str, float] = {"roc-auc": float(auc), "loss": float(log_loss(y_true, p, labels=list(range(k))))}
+    out.update({f"cm-{i}-{j}": int(cm[i, j]) for i in range(k) for j in range(k)})
+    out.update(_from_confusion(cm))
+    return out
+
+
+def pool_multiclass(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Overall metrics from summed confusion counts (exact); AUC and loss example-weighted."""
+    sites = list(per_site)
+    cells = {c for s in sites for c in _confusion_keys(s)}
+    k = max((max(i, j) for i, j in cells), default=-1) + 1
+    cm = np.zeros((k, k))
+    for s in sites:
+        for i, j in _confusion_keys(s):
+            cm[i, j] += float(s[f"cm-{i}-{j}"])
+    out = _from_confusion(cm) if k else {}
+    out["roc-auc"] = weighted_mean(sites, "roc-auc")
+    out["loss"] = weighted_mean(sites, "loss")
+    out["num-examples"] = float(sum(float(s["num-examples"]) for s in sites))
+    out.update({f"cm-{i}-{j}": float(cm[i, j]) for i in range(k) for j in range(k)})
+    return out

@@ -12,7 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config import RunConfig
 from common.tasks import get_task
-from server.rounds import RoundRecorder
+from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
 from server.statistics import collect_statistics, wait_for_sites
 from strategies.observed import ObservedStrategy
@@ -54,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
 
-    recorder = RoundRecorder(run, task, sites, config.num_server_rounds)
+    recorder = RoundRecorder(run, task, sites, config.num_server_rounds, config.min_sites)
 
     def pool(contents: list[RecordDict], _key: str) -> MetricRecord:
         return MetricRecord(task.pool([dict(c["metrics"]) for c in contents]))
@@ -68,14 +68,20 @@ def main(grid: Grid, context: Context) -> None:
     )
     torch.manual_seed(config.seed)
     initial = task.build_model(config)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(initial.state_dict()),
-        num_rounds=config.num_server_rounds,
-        train_config=ConfigRecord(shared),
-        evaluate_config=ConfigRecord(shared),
-    )
-    run.save_model(result.arrays.to_torch_state_dict())
+    final = ArrayRecord(initial.state_dict())
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=final,
+            num_rounds=config.num_server_rounds,
+            train_config=ConfigRecord(shared),
+            evaluate_config=ConfigRecord(shared),
+        )
+        final = result.arrays
+    except RunStopped as stop:
+        print(f"fedward: run stopped: {stop}", flush=True)
+        final = recorder.arrays or final
+    run.save_model(final.to_torch_state_dict())
     last = recorder.last
     summary = {
         "task": config.task,
@@ -83,11 +89,14 @@ def main(grid: Grid, context: Context) -> None:
         "rounds": config.num_server_rounds,
         "rounds-completed": last.get("round", 0),
         "dp": config.dp,
+        "stopped": recorder.stop_reason,
         "overall": last.get("overall", {}),
         "sites": {
             site: {
                 "evaluate": (last.get("sites", {}).get(site) or {}).get("evaluate"),
                 "epsilon": recorder.epsilon.get(site),
+                **recorder.budget.get(site, {}),
+                "refused": recorder.refusals.get(site),
                 "delta": (recorder.train.get(site) or {}).get("delta"),
                 "privacy-steps": (recorder.train.get(site) or {}).get("privacy-steps"),
                 "data": next(s.report for s in sites if s.site_id == site),

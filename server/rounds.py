@@ -6,23 +6,34 @@ import math
 import time
 from typing import Any
 
-from flwr.app import Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.tasks import Task
 from server.rundir import RunDirectory
 from server.statistics import SiteInfo
 
 
+class RunStopped(Exception):
+    """Too few sites trained in a round: the run ends cleanly after it."""
+
+
 class RoundRecorder:
     """Collects each round's replies by site and appends them to metrics.jsonl."""
 
-    def __init__(self, run: RunDirectory, task: Task, sites: list[SiteInfo], num_rounds: int) -> None:
+    def __init__(
+        self, run: RunDirectory, task: Task, sites: list[SiteInfo], num_rounds: int, min_sites: int
+    ) -> None:
         self.run = run
+        self.min_sites = min_sites
+        self.arrays: ArrayRecord | None = None
+        self.budget: dict[str, dict[str, float]] = {}
+        self.refusals: dict[str, str] = {}
         self.task = task
         self.num_rounds = num_rounds
         self.site_of = {s.node_id: s.site_id for s in sites}
         self.train: dict[str, dict[str, float]] = {}
         self.train_failed: list[str] = []
+        self.stop_reason: str | None = None
         self.epsilon: dict[str, float] = {}
         self.last: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -38,11 +49,32 @@ class RoundRecorder:
                 ok[site] = dict(reply.content["metrics"])
         return ok, failed
 
-    def on_train(self, server_round: int, replies: list[Message], _agg: MetricRecord | None) -> None:
-        """Keep the round's training metrics and each site's ε so far."""
+    def on_train(
+        self, server_round: int, replies: list[Message], arrays: ArrayRecord | None, _agg: MetricRecord | None
+    ) -> None:
+        """Keep the round's training metrics, each site's ε (run, lifetime, cap, left) and refusals."""
         self.train, self.train_failed = self._by_site(replies)
+        if arrays is not None:
+            self.arrays = arrays
         for site, metrics in self.train.items():
             self.epsilon[site] = float(metrics["epsilon"])
+            lifetime, cap = float(metrics["epsilon-lifetime"]), float(metrics["epsilon-cap"])
+            self.budget[site] = {
+                "epsilon-lifetime": lifetime,
+                "epsilon-cap": cap,
+                "epsilon-left": cap - lifetime,
+            }
+        for failure in self.train_failed:
+            site, _, reason = failure.partition(": ")
+            self.refusals.setdefault(site, f"round {server_round}: {reason}")
+            print(f"fedward: {site} did not train in round {server_round}: {reason}", flush=True)
+        if len(self.train) < self.min_sites:
+            self.stop_reason = (
+                f"round {server_round}: only {len(self.train)} site(s) trained, fewer than "
+                f"min-sites = {self.min_sites}"
+            )
+            self.on_evaluate(server_round, [], None)
+            raise RunStopped(self.stop_reason)
 
     def on_evaluate(self, server_round: int, replies: list[Message], _agg: MetricRecord | None) -> None:
         """Write the round record and print one progress line."""
@@ -57,6 +89,7 @@ class RoundRecorder:
                 for site in sorted(set(per_site) | set(self.train))
             },
             "epsilon": dict(sorted(self.epsilon.items())),
+            "budget": dict(sorted(self.budget.items())),
             "failures": self.train_failed + failed,
             "round-seconds": now - self.round_started,
             "elapsed-seconds": now - self.started,

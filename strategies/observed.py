@@ -12,13 +12,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-RoundObserver = Callable[[int, list[Message], MetricRecord | None], None]
+TrainObserver = Callable[[int, list[Message], ArrayRecord | None, MetricRecord | None], None]
+EvaluateObserver = Callable[[int, list[Message], MetricRecord | None], None]
 
 
 class ObservedStrategy(Strategy):
-    """Delegates to `inner`; calls `on_train` / `on_evaluate` with the round's replies."""
+    """Delegates to `inner`; calls `on_train` / `on_evaluate` with the round's replies (and the new
+    global arrays). An observer may raise to stop the run after a round."""
 
-    def __init__(self, inner: Strategy, on_train: RoundObserver, on_evaluate: RoundObserver) -> None:
+    def __init__(self, inner: Strategy, on_train: TrainObserver, on_evaluate: EvaluateObserver) -> None:
         self.inner = inner
         self.on_train = on_train
         self.on_evaluate = on_evaluate
@@ -35,7 +37,7 @@ class ObservedStrategy(Strategy):
         """Aggregate with the wrapped strategy, then report the replies."""
         replies = list(replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
-        self.on_train(server_round, replies, metrics)
+        self.on_train(server_round, replies, arrays, metrics)
         return arrays, metrics
 
     def configure_evaluate(

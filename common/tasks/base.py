@@ -40,6 +40,7 @@ class SiteData:
     num_test: int
     report: dict[str, float] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)  # per-file/per-cell reasons; stay at the site
+    files: list[Path] = field(default_factory=list)  # the data files read (for the data-set fingerprint)
 
 
 class Task(ABC):

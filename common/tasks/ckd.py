@@ -78,7 +78,9 @@ class CkdTask(Task):
             "rows-dropped": float(dropped),
             "cells-blanked": float(len(issues) - dropped),
         }
-        return SiteData(source.site_id, train, test, len(train), len(test), report, [str(i) for i in issues])
+        files = sorted({Path(t.file) for t in tables})
+        details = [str(i) for i in issues]
+        return SiteData(source.site_id, train, test, len(train), len(test), report, details, files)
 
     @staticmethod
     def _split(table: CkdTable, config: RunConfig) -> tuple[CkdTable, CkdTable]:
@@ -113,7 +115,7 @@ class CkdTask(Task):
     def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
         """Binary metrics and confusion counts on the held-out rows."""
         probs, labels = predict_proba(model, test, device)
-        out = binary_metrics(labels, probs[:, 1]) if len(labels) else {}
+        out = binary_metrics(labels, probs[:, 1])
         out["num-examples"] = float(len(labels))
         return {k: float(v) for k, v in out.items()}
 

@@ -1,0 +1,65 @@
+"""A real federation where one hospital's lifetime budget runs out: the others finish, and a later
+run on the same data is refused at once and stops cleanly with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from client.ledger import PrivacyLedger
+from common.config import RunConfig
+from simulations.prepare import prepare_ckd_sites
+from simulations.runner import run_simulation
+
+pytestmark = pytest.mark.slow
+
+POLICY = """
+[policy]
+epsilon-cap = 2.2
+delta = 1e-3
+clipping-min = 0.1
+clipping-max = 5.0
+allowed-tasks = ["ckd"]
+min-samples = 10
+"""
+
+
+def _run(tmp_path: Path, name: str, min_sites: int) -> dict:
+    config = RunConfig(
+        num_server_rounds=4,
+        min_sites=min_sites,
+        dp_target_epsilon=3.0,
+        data_root=str(tmp_path / "sites"),
+        runs_dir=str(tmp_path / "runs"),
+        run_name=name,
+        device="cpu",
+    )
+    run_simulation(config.to_flower(), 3, log_file=tmp_path / f"{name}.log", verbose=False)
+    return json.loads((tmp_path / "runs" / name / "summary.json").read_text())
+
+
+def test_site_out_of_budget_is_refused_and_the_others_finish(tmp_path: Path) -> None:
+    prepare_ckd_sites(tmp_path / "sites", 3, "iid", seed=0)
+    (tmp_path / "sites" / "site-1" / "policy.toml").write_text(POLICY)
+
+    first = _run(tmp_path, "first", min_sites=2)
+    assert first["stopped"] is None and first["rounds-completed"] == 4
+    capped = first["sites"]["site-1"]
+    assert "cap" in capped["refused"]
+    assert 1.5 < capped["epsilon-lifetime"] <= 2.2  # trained in rounds 1-2, refused from round 3
+    assert capped["epsilon-cap"] == 2.2 and "round 3" in capped["refused"]
+    for other in ("site-0", "site-2"):
+        assert first["sites"][other]["refused"] is None
+        assert 2.5 < first["sites"][other]["epsilon"] <= 3.01
+    rounds = [json.loads(line) for line in (tmp_path / "runs" / "first" / "metrics.jsonl").open()]
+    assert any("site-1" in failure for r in rounds for failure in r["failures"])
+    steps_after_first = PrivacyLedger(tmp_path / "sites" / "site-1" / "state").datasets()[0].steps
+
+    second = _run(tmp_path, "second", min_sites=3)
+    assert second["stopped"] is not None and "fewer than min-sites = 3" in second["stopped"]
+    assert second["rounds-completed"] == 1
+    assert "cap" in second["sites"]["site-1"]["refused"]
+    # the refused site took no step in the second run
+    assert PrivacyLedger(tmp_path / "sites" / "site-1" / "state").datasets()[0].steps == steps_after_first
