@@ -7,6 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
+from client.cli import app as site_app
 from common.errors import FedwardError
 from server.cli import provision_command
 from simulations.cli import app as sim_app
@@ -15,6 +16,7 @@ app = typer.Typer(
     help="fedward: federated learning for hospitals.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(sim_app, name="sim")
+app.add_typer(site_app, name="site")
 app.command("provision")(provision_command)
 
 
