@@ -90,6 +90,7 @@ def train(msg: Message, context: Context) -> Message:
         epsilon = lifetime = math.inf
     metrics = {
         "num-examples": outcome.num_examples,
+        "site-weight": 1,  # equal weights, for central DP (uniform FedAvg)
         "train-loss": outcome.loss,
         "epsilon": epsilon,  # this run
         "epsilon-lifetime": lifetime,  # every run on this data set (ledger), else this run
@@ -113,4 +114,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     with torch.no_grad():
         metrics = task.evaluate(model, test_set, pick_device(config.device))
+    metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

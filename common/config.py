@@ -34,6 +34,10 @@ class RunConfig(BaseModel):
     dp_delta: float = Field(0.0, ge=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
     dp_accountant: str = "prv"
+    central_dp: bool = False
+    central_dp_noise_multiplier: float = Field(1.0, ge=0)
+    central_dp_clipping_norm: float = Field(1.0, gt=0)
+    central_dp_delta: float = Field(0.0, ge=0, lt=1)
     data_root: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0)
@@ -41,6 +45,10 @@ class RunConfig(BaseModel):
     runs_dir: str = "runs"
     run_name: str = ""
     device: str = "auto"
+    image_size: int = Field(32, ge=8)
+    image_depth: int = Field(16, ge=0)
+    mri_contrasts: str = "t1,t1ce,t2,flair"
+    tumour_binary: bool = False
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

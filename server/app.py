@@ -9,12 +9,14 @@ import time
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.config import RunConfig
 from common.tasks import get_task
 from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
 from server.statistics import collect_statistics, wait_for_sites
+from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
 from strategies.registry import build_strategy
 
@@ -31,6 +33,14 @@ def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRe
     return MetricRecord(
         {"train-loss": loss, "epsilon-max": max(float(m["epsilon"]) for m in metrics), weighted_by_key: total}
     )
+
+
+def _central_privacy(strategy) -> dict | None:
+    """Site-level (ε, δ) of the released model under central DP, from Flower's accountant."""
+    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+    if spent is None:
+        return None
+    return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
 
 
 @app.main()
@@ -59,13 +69,22 @@ def main(grid: Grid, context: Context) -> None:
     def pool(contents: list[RecordDict], _key: str) -> MetricRecord:
         return MetricRecord(task.pool([dict(c["metrics"]) for c in contents]))
 
-    strategy = ObservedStrategy(
-        build_strategy(
-            config.strategy, num_sites=len(sites), train_metrics=_train_metrics, evaluate_metrics=pool
-        ),
-        on_train=recorder.on_train,
-        on_evaluate=recorder.on_evaluate,
+    aggregation = build_strategy(
+        config.strategy,
+        num_sites=len(sites),
+        train_metrics=_train_metrics,
+        evaluate_metrics=pool,
+        weighted_by_key="site-weight" if config.central_dp else "num-examples",
     )
+    if config.central_dp:
+        aggregation = with_central_dp(
+            aggregation,
+            noise_multiplier=config.central_dp_noise_multiplier,
+            clipping_norm=config.central_dp_clipping_norm,
+            num_sites=len(sites),
+            delta=config.central_dp_delta or 1 / (10 * len(sites)),
+        )
+    strategy = ObservedStrategy(aggregation, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate)
     torch.manual_seed(config.seed)
     initial = task.build_model(config)
     final = ArrayRecord(initial.state_dict())
@@ -78,7 +97,8 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_config=ConfigRecord(shared),
         )
         final = result.arrays
-    except RunStopped as stop:
+    except (RunStopped, PrivacyBudgetExhausted) as stop:
+        recorder.stop_reason = recorder.stop_reason or str(stop)
         print(f"fedward: run stopped: {stop}", flush=True)
         final = recorder.arrays or final
     run.save_model(final.to_torch_state_dict())
@@ -90,6 +110,7 @@ def main(grid: Grid, context: Context) -> None:
         "rounds-completed": last.get("round", 0),
         "dp": config.dp,
         "stopped": recorder.stop_reason,
+        "central-dp": _central_privacy(aggregation),
         "overall": last.get("overall", {}),
         "sites": {
             site: {

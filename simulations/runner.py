@@ -117,9 +117,11 @@ def run_simulation(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:
             sink = log_file.open("a") if log_file else None
+            failed = False
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:
+                    failed = failed or any(mark in line for mark in _FAILURE_MARKS)
                     if sink:
                         sink.write(line)
                     if verbose or _worth_showing(line):
@@ -129,10 +131,16 @@ def run_simulation(
                     sink.close()
         if proc.returncode != 0:
             raise FedwardError(f"`flwr run` failed with exit code {proc.returncode}")
+        if failed:  # `flwr run` exits 0 when the run itself fails
+            where = f"; see {log_file}" if log_file else ""
+            raise FedwardError(f"the federated run failed{where}")
     finally:
         _stop(superlink)
         superlink_log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+_FAILURE_MARKS = ("Simulation raised an exception", "ServerApp raised an exception")
 
 
 def _worth_showing(line: str) -> bool:

@@ -20,10 +20,12 @@ def build_strategy(
     num_sites: int,
     train_metrics: MetricsAggregation,
     evaluate_metrics: MetricsAggregation,
+    weighted_by_key: str = "num-examples",
 ) -> Strategy:
     """Strategy `name` that trains and evaluates on all `num_sites` sites every round.
 
     Minimum node counts equal the number of sites, so no round starts on a partial federation.
+    Updates are weighted by `weighted_by_key` (training samples; `site-weight` = 1 for equal weights).
     """
     common = {
         "fraction_train": 1.0,
@@ -31,7 +33,7 @@ def build_strategy(
         "min_train_nodes": num_sites,
         "min_evaluate_nodes": num_sites,
         "min_available_nodes": num_sites,
-        "weighted_by_key": "num-examples",
+        "weighted_by_key": weighted_by_key,
         "train_metrics_aggr_fn": train_metrics,
         "evaluate_metrics_aggr_fn": evaluate_metrics,
     }
