@@ -14,9 +14,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
+from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
 from client.site import load_site, site_privacy, site_source
+from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from common.config import RunConfig
 from common.device import pick_device
+from common.local_state import pick
 from common.privacy import PrivacyHistory
 from common.tasks import get_task
 from common.training import train_model
@@ -69,15 +72,26 @@ def train(msg: Message, context: Context) -> Message:
     device = pick_device(config.device)
     train_set, _ = task.datasets(site, shared)
     model = task.build_model(config)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(site_model_state(global_state, shared, context.state))
+    start = pick(model.state_dict(), [name for name, _ in model.named_parameters()])
+    hostile = hostile_mode(context, config, source.partition_index)
+    if hostile is not None:
+        announce(source.site_id, server_round, hostile, config.hostile_scale)
+        if hostile == "label-flip":
+            train_set = LabelFlipped(train_set, _num_outputs(model, train_set))
+    scaffold = ScaffoldRound.of(msg.content, context.state)
+    local = config.local_training(server_round, source.partition_index)
     dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
     outcome = train_model(
         model,
         train_set,
         task.loss,
-        config.local_training(server_round, source.partition_index),
+        local,
         dp,
         device=device,
+        proximal_mu=float(shared.get("proximal-mu", 0.0)),
+        correction=scaffold.correction(start) if scaffold else None,
     )
     history.extend(outcome.privacy_steps)
     delta = plan.delta if plan else 0.0
@@ -101,17 +115,35 @@ def train(msg: Message, context: Context) -> Message:
         "privacy-steps": history.steps,
     }
     model.to("cpu")
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    state = model.state_dict()
+    keep_norm_layers(model, shared, context.state)
+    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+    if scaffold:
+        key, variate_delta = scaffold.finish(start, pick(state, start), outcome.steps, local.lr)
+        content[key] = variate_delta
+    if hostile is not None:
+        sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
+        content["arrays"] = ArrayRecord(sent)
     return Message(content=content, reply_to=msg)
+
+
+@torch.no_grad()
+def _num_outputs(model: torch.nn.Module, dataset) -> int:
+    """Number of classes the model predicts (size of its output's class dimension)."""
+    model.eval()
+    x, _ = dataset[0]
+    return int(model(x.unsqueeze(0)).shape[1])
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out split."""
     config, task, _, site = _setup(context)
-    _, test_set = task.datasets(site, msg.content["config"])
+    shared = msg.content["config"]
+    _, test_set = task.datasets(site, shared)
     model = task.build_model(config)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(site_model_state(global_state, shared, context.state))
     with torch.no_grad():
         metrics = task.evaluate(model, test_set, pick_device(config.device))
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from client import node
 from client.ledger import PrivacyLedger
 from client.policy import load_policy, validate_policy_for
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
 
 app = typer.Typer(help="Site (hospital) commands.", no_args_is_help=True)
 policy_app = typer.Typer(help="The site's privacy policy.", no_args_is_help=True)
@@ -72,3 +73,97 @@ def policy_check(
     console.print(
         f"[green]ok[/green] {file}: lifetime ε cap {site_policy.epsilon_cap:g} at δ {site_policy.delta:g}"
     )
+
+
+# ----------------------------------------------------------------------------- the node
+
+KitOption = Annotated[Path, typer.Option(help="This site's kit folder (from the coordinator).")]
+DataOption = Annotated[Path, typer.Option(help="Folder with this site's data (read only).")]
+StateOption = Annotated[
+    Path | None,
+    typer.Option(help="Writable folder for the ledger and Flower files (default: kit's state-dir)."),
+]
+PolicyOption = Annotated[Path | None, typer.Option(help="Site policy TOML (default: the kit's policy-file).")]
+SuperlinkOption = Annotated[
+    str | None, typer.Option(help="Coordinator HOST:PORT (default: the address in the kit's README.md).")
+]
+
+
+def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> None:
+    """Add `site check` and `site start`; `load_kit` reads a site kit (server.provision.load_site_kit)."""
+
+    @site_app.command("check")
+    def check(
+        kit: KitOption,
+        data: DataOption,
+        state: StateOption = None,
+        policy: PolicyOption = None,
+        superlink: SuperlinkOption = None,
+        connect: Annotated[
+            bool, typer.Option(help="Also check the TLS connection to the coordinator.")
+        ] = True,
+    ) -> None:
+        """Check kit, data, policy, state folder and the coordinator's certificate; start nothing."""
+        plan = node.prepare_node(kit, data, load_kit, state=state, policy=policy, superlink=superlink)
+        if connect:
+            node.check_coordinator(plan.superlink, plan.kit.ca_cert)
+        _print_plan(plan, connected=connect)
+
+    @site_app.command("start")
+    def start(
+        kit: KitOption,
+        data: DataOption,
+        state: StateOption = None,
+        policy: PolicyOption = None,
+        superlink: SuperlinkOption = None,
+        port: Annotated[
+            int, typer.Option(help="Local Runtime API port (127.0.0.1 only).")
+        ] = node.RUNTIME_PORT,
+        host: Annotated[
+            str, typer.Option(help="Runtime API interface (0.0.0.0 for a SuperExec container).")
+        ] = ("127.0.0.1"),
+        isolation: Annotated[str, typer.Option(help="subprocess, or process with a separate SuperExec.")] = (
+            "subprocess"
+        ),
+        max_retries: Annotated[
+            int | None, typer.Option(help="Reconnection attempts before giving up (default: unlimited).")
+        ] = None,
+        max_wait_time: Annotated[
+            float | None,
+            typer.Option(help="Seconds of failed reconnection before giving up (default: unlimited)."),
+        ] = None,
+        connect_timeout: Annotated[float, typer.Option(help="Seconds for the first TLS check.")] = 10.0,
+    ) -> None:
+        """Check everything, then run this site's SuperNode until Ctrl-C / SIGTERM."""
+        if isolation not in ("subprocess", "process"):
+            raise ConfigError(f"--isolation {isolation!r}: expected subprocess or process")
+        plan = node.prepare_node(kit, data, load_kit, state=state, policy=policy, superlink=superlink)
+        node.check_coordinator(plan.superlink, plan.kit.ca_cert, timeout=connect_timeout)
+        _print_plan(plan, connected=True)
+        command = node.supernode_command(
+            plan,
+            host=host,
+            port=port,
+            isolation=isolation,
+            max_retries=max_retries,
+            max_wait_time=max_wait_time,
+        )
+        code, output = node.run_supernode(command, node.node_env(plan))
+        problem = node.explain_exit(code, output, plan)
+        if problem:
+            raise FedwardError(problem)
+
+
+def _print_plan(plan: node.NodePlan, *, connected: bool) -> None:
+    samples = f", {plan.training_samples} training rows" if plan.training_samples is not None else ""
+    _say(f"fedward: site {plan.site}: data {plan.data_dir}{samples}")
+    _say(
+        f"fedward: policy {plan.policy_file} (tasks {', '.join(plan.policy.allowed_tasks)}, "
+        f"lifetime ε cap {plan.policy.epsilon_cap:g}); state {plan.state_dir}"
+    )
+    reached = "reached, certificate verified" if connected else "not contacted"
+    _say(f"fedward: coordinator {plan.superlink}: {reached}")
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)

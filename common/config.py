@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import ConfigError
 from common.privacy import DPConfig
@@ -27,6 +27,7 @@ class RunConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.5, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
     model: str = "mlp"
     dp: bool = True
     dp_target_epsilon: float = Field(3.0, ge=0)
@@ -38,6 +39,23 @@ class RunConfig(BaseModel):
     central_dp_noise_multiplier: float = Field(1.0, ge=0)
     central_dp_clipping_norm: float = Field(1.0, gt=0)
     central_dp_delta: float = Field(0.0, ge=0, lt=1)
+    # aggregation strategy parameters (see strategies/registry.py)
+    proximal_mu: float = Field(0.01, ge=0)
+    server_lr: float = Field(0.0, ge=0)
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    server_beta_1: float = Field(0.9, ge=0, lt=1)
+    server_beta_2: float = Field(0.99, ge=0, lt=1)
+    server_tau: float = Field(0.001, gt=0)
+    trim_beta: float = Field(0.2, ge=0, lt=0.5)
+    num_malicious_sites: int = Field(0, ge=0)
+    multikrum_select: int = Field(0, ge=0)
+    # update validation on the server, before any aggregation
+    max_update_norm: float = Field(0.0, ge=0)
+    update_norm_factor: float = Field(10.0, ge=0)
+    # hostile sites, honoured only in simulation (no node config data-dir)
+    hostile_sites: str = ""
+    hostile_mode: Literal["sign-flip", "scale", "random", "label-flip"] = "sign-flip"
+    hostile_scale: float = Field(10.0, gt=0)
     data_root: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0)
@@ -79,7 +97,26 @@ class RunConfig(BaseModel):
             accountant=self.dp_accountant,
         )
 
+    @field_validator("hostile_sites")
+    @classmethod
+    def _partition_ids(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"expected a comma list of partition ids, got {value!r}")
+        return ",".join(parts)
+
+    @property
+    def hostile_partitions(self) -> frozenset[int]:
+        """Partition ids of the simulated sites told to act hostile."""
+        return frozenset(int(p) for p in self.hostile_sites.split(",") if p)
+
     def local_training(self, server_round: int, site_index: int) -> LocalTraining:
         """Local optimisation settings, seeded per run, round and site."""
         seed = (self.seed * 1_000_003 + server_round * 1_009 + site_index) % (2**31)
-        return LocalTraining(epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr, seed=seed)
+        return LocalTraining(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            optimizer=self.optimizer,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,7 @@ class LocalTraining:
     batch_size: int = 16
     lr: float = 0.1
     seed: int = 0
+    optimizer: str = "sgd"  # or "adam" (DP-Adam under Opacus)
 
 
 @dataclass
@@ -39,6 +40,18 @@ class TrainOutcome:
     noise_multiplier: float = 0.0
     sample_rate: float = 0.0
     privacy_steps: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Plain SGD (default) or Adam; Opacus wraps either for DP-SGD / DP-Adam."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -56,19 +69,28 @@ def train_model(
     delta: float = 0.0,
     planned_rounds: int = 1,
     device: torch.device | str = "cpu",
+    proximal_mu: float = 0.0,
+    correction: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainOutcome:
     """Train `model` in place on `dataset` for `local.epochs` epochs.
 
     With `dp` enabled, Opacus DP-SGD with Poisson sampling: σ is `dp.noise_multiplier`, or derived
     from `dp.target_epsilon` at `delta` over `planned_rounds` rounds of this size. The returned
     `privacy_steps` is the accountant's history of the steps really taken.
+
+    `proximal_mu` > 0 adds FedProx's μ/2·||w - w_start||² to the objective (w_start: the weights the
+    model has on entry, i.e. the global model); `correction` (parameter name → tensor) adds SCAFFOLD's
+    ⟨w, c - c_i⟩. See `_parameter_terms` for how both reach the update, with or without Opacus.
     """
     torch.manual_seed(local.seed)
     generator = torch.Generator().manual_seed(local.seed)
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=local.batch_size, shuffle=True, generator=generator)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=local.lr)
+    params = dict(model.named_parameters())
+    anchor = {k: p.detach().clone() for k, p in params.items()} if proximal_mu > 0 else None
+    correction = {k: c.to(params[k]) for k, c in (correction or {}).items() if k in params}
+    optimizer = make_optimizer(local.optimizer, model, local.lr)
     sigma, q = 0.0, 0.0
     engine = None
     train_module = model
@@ -95,7 +117,9 @@ def train_model(
             optimizer.zero_grad()
             loss = loss_fn(train_module(xb), yb)
             loss.backward()
+            extra = _parameter_terms(params, anchor, proximal_mu, correction)
             optimizer.step()
+            _apply(params, extra, local.lr)
             if len(yb):  # Poisson sampling may draw an empty batch: a noise-only step
                 losses.append(float(loss.detach()))
             steps += 1
@@ -111,6 +135,36 @@ def train_model(
         sample_rate=q,
         privacy_steps=history,
     )
+
+
+@torch.no_grad()
+def _parameter_terms(
+    params: Mapping[str, nn.Parameter],
+    anchor: Mapping[str, torch.Tensor] | None,
+    proximal_mu: float,
+    correction: Mapping[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor]:
+    """Gradient of the data-independent terms at the current weights: μ(w - w_start) + (c - c_i).
+
+    They are not added to the loss: under Opacus the optimiser replaces `p.grad` by the clipped, noised
+    sum of per-sample gradients, and a term that depends on the parameters alone has no per-sample
+    gradient, so it would be dropped silently. Applied after the step with the same learning rate, the
+    update equals plain SGD on loss + terms, with or without DP; as they use no data, they cost no privacy.
+    With Adam it is a decoupled step, as AdamW's weight decay.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    if anchor is not None:
+        terms = {k: proximal_mu * (p - anchor[k]) for k, p in params.items()}
+    for k, c in (correction or {}).items():
+        terms[k] = terms[k] + c if k in terms else c
+    return terms
+
+
+@torch.no_grad()
+def _apply(params: Mapping[str, nn.Parameter], terms: Mapping[str, torch.Tensor], lr: float) -> None:
+    """One SGD step along the precomputed terms."""
+    for k, g in terms.items():
+        params[k].sub_(lr * g)
 
 
 @torch.no_grad()

@@ -8,16 +8,21 @@ import typer
 from rich.console import Console
 
 from client.cli import app as site_app
+from client.cli import register_node_commands
 from common.errors import FedwardError
-from server.cli import provision_command
+from server.cli import coordinator_app, provision_command, run_command
+from server.provision import load_site_kit
 from simulations.cli import app as sim_app
 
 app = typer.Typer(
     help="fedward: federated learning for hospitals.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 app.add_typer(sim_app, name="sim")
+register_node_commands(site_app, load_site_kit)  # the kit format lives with provisioning
 app.add_typer(site_app, name="site")
+app.add_typer(coordinator_app, name="coordinator")
 app.command("provision")(provision_command)
+app.command("run")(run_command)
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from server.rundir import RunDirectory, default_run_name
 from server.statistics import collect_statistics, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
-from strategies.registry import build_strategy
+from strategies.registry import StrategySettings, build_strategy
+from strategies.validation import ValidatedStrategy
 
 app = ServerApp()
 log = logging.getLogger("fedward.server")
@@ -52,6 +53,12 @@ def main(grid: Grid, context: Context) -> None:
     run = RunDirectory.create(config.runs_dir, config.run_name or default_run_name(config.task))
     print(f"fedward: run directory {run.path}", flush=True)
 
+    if config.hostile_sites:
+        print(
+            f"fedward: HOSTILE simulated sites (partitions {config.hostile_sites}): {config.hostile_mode} "
+            f"x{config.hostile_scale:g}; ignored by sites with their own data-dir",
+            flush=True,
+        )
     node_ids = wait_for_sites(grid, config.min_sites)
     sites = collect_statistics(grid, node_ids)
     shared = task.combine_statistics([s.statistics for s in sites])
@@ -75,6 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         train_metrics=_train_metrics,
         evaluate_metrics=pool,
         weighted_by_key="site-weight" if config.central_dp else "num-examples",
+        settings=StrategySettings.from_config(config),
     )
     if config.central_dp:
         aggregation = with_central_dp(
@@ -84,7 +92,13 @@ def main(grid: Grid, context: Context) -> None:
             num_sites=len(sites),
             delta=config.central_dp_delta or 1 / (10 * len(sites)),
         )
-    strategy = ObservedStrategy(aggregation, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate)
+    validated = ValidatedStrategy(
+        aggregation,
+        max_update_norm=config.max_update_norm,
+        norm_factor=config.update_norm_factor,
+        on_reject=recorder.on_rejections,
+    )
+    strategy = ObservedStrategy(validated, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate)
     torch.manual_seed(config.seed)
     initial = task.build_model(config)
     final = ArrayRecord(initial.state_dict())
@@ -118,6 +132,7 @@ def main(grid: Grid, context: Context) -> None:
                 "epsilon": recorder.epsilon.get(site),
                 **recorder.budget.get(site, {}),
                 "refused": recorder.refusals.get(site),
+                "updates-rejected": recorder.rejection_counts.get(site, 0),
                 "delta": (recorder.train.get(site) or {}).get("delta"),
                 "privacy-steps": (recorder.train.get(site) or {}).get("privacy-steps"),
                 "data": next(s.report for s in sites if s.site_id == site),

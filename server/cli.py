@@ -1,14 +1,16 @@
-"""Coordinator commands: `fedward provision` (more in the deployment issue)."""
+"""Coordinator commands: `fedward provision`, `fedward coordinator start|register`, `fedward run`."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
+from server import deploy, launch
 from server.provision import numbered_sites, provision
 
 console = Console()
@@ -35,3 +37,147 @@ def provision_command(
     for name, kit in fed.sites.items():
         console.print(f"  kit for {name}: {kit.dir}")
     console.print(f"Flower CLI profile: {fed.flwr_config}")
+
+
+# ----------------------------------------------------------------------------- coordinator
+
+
+coordinator_app = typer.Typer(help="Coordinator commands: the SuperLink and its sites.", no_args_is_help=True)
+
+FederationOption = Annotated[
+    Path, typer.Option("--federation", help="Federation folder made by `fedward provision`.")
+]
+SuperlinkOption = Annotated[
+    str | None,
+    typer.Option("--superlink", help="SuperLink HOST:PORT to talk to (default: the provisioned address)."),
+]
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    federation: FederationOption,
+    host: Annotated[str, typer.Option(help="Interface the SuperLink listens on.")] = "0.0.0.0",
+    port: Annotated[
+        int | None, typer.Option(help="The SuperLink's HTTPS port (default: the provisioned one, 8000).")
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="State folder (database, Flower home); default <federation>/coordinator/state."),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option(help="Register every provisioned site's key once serving.")
+    ] = True,
+) -> None:
+    """Run the SuperLink: TLS, SuperNode authentication, state database on disk. Stops on Ctrl-C/SIGTERM."""
+    fed = deploy.load_federation(federation)
+    port = port or fed.port
+    state_dir = (state or fed.root / "coordinator" / "state").expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (state_dir / "flwr-home").mkdir(exist_ok=True)
+    deploy.check_port_free(host, port)
+    command = deploy.superlink_command(fed, host=host, port=port, state_dir=state_dir)
+    local = deploy.local_address(host, port)
+
+    def when_serving(proc: subprocess.Popen) -> None:
+        deploy.wait_until_serving(local, fed.ca_cert, proc)
+        _say(f"fedward: SuperLink of {fed.name} serving on {host}:{port} (state {state_dir})")
+        if register:
+            with deploy.cli_home(fed, local) as home:
+                _print_registrations(deploy.register_sites(fed, home))
+        _say("fedward: coordinator ready")
+
+    code = deploy.supervise(command, deploy.flower_env(state_dir / "flwr-home"), when_serving)
+    if code > 3:  # 0-3: Flower's success and graceful exits on SIGINT/SIGQUIT/SIGTERM; < 0: a signal
+        raise FedwardError(f"flower-superlink exited with code {code}")
+
+
+@coordinator_app.command("register")
+def coordinator_register(
+    federation: FederationOption,
+    superlink: SuperlinkOption = None,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the SuperLink to answer.")] = 0,
+) -> None:
+    """Register every key in coordinator/site-public-keys with the SuperLink (safe to repeat)."""
+    fed = deploy.load_federation(federation)
+    if wait:
+        deploy.wait_until_serving(superlink or fed.address, fed.ca_cert, timeout=wait)
+    with deploy.cli_home(fed, superlink) as home:
+        _print_registrations(deploy.register_sites(fed, home))
+
+
+def _print_registrations(done: list[deploy.Registration]) -> None:
+    for item in done:
+        what = f"registered as node {item.node_id}" if item.new else "key already known to the SuperLink"
+        _say(f"fedward: site {item.site}: {what}")
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def _echo(line: str) -> None:
+    print(line, end="", flush=True)
+
+
+def _echo_progress(line: str) -> None:
+    """fedward's own progress lines of the ServerApp log, and Flower's warnings and errors."""
+    if line.startswith(("fedward:", "round ")) or "ERROR" in line or "WARNING" in line:
+        _echo(line)
+
+
+def run_command(
+    federation: FederationOption,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option("--run-config", "-c", help="Run config override k=v (repeatable), as for `flwr run`."),
+    ] = None,
+    superlink: SuperlinkOption = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDWARD_RUNS_DIR",
+            help="runs-dir of the ServerApp unless -c sets it (default: <federation>/runs).",
+        ),
+    ] = None,
+    app: Annotated[
+        Path | None,
+        typer.Option(envvar="FEDWARD_APP", help="fedward source folder to bundle (default: this checkout)."),
+    ] = None,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the run directories appear on this machine (default: the runs-dir)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Give up waiting after this many seconds (0: never).")
+    ] = 0,
+    poll: Annotated[float, typer.Option(min=0.5, help="Seconds between status checks.")] = 3.0,
+    verbose: Annotated[
+        bool, typer.Option(help="Show the ServerApp's whole log, not only progress and errors.")
+    ] = False,
+) -> None:
+    """Launch a run on the federation and wait for it; fails unless it completed every round."""
+    fed = deploy.load_federation(federation)
+    overrides = launch.run_overrides(list(run_config or []), runs_dir or fed.root / "runs")
+    run_dir = (results_dir or Path(overrides["runs-dir"])).expanduser().resolve() / overrides["run-name"]
+    if (run_dir / "summary.json").exists():
+        raise ConfigError(f"{run_dir} already holds a summary.json; choose another run-name")
+    with deploy.cli_home(fed, superlink) as home:
+        run_id = launch.submit_run(fed, home, launch.app_dir(app), overrides)
+        _say(f"fedward: run {run_id} submitted; run directory {run_dir}")
+        stream = launch.LogStream(fed, home, run_id, echo=_echo if verbose else _echo_progress)
+        try:
+            row = launch.wait_for_run(
+                lambda: launch.run_status(fed, home, run_id),
+                timeout=timeout or None,
+                poll=poll,
+                on_change=lambda s: _say(f"fedward: run {run_id} {s}"),
+                pause=stream.pause,
+            )
+        finally:
+            stream.close()
+    summary = launch.check_outcome(row, run_dir)
+    overall = ", ".join(
+        f"{k} {v:.3f}" for k, v in sorted(summary.get("overall", {}).items()) if v is not None
+    )
+    rounds = summary["rounds-completed"]
+    _say(f"ok: run {run_id} completed {rounds} rounds in {run_dir}; {overall or 'no metrics'}")

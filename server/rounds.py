@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from common.tasks import Task
 from server.rundir import RunDirectory
 from server.statistics import SiteInfo
+from strategies.validation import Rejection
 
 
 class RunStopped(Exception):
@@ -33,6 +34,8 @@ class RoundRecorder:
         self.site_of = {s.node_id: s.site_id for s in sites}
         self.train: dict[str, dict[str, float]] = {}
         self.train_failed: list[str] = []
+        self.rejected: dict[str, str] = {}  # this round's excluded updates: site -> reason
+        self.rejection_counts: dict[str, int] = {}  # over the run
         self.stop_reason: str | None = None
         self.epsilon: dict[str, float] = {}
         self.last: dict[str, Any] = {}
@@ -42,12 +45,23 @@ class RoundRecorder:
     def _by_site(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[str]]:
         ok, failed = {}, []
         for reply in replies:
-            site = self.site_of.get(reply.metadata.src_node_id, f"node-{reply.metadata.src_node_id}")
+            site = self.site(reply.metadata.src_node_id)
             if reply.has_error():
                 failed.append(f"{site}: {reply.error.reason}")
             else:
                 ok[site] = dict(reply.content["metrics"])
         return ok, failed
+
+    def site(self, node_id: int) -> str:
+        """The site id of a node."""
+        return self.site_of.get(node_id, f"node-{node_id}")
+
+    def on_rejections(self, server_round: int, rejections: list[Rejection]) -> None:
+        """Keep and print the updates the server excluded from this round's aggregation."""
+        self.rejected = {self.site(r.node_id): r.reason for r in rejections}
+        for site, reason in self.rejected.items():
+            self.rejection_counts[site] = self.rejection_counts.get(site, 0) + 1
+            print(f"fedward: update of {site} rejected in round {server_round}: {reason}", flush=True)
 
     def on_train(
         self, server_round: int, replies: list[Message], arrays: ArrayRecord | None, _agg: MetricRecord | None
@@ -91,10 +105,13 @@ class RoundRecorder:
             "epsilon": dict(sorted(self.epsilon.items())),
             "budget": dict(sorted(self.budget.items())),
             "failures": self.train_failed + failed,
+            "rejected": dict(sorted(self.rejected.items())),
+            "rejected-updates": len(self.rejected),
             "round-seconds": now - self.round_started,
             "elapsed-seconds": now - self.started,
         }
         self.round_started = now
+        self.rejected = {}
         self.last = record
         self.run.append_round(record)
         print(progress_line(server_round, self.num_rounds, overall, self.epsilon), flush=True)

@@ -9,13 +9,13 @@ hospitals the noise is as large as one site's update (see docs/privacy.md).
 from __future__ import annotations
 
 from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from common.errors import ConfigError
 
 
 def with_central_dp(
-    strategy: FedAvg,
+    strategy: Strategy,
     *,
     noise_multiplier: float,
     clipping_norm: float,
@@ -39,6 +39,12 @@ def with_central_dp(
             max_epsilon=max_epsilon,
         )
     )
-    return DifferentialPrivacyServerSideFixedClipping(
-        strategy, noise_multiplier, clipping_norm, num_sites, accountant=accountant
-    )
+    try:
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier, clipping_norm, num_sites, accountant=accountant
+        )
+    except ValueError as exc:  # the accountant needs FedAvg's own (uniform mean) aggregation
+        raise ConfigError(
+            f"central-dp needs a strategy that aggregates by FedAvg's mean (fedavg, fedprox, fedbn), "
+            f"not {type(strategy).__name__}: {exc}"
+        ) from exc

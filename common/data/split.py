@@ -24,3 +24,18 @@ def stratified_split(
         n_test = max(n_test, len(counts))
     train, test = train_test_split(index, test_size=n_test, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(test)
+
+
+def split_by_patient(
+    patients: list[str], strata: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test sample indices such that no patient has samples in both.
+
+    Unique patients are split with `stratified_split`, stratified by each patient's first stratum.
+    """
+    unique, first = np.unique(np.asarray(patients, dtype=object), return_index=True)
+    _, test_p = stratified_split(unique, np.asarray(strata)[first], test_fraction, seed)
+    test_set = set(unique[test_p].tolist())
+    in_test = np.array([p in test_set for p in patients], dtype=bool)
+    index = np.arange(len(patients))
+    return index[~in_test], index[in_test]

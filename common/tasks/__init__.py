@@ -5,7 +5,7 @@ from __future__ import annotations
 from common.errors import ConfigError
 from common.tasks.base import SiteData, SiteSource, Task
 
-TASKS = ("ckd",)
+TASKS = ("ckd", "tumour", "tumour-seg")
 
 
 def get_task(name: str) -> Task:
@@ -14,6 +14,14 @@ def get_task(name: str) -> Task:
         from common.tasks.ckd import CkdTask
 
         return CkdTask()
+    if name == "tumour":
+        from common.tasks.tumour import TumourTask
+
+        return TumourTask()
+    if name == "tumour-seg":
+        from common.tasks.tumour_seg import TumourSegTask
+
+        return TumourSegTask()
     raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
 
 

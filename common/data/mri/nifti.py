@@ -1,0 +1,69 @@
+"""BraTS-layout NIfTI cases: `<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz` (BraTS 2023 names too)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from common.data.mri.files import relative
+from common.data.mri.manifest import Manifest
+from common.data.mri.sample import UNLABELLED, MriSample, ScanResult, Skipped, contrast_name
+from common.data.mri.volume import read_nifti, stack_channels
+
+SEG_NAMES = ("seg", "mask", "label")
+
+
+def _split_name(path: Path) -> tuple[str, str] | None:
+    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
+    case = path.parent.name
+    if not stem.startswith(case + "_") and not stem.startswith(case + "-"):
+        return None
+    return case, stem[len(case) + 1 :].lower()
+
+
+def load_nifti(files: list[Path], root: Path, manifest: Manifest, contrasts: tuple[str, ...]) -> ScanResult:
+    """One sample per case folder; files outside the layout (e.g. masks the manifest names) are ignored."""
+    cases: dict[Path, dict[str, Path]] = defaultdict(dict)
+    referenced = {e.mask.resolve() for e in manifest.by_patient.values() if e.mask is not None}
+    referenced |= {e.mask.resolve() for e in manifest.by_study.values() if e.mask is not None}
+    for path in files:
+        parts = _split_name(path)
+        if parts is None or path.resolve() in referenced:
+            continue
+        suffix = parts[1]
+        key = "seg" if suffix in SEG_NAMES else contrast_name(suffix)
+        if key is not None:
+            cases[path.parent][key] = path
+    result = ScanResult(files_read=sum(len(v) for v in cases.values()))
+    for folder, found in sorted(cases.items()):
+        case = folder.name
+        where = relative(folder, root)
+        missing = [c for c in contrasts if c not in found]
+        if missing:
+            result.skipped.append(Skipped(where, f"missing contrast(s) {', '.join(missing)}"))
+            continue
+        volumes = []
+        try:
+            for c in contrasts:
+                volumes.append(read_nifti(found[c]))
+        except Exception as exc:
+            bad = relative(found[contrasts[len(volumes)]], root)
+            result.skipped.append(Skipped(bad, f"unreadable NIfTI ({type(exc).__name__}: {exc})"))
+            continue
+        image, affine = stack_channels(volumes)
+        mask = None
+        if "seg" in found:
+            try:
+                seg, _ = read_nifti(found["seg"])
+                if seg.shape != image.shape[1:]:
+                    raise ValueError(f"shape {seg.shape} differs from the image's {image.shape[1:]}")
+                mask = (seg > 0).astype(np.uint8)
+            except Exception as exc:
+                result.skipped.append(Skipped(relative(found["seg"], root), f"mask unusable ({exc})"))
+        entry = manifest.lookup(case)
+        label = entry.label if entry is not None else UNLABELLED
+        patient = entry.patient_id if entry is not None else case
+        result.samples.append(MriSample(patient, label, image, where, affine, mask))
+    return result

@@ -1,0 +1,108 @@
+"""One labelled MRI sample, the class and contrast vocabularies, and per-file skip reasons."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CLASSES = ("glioma", "meningioma", "pituitary", "notumor")
+NO_TUMOUR = CLASSES.index("notumor")
+UNLABELLED = -1
+
+_CLASS_ALIASES = {
+    "glioma": "glioma",
+    "meningioma": "meningioma",
+    "pituitary": "pituitary",
+    "pituitarytumor": "pituitary",
+    "pituitarytumour": "pituitary",
+    "notumor": "notumor",
+    "notumour": "notumor",
+    "none": "notumor",
+    "normal": "notumor",
+    "healthy": "notumor",
+}
+
+# Series descriptions and BraTS suffixes (2018-2021 and 2023 naming) -> canonical contrast.
+_CONTRAST_ALIASES = {
+    "t1": "t1", "t1w": "t1", "t1n": "t1", "t1native": "t1", "t1pre": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1post": "t1ce", "t1wce": "t1ce", "t1contrast": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair", "t2flair": "flair", "t2wflair": "flair",
+}  # fmt: skip
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def class_index(name: str) -> int | None:
+    """Index in CLASSES of a label such as 'Glioma', 'no_tumor' or 'pituitary tumour' (None if unknown)."""
+    canonical = _CLASS_ALIASES.get(_norm(name))
+    return CLASSES.index(canonical) if canonical else None
+
+
+def contrast_name(text: str) -> str | None:
+    """Canonical contrast (t1, t1ce, t2, flair) of a series description or file suffix, if recognised."""
+    return _CONTRAST_ALIASES.get(_norm(text))
+
+
+def parse_contrasts(spec: str) -> tuple[str, ...]:
+    """`"t1,t1ce,t2,flair"` -> canonical names, in order; unknown names raise ValueError."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    out = tuple(contrast_name(n) or "" for n in names)
+    if not out or "" in out or len(set(out)) != len(out):
+        raise ValueError(f"mri-contrasts must list distinct names from t1, t1ce, t2, flair; got {spec!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or series, or case) left out, and why."""
+
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: skipped, {self.reason}"
+
+
+class SkipFile(Exception):
+    """Raised by a reader for a file it cannot use; the message is the reason."""
+
+
+@dataclass
+class MriSample:
+    """A patient's image: channels first, then spatial axes in voxel order (i, j[, k]).
+
+    `affine` maps voxel indices to RAS millimetres (None for 2D images); `mask` is a tumour mask on
+    the same grid (non-zero = tumour) when one is known.
+    """
+
+    patient_id: str
+    label: int
+    image: np.ndarray
+    source: str
+    affine: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.image.ndim - 1
+
+
+@dataclass
+class ScanResult:
+    """What a loader found in a folder: usable samples and what it skipped."""
+
+    samples: list[MriSample] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    files_read: int = 0
+
+    def extend(self, other: ScanResult) -> None:
+        """Add another loader's findings."""
+        self.samples += other.samples
+        self.skipped += other.skipped
+        self.files_read += other.files_read

@@ -1,0 +1,26 @@
+"""Read a whole MRI site folder: every loader over its own files, skips collected, nothing usable -> error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.data.mri.dicom import load_dicom
+from common.data.mri.files import list_site_files
+from common.data.mri.images import load_images
+from common.data.mri.manifest import read_manifest
+from common.data.mri.nifti import load_nifti
+from common.data.mri.sample import ScanResult
+
+
+def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:
+    """All samples of a site folder (DICOM series, BraTS NIfTI cases and class image folders)."""
+    manifest = read_manifest(site_dir)
+    files = list_site_files(site_dir)
+    result = ScanResult(skipped=list(manifest.skipped))
+    if files.dicom:
+        result.extend(load_dicom(files.dicom, site_dir, manifest, contrasts))
+    if files.nifti:
+        result.extend(load_nifti(files.nifti, site_dir, manifest, contrasts))
+    if files.images:
+        result.extend(load_images(files.images, site_dir, manifest))
+    return result

@@ -1,0 +1,73 @@
+"""Brain-tumour classification from MRI: glioma, meningioma, pituitary, no tumour (or tumour / none)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from common.config import RunConfig
+from common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, MriSample, SkipFile
+from common.errors import ConfigError
+from common.imaging_models import CLASSIFIERS, build_classifier
+from common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
+from common.tasks.mri import MriTask, contrasts_of, model_name
+from common.training import predict_proba
+
+
+class TumourTask(MriTask):
+    """4-class tumour type (CLASSES order), or binary tumour (1) / no tumour (0) with `tumour-binary`."""
+
+    name = "tumour"
+
+    def target(self, sample: MriSample, mask: torch.Tensor | None, config: RunConfig) -> torch.Tensor:
+        """The class index (binary: 1 = any tumour)."""
+        if sample.label == UNLABELLED:
+            raise SkipFile("no class label (manifest row or class folder)")
+        label = int(sample.label != NO_TUMOUR) if config.tumour_binary else sample.label
+        return torch.tensor(label, dtype=torch.long)
+
+    def stratum(self, target: torch.Tensor) -> int:
+        """The class itself."""
+        return int(target)
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        """Small CNN (default) or DenseNet121, 2D or 3D after `image-depth`."""
+        name = model_name(config, CLASSIFIERS, "cnn")
+        smallest = min(config.image_size, config.image_depth or config.image_size)
+        if name == "densenet121" and smallest < 32:
+            raise ConfigError(
+                "densenet121 downsamples 32-fold: image-size and image-depth must be >= 32 (or "
+                f"image-depth = 0 for 2D), got {config.image_size} x {config.image_depth}"
+            )
+        return build_classifier(
+            name,
+            2 if config.image_depth == 0 else 3,
+            len(contrasts_of(config)),
+            2 if config.tumour_binary else len(CLASSES),
+        )
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (0 on an empty Poisson batch)."""
+        if output.shape[0] == 0:
+            return output.sum() * 0.0
+        return F.cross_entropy(output, target)
+
+    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+        """Multi-class (or binary) metrics and confusion counts on the held-out patients."""
+        if len(test) == 0:
+            return {"num-examples": 0.0}
+        probs, labels = predict_proba(model, test, device, batch_size=32)
+        out = (
+            binary_metrics(labels, probs[:, 1]) if probs.shape[1] == 2 else multiclass_metrics(labels, probs)
+        )
+        out["num-examples"] = float(len(labels))
+        return {k: float(v) for k, v in out.items()}
+
+    def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
+        """Exact pooled confusion-based metrics; example-weighted AUC and loss."""
+        sites = [s for s in per_site if s.get("num-examples", 0) > 0]
+        if not sites:
+            return {"num-examples": 0.0}
+        return pool_binary(sites) if "tp" in sites[0] else pool_multiclass(sites)

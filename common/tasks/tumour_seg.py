@@ -1,0 +1,68 @@
+"""Brain-tumour segmentation (whole tumour) with a MONAI UNet, Dice loss, Dice and HD95."""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.config import RunConfig
+from common.data.mri.sample import MriSample, SkipFile
+from common.imaging_models import SEGMENTERS, build_segmenter
+from common.seg_metrics import pool_segmentation, segmentation_metrics
+from common.tasks.mri import MriTask, contrasts_of, model_name
+
+_dice = DiceLoss(to_onehot_y=True, softmax=True)
+
+
+class TumourSegTask(MriTask):
+    """Voxel-wise tumour (any label > 0) against background."""
+
+    name = "tumour-seg"
+
+    def target(self, sample: MriSample, mask: torch.Tensor | None, config: RunConfig) -> torch.Tensor:
+        """The preprocessed mask (1, ...) as uint8."""
+        if mask is None:
+            raise SkipFile("no tumour mask (BraTS seg file or manifest mask column)")
+        return mask
+
+    def stratum(self, target: torch.Tensor) -> int:
+        """1 when the case has tumour voxels."""
+        return int(bool(target.any()))
+
+    def build_model(self, config: RunConfig) -> nn.Module:
+        """MONAI UNet with InstanceNorm, two output channels."""
+        return build_segmenter(
+            model_name(config, SEGMENTERS, "unet"),
+            2 if config.image_depth == 0 else 3,
+            len(contrasts_of(config)),
+        )
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Soft Dice over both classes, averaged over the batch (0 on an empty Poisson batch)."""
+        if output.shape[0] == 0:
+            return output.sum() * 0.0
+        return _dice(output, target.long())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+        """Dice, HD95 (mm), voxel counts and Dice loss on the held-out cases."""
+        if len(test) == 0:
+            return {"num-examples": 0.0}
+        model.to(device).eval()
+        preds, targets, losses = [], [], []
+        for xb, yb in DataLoader(test, batch_size=16):
+            out = model(xb.to(device)).cpu()
+            losses.append(float(_dice(out, yb.long())) * len(yb))
+            preds.append(out.argmax(dim=1, keepdim=True))
+            targets.append(yb)
+        voxels = getattr(test, "voxels", [[1.0] * (preds[0].ndim - 2)] * len(test))
+        out = segmentation_metrics(torch.cat(preds), torch.cat(targets), voxels)
+        out["loss"] = sum(losses) / len(test)
+        out["num-examples"] = float(len(test))
+        return {k: float(v) for k, v in out.items()}
+
+    def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
+        """Case-weighted Dice and HD95, exact voxel Dice."""
+        return pool_segmentation(per_site)

@@ -1,0 +1,313 @@
+"""Running a provisioned federation for real: the SuperLink, the `flwr` CLI and site registration.
+
+Everything goes through Flower's own programs (`flower-superlink`, `flwr`), with a Flower CLI home
+(`FLWR_HOME`) that holds only the federation's profile, written afresh from the provisioned folder.
+`flwr` with `--format json` exits 0 even when it fails, so every answer's "success" is checked.
+Launching runs is in server/launch.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from common.errors import ConfigError, FedwardError
+
+ALREADY_REGISTERED = "Public key already in use"
+"""What the SuperLink answers (error code 23) when a key is registered a second time."""
+
+
+@dataclass(frozen=True)
+class CoordinatorFiles:
+    """The coordinator's side of a provisioned federation folder (see server/provision.py)."""
+
+    root: Path
+    name: str
+    address: str
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    public_keys: dict[str, Path]
+
+    @property
+    def port(self) -> int:
+        """The port of the provisioned address (the SuperLink's single HTTPS port)."""
+        return int(self.address.rsplit(":", 1)[1])
+
+
+def load_federation(folder: Path) -> CoordinatorFiles:
+    """Read and check what the coordinator needs from a provisioned federation folder."""
+    root = Path(folder).expanduser().resolve()
+    coordinator = root / "coordinator"
+    if not coordinator.is_dir():
+        raise ConfigError(
+            f"{root}: not a provisioned federation (no coordinator/ folder); run `fedward provision`"
+        )
+    paths = {n: coordinator / n for n in ("ca.crt", "superlink.crt", "superlink.key", "flwr-config.toml")}
+    for path in paths.values():
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing from the federation folder")
+    mode = stat.S_IMODE(paths["superlink.key"].stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{paths['superlink.key']}: readable by other accounts (mode {mode:04o}); chmod 600 it"
+        )
+    try:
+        profiles = tomllib.loads(paths["flwr-config.toml"].read_text(encoding="utf-8")).get("superlink", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{paths['flwr-config.toml']}: not valid TOML ({exc})") from exc
+    named = {k: v for k, v in profiles.items() if isinstance(v, dict) and "address" in v}
+    if len(named) != 1:
+        raise ConfigError(f"{paths['flwr-config.toml']}: expected exactly one [superlink.<name>] profile")
+    name, profile = next(iter(named.items()))
+    try:
+        ca = x509.load_pem_x509_certificate(paths["ca.crt"].read_bytes())
+        x509.load_pem_x509_certificate(paths["superlink.crt"].read_bytes()).verify_directly_issued_by(ca)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{paths['superlink.crt']}: not issued by {paths['ca.crt']} ({exc})") from exc
+    keys = sorted((coordinator / "site-public-keys").glob("*.pub"))
+    return CoordinatorFiles(
+        root=root,
+        name=name,
+        address=str(profile["address"]),
+        ca_cert=paths["ca.crt"],
+        server_cert=paths["superlink.crt"],
+        server_key=paths["superlink.key"],
+        public_keys={p.stem: p for p in keys},
+    )
+
+
+# ----------------------------------------------------------------------------- Flower programs
+
+
+def flower_tool(name: str) -> str:
+    """Path of a Flower program installed next to this Python (or on PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FedwardError(f"'{name}' not found next to {sys.executable} or on PATH; is flwr installed?")
+    return found
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower programs: their own FLWR_HOME, this Python's tools first on PATH (the
+    SuperLink and SuperNode start `flower-superexec` by name), no runtime dependency installation."""
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+
+
+def local_address(host: str, port: int) -> str:
+    """Where a process on this machine reaches a SuperLink listening on `host:port`."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def superlink_command(
+    fed: CoordinatorFiles, *, host: str, port: int, state_dir: Path, isolation: str = "subprocess"
+) -> list[str]:
+    """`flower-superlink` with TLS, SuperNode authentication, an on-disk database and no `uv sync`."""
+    return [
+        flower_tool("flower-superlink"),
+        "--ssl-ca-certfile", str(fed.ca_cert),
+        "--ssl-certfile", str(fed.server_cert),
+        "--ssl-keyfile", str(fed.server_key),
+        "--enable-supernode-auth",
+        "--database", str(state_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+        "--isolation", isolation,
+        "--host", host,
+        "--port", str(port),
+    ]  # fmt: skip
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early (and clearly) when another program already listens on the SuperLink's port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); is a SuperLink running?"
+            ) from exc
+
+
+def tls_reachable(address: str, ca_cert: Path, timeout: float = 3.0) -> bool:
+    """True when `address` completes a TLS handshake verified against `ca_cert`."""
+    host, port = address.rsplit(":", 1)
+    host = host.strip("[]")
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def wait_until_serving(
+    address: str, ca_cert: Path, proc: subprocess.Popen | None = None, timeout: float = 60.0
+) -> None:
+    """Wait for the SuperLink to answer TLS on `address`; fail if `proc` exits or it takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise FedwardError(f"flower-superlink exited with code {proc.returncode} before serving")
+        if tls_reachable(address, ca_cert):
+            return
+        if time.monotonic() > deadline:
+            raise FedwardError(f"the SuperLink did not answer on {address} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def cli_home(fed: CoordinatorFiles, address: str | None = None) -> Iterator[Path]:
+    """A temporary FLWR_HOME whose config.toml holds the federation's profile (the default one)."""
+    with tempfile.TemporaryDirectory(prefix="fedward-flwr-") as tmp:
+        home = Path(tmp)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{fed.name}"\n\n'
+            f"[superlink.{fed.name}]\n"
+            f"address = {json.dumps(address or fed.address)}\n"
+            f"root-certificates = {json.dumps(str(fed.ca_cert))}\n"
+        )
+        yield home
+
+
+class NoJsonAnswer(FedwardError):
+    """`flwr ... --format json` printed no JSON (it crashed or could not start)."""
+
+
+def flwr_json(args: list[str], home: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """Run `flwr <args> --format json` and return its answer (whose "success" the caller checks)."""
+    try:
+        done = subprocess.run(
+            [flower_tool("flwr"), *args, "--format", "json"],
+            env=flower_env(home),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FedwardError(f"`flwr {' '.join(args)}` did not answer within {timeout:.0f} s") from exc
+    start = done.stdout.find("{")
+    if start >= 0:
+        with contextlib.suppress(json.JSONDecodeError):
+            return dict(json.loads(done.stdout[start:]))
+    detail = (done.stderr or done.stdout).strip()[-800:]
+    raise NoJsonAnswer(f"`flwr {' '.join(args)}` gave no JSON answer (exit code {done.returncode}): {detail}")
+
+
+def failure(reply: dict[str, Any]) -> str:
+    message = str(reply.get("error-message") or "no reason given")
+    return message.split("\n\n", 1)[-1].strip()  # drop flwr's "Using SuperLink: ..." preamble
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One site's key at the SuperLink after `register_sites`."""
+
+    site: str
+    node_id: str | None  # None when it was registered before (the SuperLink does not repeat the id)
+    new: bool
+
+
+def register_sites(fed: CoordinatorFiles, home: Path) -> list[Registration]:
+    """Register every key in coordinator/site-public-keys with `flwr supernode register` (idempotent)."""
+    if not fed.public_keys:
+        raise ConfigError(f"{fed.root / 'coordinator' / 'site-public-keys'}: no site public keys (*.pub)")
+    done: list[Registration] = []
+    for site, key in fed.public_keys.items():
+        reply = retrying(
+            lambda key=key, site=site: flwr_json(
+                ["supernode", "register", str(key), fed.name, "--name", site], home
+            )
+        )
+        if reply.get("success") is True:
+            done.append(Registration(site, str(reply.get("node-id")), new=True))
+        elif ALREADY_REGISTERED in str(reply.get("error-message", "")):
+            done.append(Registration(site, None, new=False))
+        else:
+            raise FedwardError(f"registering site {site} ({key}) failed: {failure(reply)}")
+    return done
+
+
+def retrying(call: Callable[[], dict[str, Any]], attempts: int = 3, pause: float = 2.0) -> dict[str, Any]:
+    """Repeat an idempotent `flwr` call whose output was not JSON (seen once right after start-up)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except NoJsonAnswer:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- supervising a program
+
+
+def supervise(
+    command: list[str], env: dict[str, str], after_start: Callable[[subprocess.Popen], None]
+) -> int:
+    """Run `command` in this process group; SIGTERM/SIGINT reach it once; return its exit code.
+
+    `after_start` runs while the program runs (e.g. readiness and registration); if it raises, the
+    program is stopped and the error propagates.
+    """
+    proc = subprocess.Popen(command, env=env)
+    forwarded = False
+
+    def forward(_signum: int, _frame: Any) -> None:
+        nonlocal forwarded
+        if not forwarded and proc.poll() is None:
+            forwarded = True
+            proc.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            after_start(proc)
+        except BaseException:
+            forward(signal.SIGTERM, None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)
+            if proc.poll() is None:
+                proc.kill()
+            raise
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,86 @@
+"""Tumour tasks: patient-level splits, Opacus-compatible models, one DP step each, metrics pooling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mri_helpers import CONTRASTS, make_site
+from opacus.validators import ModuleValidator
+
+from common.config import RunConfig
+from common.data.split import split_by_patient
+from common.metrics import multiclass_metrics, pool_multiclass
+from common.privacy import DPConfig
+from common.tasks import SiteSource, get_task
+from common.training import LocalTraining, train_model
+
+
+def _config(task: str, **extra) -> RunConfig:
+    settings = {"image_size": 16, "image_depth": 8, **extra}
+    return RunConfig(task=task, mri_contrasts=",".join(CONTRASTS), **settings)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mri-train")
+    make_site(root, "nifti", patients=8)
+    make_site(root, "png", patients=8)
+    return root
+
+
+def test_split_keeps_each_patient_on_one_side() -> None:
+    patients = [f"p{i // 3}" for i in range(30)]  # 10 patients, 3 samples each
+    strata = np.array([int(p[1:]) % 2 for p in patients])
+    train, test = split_by_patient(patients, strata, 0.3, seed=0)
+    assert sorted([*train, *test]) == list(range(30))
+    assert not {patients[i] for i in train} & {patients[i] for i in test}
+    assert len({patients[i] for i in test}) == 3
+
+
+def test_image_folder_site_splits_by_patient(root) -> None:
+    config = _config("tumour", image_size=32, image_depth=0)
+    site = get_task("tumour").load_site(SiteSource("s", root / "png-1"), config)
+    assert site.num_train + site.num_test == site.report["samples"] > site.report["patients"] == 8
+    assert not set(site.train.patients) & set(site.test.patients)
+    assert site.train.images.shape[1:] == (2, 32, 32)  # grey-level image fills both channels
+
+
+@pytest.mark.parametrize(
+    ("task", "model", "depth"),
+    [("tumour", "cnn", 8), ("tumour", "densenet121", 0), ("tumour-seg", "unet", 8)],
+)
+def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
+    folder, size = (root / "png-1", 32) if depth == 0 else (root / "nifti-1", 16)
+    config = _config(
+        task, model=model, image_depth=depth, image_size=size, tumour_binary=model == "densenet121"
+    )
+    t = get_task(task)
+    site = t.load_site(SiteSource("s", folder), config)
+    train_set, test_set = t.datasets(site, {})
+    net = t.build_model(config)
+    assert ModuleValidator.validate(net, strict=False) == []
+    before = [p.detach().clone() for p in net.parameters()]
+    local = LocalTraining(epochs=1, batch_size=len(train_set), lr=0.01, optimizer="adam")
+    out = train_model(net, train_set, t.loss, local, DPConfig(noise_multiplier=1.0), delta=1e-3)
+    assert out.steps == 1 and out.privacy_steps == [(1.0, 1.0, 1)]
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    metrics = t.evaluate(net, test_set, torch.device("cpu"))
+    assert metrics["num-examples"] == site.num_test
+    pooled = t.pool([metrics, metrics])
+    assert pooled["num-examples"] == 2 * site.num_test
+    empty = t.loss(net(train_set.tensors[0][:0]), train_set.tensors[1][:0])
+    assert float(empty.detach()) == 0.0  # an empty Poisson batch
+
+
+def test_multiclass_pooling_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 40)
+    p = rng.dirichlet(np.ones(4), 40)
+    whole = multiclass_metrics(y, p)
+    pooled = pool_multiclass([{**multiclass_metrics(y[:25], p[:25]), "num-examples": 25},
+                              {**multiclass_metrics(y[25:], p[25:]), "num-examples": 15}])  # fmt: skip
+    for key in ("accuracy", "sensitivity", "specificity", "f1"):
+        assert pooled[key] == pytest.approx(whole[key])
