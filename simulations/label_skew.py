@@ -12,12 +12,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from common.data.ckd import load_ckd_csv
-from common.data.split import stratified_split
 from common.datasets import ckd_csv_path
 from common.errors import ConfigError
+from simulations.prepare import write_ckd_sites
 
 
 def dirichlet_parts(
@@ -62,18 +61,7 @@ def prepare_skewed_ckd_sites(
 
     Partition draws are tried from `first_draw` (default `seed`) on; `seed` also seeds the test split.
     """
-    source = ckd_csv_path()
-    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
-    table = load_ckd_csv(source, strict=False)
+    labels = load_ckd_csv(ckd_csv_path(), strict=False).y
     start = seed if first_draw is None else first_draw
-    parts, draw = dirichlet_parts(table.y, num_sites, alpha, start, min_rows=min_rows)
-    folders = []
-    for i, part in enumerate(parts):
-        rows = table.source_rows[part] - 1
-        train, test = stratified_split(rows, table.y[part], test_fraction, seed)
-        folder = out_dir / f"site-{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        raw.iloc[rows[train]].to_csv(folder / "train.csv", index=False)
-        raw.iloc[rows[test]].to_csv(folder / "test.csv", index=False)
-        folders.append(folder)
-    return folders, draw
+    parts, draw = dirichlet_parts(labels, num_sites, alpha, start, min_rows=min_rows)
+    return write_ckd_sites(out_dir, parts, test_fraction=test_fraction, seed=seed), draw

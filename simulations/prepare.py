@@ -28,9 +28,18 @@ def prepare_ckd_sites(
     export has); each site's held-out split is stratified by label.
     """
     source = source or ckd_csv_path()
+    labels = load_ckd_csv(source, strict=False).y
+    parts = partition_indices(labels, num_sites, partition, alpha=alpha, seed=seed)
+    return write_ckd_sites(out_dir, parts, test_fraction=test_fraction, seed=seed, source=source)
+
+
+def write_ckd_sites(
+    out_dir: Path, parts: list, *, test_fraction: float = 0.2, seed: int = 0, source: Path | None = None
+) -> list[Path]:
+    """Write one folder per partition (row indices into the validated table) with its own split."""
+    source = source or ckd_csv_path()
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     table = load_ckd_csv(source, strict=False)
-    parts = partition_indices(table.y, num_sites, partition, alpha=alpha, seed=seed)
     folders = []
     for i, part in enumerate(parts):
         rows = table.source_rows[part] - 1
