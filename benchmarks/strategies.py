@@ -8,7 +8,9 @@ rules, plus FedAvg behind the server's relative update-norm bound. Part 1 and 2 
 off (`update-norm-factor = 0`) so the rules themselves are measured. Every run is a real Flower
 simulation (the `fedward sim` path). Prints a table and writes JSON and Markdown.
 
-    python benchmarks/strategies.py --seeds 1 --out benchmarks/results/strategies.json
+    python -P benchmarks/strategies.py --seeds 1 --out benchmarks/results/strategies.json
+
+(-P keeps benchmarks/ off the front of sys.path, where this file would shadow the strategies package.)
 """
 
 from __future__ import annotations
