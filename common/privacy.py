@@ -10,9 +10,6 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-
 from common.errors import PrivacyError
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -65,6 +62,8 @@ def resolve_noise_multiplier(
 @lru_cache(maxsize=256)
 def _calibrate(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """Binary search of Opacus (seconds with PRV), so cached: a site asks the same every round."""
+    from opacus.accountants.utils import get_noise_multiplier  # Opacus loads in ~2.5 s: only when needed
+
     with warnings.catch_warnings():  # RDP's "optimal order is the largest alpha" advice
         warnings.simplefilter("ignore", UserWarning)
         return float(
@@ -129,6 +128,8 @@ def compose_epsilon(entries: list[tuple[float, float, int]], delta: float, accou
     """ε(δ) of the composition of `entries` under an Opacus accountant."""
     if not entries:
         return 0.0
+    from opacus.accountants import create_accountant  # Opacus loads in ~2.5 s: only when needed
+
     acc = create_accountant(mechanism=accountant)
     acc.history = [(float(s), float(q), int(n)) for s, q, n in entries]
     with warnings.catch_warnings():

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -98,6 +97,8 @@ def train_model(
         q = 1.0 / len(loader)
         planned = planned_rounds * local.epochs * len(loader)
         sigma = resolve_noise_multiplier(dp, delta=delta, sample_rate=q, planned_steps=planned)
+        from opacus import PrivacyEngine  # Opacus loads in ~2.5 s: only for private training
+
         with warnings.catch_warnings():  # secure_mode advice; see docs/privacy.md
             warnings.simplefilter("ignore")
             engine = PrivacyEngine(accountant=dp.accountant)
