@@ -8,12 +8,12 @@ layout as `prepare_ckd_sites` (site-<i>/{train,test}.csv, rows verbatim, test sp
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from common.data.ckd import load_ckd_csv
+from common.data.partition import partition_indices
 from common.datasets import ckd_csv_path
 from common.errors import ConfigError
 from simulations.prepare import write_ckd_sites
@@ -23,27 +23,13 @@ def dirichlet_parts(
     labels: np.ndarray, num_sites: int, alpha: float, seed: int, *, min_rows: int = 10, tries: int = 50
 ) -> tuple[list[np.ndarray], int]:
     """Row indices per site and the draw seed that produced them (the first from `seed` on that works)."""
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner
-
-    data = Dataset.from_dict({"row": np.arange(len(labels)), "label": labels.tolist()})
     for draw in range(seed, seed + tries):
-        partitioner = DirichletPartitioner(
-            num_partitions=num_sites,
-            partition_by="label",
-            alpha=alpha,
-            min_partition_size=min_rows,
-            self_balancing=True,
-            seed=draw,
-        )
-        partitioner.dataset = data
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                parts = [np.sort(np.asarray(partitioner.load_partition(i)["row"])) for i in range(num_sites)]
+            return partition_indices(
+                labels, num_sites, "dirichlet", alpha=alpha, seed=draw, min_rows=min_rows
+            ), draw
         except ValueError:  # no partition with min_rows per site in the partitioner's draws
             continue
-        return parts, draw
     raise ConfigError(f"no Dirichlet({alpha}) partition into {num_sites} sites of >= {min_rows} rows")
 
 

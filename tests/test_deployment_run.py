@@ -3,20 +3,18 @@ coordinator run: `coordinator start` (TLS + SuperNode auth), two `site start`, `
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from flower_processes import stop_groups, wait_for
 
 from server import deploy, launch
 from server.provision import provision
@@ -63,17 +61,7 @@ class _Procs:
         return proc, log
 
     def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for proc in self.started:  # whatever is left in the groups (SuperExec, app processes)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups(self.started, grace=10)
 
 
 @pytest.fixture()
@@ -84,17 +72,6 @@ def procs(tmp_path: Path) -> Iterator[_Procs]:
         yield started
     finally:
         started.stop_all()
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
 
 def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Path, procs: _Procs) -> None:
@@ -111,7 +88,7 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
         "coordinator", [FEDWARD, "coordinator", "start", "--federation", str(fed.root), "--host", "127.0.0.1"]
     )
     logs = [coordinator_log]
-    _wait_for("the coordinator", lambda: "coordinator ready" in coordinator_log.read_text(), 60, logs)
+    wait_for("the coordinator", lambda: "coordinator ready" in coordinator_log.read_text(), 60, logs)
     assert "site H1: registered as node" in coordinator_log.read_text()
     ready = time.monotonic()
 
@@ -151,7 +128,7 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("key already known to the SuperLink") == 2
 
-    _wait_for("the run to end", lambda: run.poll() is not None, 240, logs)
+    wait_for("the run to end", lambda: run.poll() is not None, 240, logs)
     output = run_log.read_text()
     assert run.returncode == 0, output + "\n".join(p.read_text()[-3000:] for p in logs)
     run_id = int(re.search(r"run (\d+) submitted", output).group(1))  # type: ignore[union-attr]

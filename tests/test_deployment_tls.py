@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flower_processes import stop_groups, wait_for
 
 from server.provision import provision
 
@@ -58,17 +56,7 @@ class _Procs:
         return proc, log
 
     def stop_all(self) -> None:
-        for proc, _ in reversed(self.started):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc, _ in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for proc, _ in self.started:  # children of a leader that already exited stay in its group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups([proc for proc, _ in self.started], grace=5)
 
 
 @pytest.fixture()
@@ -79,17 +67,6 @@ def procs(tmp_path: Path) -> Iterator[_Procs]:
         yield started
     finally:
         started.stop_all()
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
 
 def _flwr_json(args: list[str], flwr_home: Path) -> dict[str, Any]:
@@ -141,7 +118,7 @@ def test_tls_superlink_admits_registered_supernode_only(tmp_path: Path, procs: _
     (cli_home / "config.toml").write_text(fed.flwr_config.read_text())  # the generated profile, as is
 
     # the CLI reaches the SuperLink over TLS, verified against the provisioned CA; nothing registered yet
-    assert _wait_for("the SuperLink's Control API", lambda: _nodes(cli_home) == {}, 30, [link_log]) is True
+    assert wait_for("the SuperLink's Control API", lambda: _nodes(cli_home) == {}, 30, [link_log]) is True
 
     reply = _flwr_json(["supernode", "register", str(fed.site_public_keys["H1"]), FEDERATION], cli_home)
     assert reply.get("success") is True, reply
@@ -165,12 +142,12 @@ def test_tls_superlink_admits_registered_supernode_only(tmp_path: Path, procs: _
     intruder, h2_log = supernode("H2")  # a genuine kit whose key was never registered
     logs = [link_log, h1_log, h2_log]
 
-    _wait_for(
+    wait_for(
         "the registered SuperNode to be online", lambda: _nodes(cli_home) == {node_id: "online"}, 30, logs
     )
 
     # the unregistered SuperNode is refused: Fleet ActivateNode fails (ApiError 2004) and it exits 305
-    _wait_for("the unregistered SuperNode to give up", lambda: intruder.poll() is not None, 30, logs)
+    wait_for("the unregistered SuperNode to give up", lambda: intruder.poll() is not None, 30, logs)
     assert intruder.returncode != 0
     assert "Failed to activate SuperNode" in h2_log.read_text(errors="replace")
     assert "No SuperNode found with the given public key" in link_log.read_text(errors="replace")

@@ -12,12 +12,20 @@ PARTITIONS = ("iid", "dirichlet")
 
 
 def partition_indices(
-    labels: np.ndarray, num_sites: int, scheme: str, *, alpha: float = 0.5, seed: int = 0
+    labels: np.ndarray,
+    num_sites: int,
+    scheme: str,
+    *,
+    alpha: float = 0.5,
+    seed: int = 0,
+    min_rows: int | None = None,
 ) -> list[np.ndarray]:
     """Row indices of each of `num_sites` partitions of a data set with `labels`.
 
     `iid` deals rows uniformly at random; `dirichlet` draws each site's label mix from
-    Dirichlet(`alpha`) (smaller alpha, more skew), as flwr-datasets' `DirichletPartitioner`.
+    Dirichlet(`alpha`) (smaller alpha, more skew), as flwr-datasets' `DirichletPartitioner`, with at
+    least `min_rows` rows per site (default: 20, less for small tables); the partitioner raises
+    ValueError when its draws cannot meet that.
     """
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
@@ -34,7 +42,7 @@ def partition_indices(
     elif scheme == "dirichlet":
         if alpha <= 0:
             raise ConfigError(f"dirichlet-alpha must be > 0, got {alpha}")
-        min_size = max(2, min(20, len(labels) // (2 * num_sites)))
+        min_size = min_rows or max(2, min(20, len(labels) // (2 * num_sites)))
         partitioner = DirichletPartitioner(
             num_partitions=num_sites,
             partition_by="label",
