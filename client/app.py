@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
+from client.run_state import SiteRunState
 from client.site import load_site, site_privacy, site_source
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from common.config import RunConfig
@@ -61,7 +62,11 @@ def train(msg: Message, context: Context) -> Message:
     config, task, source, site = _setup(context)
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
-    budget = SiteBudget(site_privacy(context, config), site.files)
+    privacy = site_privacy(context, config)
+    run_state = SiteRunState(privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
+    if run_state.restore(context.state, server_round):
+        log.info("site %s: run state restored from %s (resumed run)", source.site_id, run_state.folder)
+    budget = SiteBudget(privacy, site.files)
     history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
     plan = budget.plan(config, site.num_train)
     reason = budget.refusal(config, plan, site.num_train, history)
@@ -97,7 +102,8 @@ def train(msg: Message, context: Context) -> Message:
     delta = plan.delta if plan else 0.0
     context.state[PRIVACY_STATE] = ConfigRecord({**history.to_config(), "delta": delta})
     if plan is not None:
-        budget.record(str(context.run_id), server_round, outcome.privacy_steps, plan, config)
+        run_id = str(shared.get("run-uid") or context.run_id)
+        budget.record(run_id, server_round, outcome.privacy_steps, plan, config)
         epsilon = history.epsilon(delta, config.dp_accountant)
         lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
     else:
@@ -121,6 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     if scaffold:
         key, variate_delta = scaffold.finish(start, pick(state, start), outcome.steps, local.lr)
         content[key] = variate_delta
+    run_state.save(context.state, server_round)
     if hostile is not None:
         sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
         content["arrays"] = ArrayRecord(sent)

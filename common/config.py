@@ -62,6 +62,7 @@ class RunConfig(BaseModel):
     test_fraction: float = Field(0.2, ge=0, lt=1)
     runs_dir: str = "runs"
     run_name: str = ""
+    resume: bool = False
     device: str = "auto"
     image_size: int = Field(32, ge=8)
     image_depth: int = Field(16, ge=0)

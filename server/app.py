@@ -6,13 +6,14 @@ import logging
 import math
 import time
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.tasks import get_task
+from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
 from server.statistics import collect_statistics, wait_for_sites
@@ -44,14 +45,27 @@ def _central_privacy(strategy) -> dict | None:
     return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
 
 
+def _run_uid(run: RunDirectory, config: RunConfig, checkpoint: RoundCheckpoint | None) -> str:
+    """The logical run's id: kept across resumes (sites key their per-run privacy state by it)."""
+    if checkpoint is not None:
+        return checkpoint.run_uid
+    if config.resume and (run.path / "config.json").is_file():
+        return str(run.read_json("config.json").get("run-uid") or RoundCheckpoint.new_run_uid())
+    return RoundCheckpoint.new_run_uid()
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one federated training of the configured task."""
     started = time.monotonic()
     config = RunConfig.from_flower(context.run_config)
     task = get_task(config.task)
+    if config.resume and not config.run_name:
+        raise ConfigError("resume = true needs run-name: the run directory to continue")
     run = RunDirectory.create(config.runs_dir, config.run_name or default_run_name(config.task))
     print(f"fedward: run directory {run.path}", flush=True)
+    checkpoint = RoundCheckpoint.load(run.path) if config.resume else None
+    run_uid = _run_uid(run, config, checkpoint)
 
     if config.hostile_sites:
         print(
@@ -61,13 +75,15 @@ def main(grid: Grid, context: Context) -> None:
         )
     node_ids = wait_for_sites(grid, config.min_sites)
     sites = collect_statistics(grid, node_ids)
-    shared = task.combine_statistics([s.statistics for s in sites])
+    shared = {**task.combine_statistics([s.statistics for s in sites]), "run-uid": run_uid}
     run.write_json(
         "config.json",
         {
             "run-config": config.to_flower(),
+            "run-uid": run_uid,
             "sites": {s.site_id: s.report for s in sites},
             "flower-run-id": context.run_id,
+            "resumed-after-round": checkpoint.server_round if checkpoint else None,
         },
     )
 
@@ -98,19 +114,40 @@ def main(grid: Grid, context: Context) -> None:
         norm_factor=config.update_norm_factor,
         on_reject=recorder.on_rejections,
     )
-    strategy = ObservedStrategy(validated, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate)
-    torch.manual_seed(config.seed)
-    initial = task.build_model(config)
-    final = ArrayRecord(initial.state_dict())
+    seed_everything(config.seed)  # node sampling order, central-DP noise, initial weights
+    final = ArrayRecord(task.build_model(config).state_dict())
+    done = 0
+    if checkpoint is not None:
+        done = checkpoint.server_round
+        restore_strategy_state(validated, checkpoint.strategy)
+        recorder.restore(checkpoint.recorder)
+        checkpoint.restore_rng()
+        final = checkpoint.array_record()
+        run.truncate_rounds(done)
+        print(f"fedward: resuming after round {done} of {config.num_server_rounds}", flush=True)
+    elif config.resume:
+        run.truncate_rounds(0)
+        print("fedward: no completed round to resume from; starting at round 1", flush=True)
+    strategy = ObservedStrategy(
+        validated, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate, first_round=done + 1
+    )
+    start_arrays = final
+
+    def save_checkpoint(server_round: int) -> None:
+        arrays = recorder.arrays or start_arrays
+        RoundCheckpoint.capture(server_round, run_uid, arrays, validated, recorder.snapshot()).save(run.path)
+
+    recorder.after_round = save_checkpoint
     try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=final,
-            num_rounds=config.num_server_rounds,
-            train_config=ConfigRecord(shared),
-            evaluate_config=ConfigRecord(shared),
-        )
-        final = result.arrays
+        if done < config.num_server_rounds:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=start_arrays,
+                num_rounds=config.num_server_rounds - done,
+                train_config=ConfigRecord(shared),
+                evaluate_config=ConfigRecord(shared),
+            )
+            final = result.arrays
     except (RunStopped, PrivacyBudgetExhausted) as stop:
         recorder.stop_reason = recorder.stop_reason or str(stop)
         print(f"fedward: run stopped: {stop}", flush=True)
@@ -122,6 +159,8 @@ def main(grid: Grid, context: Context) -> None:
         "strategy": config.strategy,
         "rounds": config.num_server_rounds,
         "rounds-completed": last.get("round", 0),
+        "run-uid": run_uid,
+        "resumed-after-round": checkpoint.server_round if checkpoint else None,
         "dp": config.dp,
         "stopped": recorder.stop_reason,
         "central-dp": _central_privacy(aggregation),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -41,6 +42,22 @@ class RoundRecorder:
         self.last: dict[str, Any] = {}
         self.started = time.monotonic()
         self.round_started = self.started
+        self.after_round: Callable[[int], None] | None = None  # e.g. save a checkpoint
+
+    _KEPT = ("budget", "refusals", "train", "rejection_counts", "stop_reason", "epsilon", "last")
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a resumed run needs to carry on the bookkeeping (and the arrays of the last round)."""
+        kept = {k: getattr(self, k) for k in self._KEPT}
+        kept["elapsed"] = time.monotonic() - self.started
+        return kept
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a snapshot: elapsed time keeps counting from where the run stopped."""
+        for key in self._KEPT:
+            setattr(self, key, saved[key])
+        self.started = time.monotonic() - float(saved["elapsed"])
+        self.round_started = time.monotonic()
 
     def _by_site(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[str]]:
         ok, failed = {}, []
@@ -115,6 +132,8 @@ class RoundRecorder:
         self.last = record
         self.run.append_round(record)
         print(progress_line(server_round, self.num_rounds, overall, self.epsilon), flush=True)
+        if self.after_round is not None:
+            self.after_round(server_round)
 
 
 def progress_line(server_round: int, num_rounds: int, overall: dict, epsilon: dict[str, float]) -> str:

@@ -56,6 +56,22 @@ class RunDirectory:
         with (self.path / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
 
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop records of rounds after `last_round` (written before a crash, after the checkpoint)."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [
+            line for line in path.read_text().splitlines() if line and json.loads(line)["round"] <= last_round
+        ]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(path)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        """A JSON file of the run directory."""
+        return json.loads((self.path / name).read_text())
+
     def save_model(self, state_dict: dict[str, torch.Tensor], name: str = "model.pt") -> Path:
         """Save the global model's state dict."""
         target = self.path / name

@@ -18,24 +18,32 @@ EvaluateObserver = Callable[[int, list[Message], MetricRecord | None], None]
 
 class ObservedStrategy(Strategy):
     """Delegates to `inner`; calls `on_train` / `on_evaluate` with the round's replies (and the new
-    global arrays). An observer may raise to stop the run after a round."""
+    global arrays). An observer may raise to stop the run after a round.
 
-    def __init__(self, inner: Strategy, on_train: TrainObserver, on_evaluate: EvaluateObserver) -> None:
+    `first_round` > 1 continues a resumed run: Flower's `start` counts rounds from 1, this wrapper
+    shifts them so sites, strategy and observers see the run's real round numbers.
+    """
+
+    def __init__(
+        self, inner: Strategy, on_train: TrainObserver, on_evaluate: EvaluateObserver, first_round: int = 1
+    ) -> None:
         self.inner = inner
         self.on_train = on_train
         self.on_evaluate = on_evaluate
+        self.offset = first_round - 1
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As the wrapped strategy."""
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate with the wrapped strategy, then report the replies."""
         replies = list(replies)
+        server_round += self.offset
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self.on_train(server_round, replies, arrays, metrics)
         return arrays, metrics
@@ -44,11 +52,12 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As the wrapped strategy."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate with the wrapped strategy, then report the replies."""
         replies = list(replies)
+        server_round += self.offset
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         self.on_evaluate(server_round, replies, metrics)
         return metrics

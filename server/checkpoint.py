@@ -1,0 +1,136 @@
+"""Round checkpoints: the global model and all server-side state, saved after every completed round.
+
+`checkpoint.pt` in the run directory holds the last completed round, the global arrays, the state of the
+whole strategy chain (FedAdam/FedYogi/FedAdagrad moments, FedAvgM momentum, SCAFFOLD's control variate,
+the central-DP accountant), the recorder's per-site bookkeeping and the server's random generators, so a
+resumed run continues exactly where the last completed round ended. The file is the coordinator's own
+trusted state (it is unpickled on resume): never resume from a checkpoint received from elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+_WRAPPED = ("inner", "strategy")  # how fedward's and Flower's wrappers hold the strategy they wrap
+
+
+def strategy_chain(strategy: Strategy) -> list[Strategy]:
+    """The strategy and every strategy it wraps, outermost first."""
+    chain = [strategy]
+    while True:
+        layer = chain[-1]
+        inner = next(
+            (getattr(layer, a) for a in _WRAPPED if isinstance(getattr(layer, a, None), Strategy)), None
+        )
+        if inner is None:
+            return chain
+        chain.append(inner)
+
+
+def _state_of(obj: Strategy) -> dict[str, Any]:
+    """An object's data attributes: not the wrapped strategy, not callables (metric functions, observers)."""
+    return {
+        k: v
+        for k, v in vars(obj).items()
+        if not (k in _WRAPPED and isinstance(v, Strategy)) and not callable(v)
+    }
+
+
+def strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
+    """The data attributes of each strategy in the chain (moments, momentum, control variates...)."""
+    return [_state_of(s) for s in strategy_chain(strategy)]
+
+
+def restore_strategy_state(strategy: Strategy, state: list[dict[str, Any]]) -> None:
+    """Put saved attributes back into a freshly built strategy chain of the same shape."""
+    chain = strategy_chain(strategy)
+    kinds = [type(s).__name__ for s in chain]
+    if len(chain) != len(state):
+        raise ValueError(f"checkpoint has {len(state)} strategy layers, this run builds {kinds}")
+    for layer, saved in zip(chain, state, strict=True):
+        for key, value in saved.items():
+            setattr(layer, key, value)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the server's generators (Python, NumPy, torch) so a run is reproducible from its seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RoundCheckpoint:
+    """Everything needed to continue a run after `server_round`."""
+
+    server_round: int
+    run_uid: str
+    arrays: dict[str, np.ndarray]
+    strategy: list[dict[str, Any]]
+    recorder: dict[str, Any]
+    rng: dict[str, Any]
+
+    @staticmethod
+    def new_run_uid() -> str:
+        """A fresh id for a logical run; it survives resumes (sites key their run state by it)."""
+        return uuid.uuid4().hex
+
+    @classmethod
+    def capture(
+        cls,
+        server_round: int,
+        run_uid: str,
+        arrays: ArrayRecord,
+        strategy: Strategy,
+        recorder: dict[str, Any],
+    ) -> RoundCheckpoint:
+        """Snapshot the server after a completed round."""
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        return cls(
+            server_round,
+            run_uid,
+            {k: a.numpy().copy() for k, a in arrays.items()},
+            strategy_state(strategy),
+            recorder,
+            rng,
+        )
+
+    def save(self, run_dir: Path) -> Path:
+        """Write `checkpoint.pt` atomically (a crash mid-write leaves the previous checkpoint)."""
+        target = run_dir / CHECKPOINT
+        tmp = target.with_suffix(".pt.tmp")
+        torch.save({"format": FORMAT, **vars(self)}, tmp)
+        tmp.replace(target)
+        return target
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RoundCheckpoint | None:
+        """The run's last checkpoint, or None when no round completed yet."""
+        path = run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+        payload = torch.load(path, weights_only=False)  # our own file; see the module docstring
+        if payload.pop("format", None) != FORMAT:
+            raise ValueError(f"{path}: unknown checkpoint format (expected {FORMAT})")
+        return cls(**payload)
+
+    def restore_rng(self) -> None:
+        """Put the server's random generators back (node sampling order, central-DP noise)."""
+        random.setstate(self.rng["python"])
+        np.random.set_state(self.rng["numpy"])
+        torch.set_rng_state(self.rng["torch"])
+
+    def array_record(self) -> ArrayRecord:
+        """The global model after the checkpointed round."""
+        return ArrayRecord({k: Array(v) for k, v in self.arrays.items()})
