@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from client.budget import SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
+from client.ledger import dataset_fingerprint
 from client.run_state import SiteRunState
 from client.site import load_site, site_privacy, site_source
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
@@ -45,11 +46,14 @@ def statistics(msg: Message, context: Context) -> Message:
     for line in site.details:
         log.warning("site %s: %s", source.site_id, line)
     stats = task.statistics(site) or {}
+    identity = {"site-id": source.site_id}
+    if site.files:  # for the signed provenance: a hash of file names and sizes, never data
+        identity["fingerprint"] = dataset_fingerprint(site.files)
     content = RecordDict(
         {
             "statistics": MetricRecord({**stats, "num-examples": site.num_train}),
             "report": MetricRecord({**site.report, "num-train": site.num_train, "num-test": site.num_test}),
-            "site": ConfigRecord({"site-id": source.site_id}),
+            "site": ConfigRecord(identity),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -151,7 +155,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = task.build_model(config)
     global_state = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict(site_model_state(global_state, shared, context.state))
-    with torch.no_grad():
-        metrics = task.evaluate(model, test_set, pick_device(config.device))
+    final = int(shared.get("server-round", 0)) >= config.num_server_rounds
+    with torch.no_grad():  # confidence intervals (bootstrap at the site) for the final model only
+        metrics = task.evaluate(model, test_set, pick_device(config.device), intervals=final)
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -95,18 +95,21 @@ def check_data_dir(data: Path, allowed_tasks: list[str]) -> int | None:
     if allowed_tasks != ["ckd"]:
         return None  # imaging folders are checked file by file when a run loads them
     from common.data.ckd import load_ckd_csv
+    from common.data.ckd_mapping import find_site_mapping, load_mapping
 
+    mapping_file = find_site_mapping(data)
+    mapping = load_mapping(mapping_file) if mapping_file else None
     train, test = data / "train.csv", data / "test.csv"
     if train.is_file() and test.is_file():
-        load_ckd_csv(test, strict=False)
-        return len(load_ckd_csv(train, strict=False))
+        load_ckd_csv(test, strict=False, mapping=mapping)
+        return len(load_ckd_csv(train, strict=False, mapping=mapping))
     csvs = sorted(data.glob("*.csv"))
     if len(csvs) != 1:
         found = ", ".join(p.name for p in csvs) or "none"
         raise DataValidationError(
             str(data), [f"expected train.csv and test.csv, or one CKD CSV (found {found})"]
         )
-    load_ckd_csv(csvs[0], strict=False)
+    load_ckd_csv(csvs[0], strict=False, mapping=mapping)
     return None  # the run's test-fraction decides how many rows train
 
 

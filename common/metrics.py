@@ -8,18 +8,30 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score
 
-BINARY_KEYS = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss")
+from common.clinical import (
+    bootstrap_interval,
+    calibration_sums,
+    expected_calibration_error,
+    pool_calibration,
+    wilson_interval,
+    with_interval,
+)
+
+BINARY_KEYS = ("accuracy", "balanced-accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss", "ece")
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
 
 
-def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, ROC AUC, sensitivity, specificity, F1 and log loss, plus the confusion counts.
+def binary_metrics(
+    y_true: np.ndarray, p_positive: np.ndarray, threshold: float = 0.5, *, intervals: bool = False
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy, ROC AUC, sensitivity, specificity, F1, log loss and calibration
+    error (ECE), plus the confusion counts and calibration sums that pool exactly across sites.
 
-    AUC is NaN when the split holds a single class; the counts let a server pool the
-    threshold metrics exactly.
+    AUC is NaN when the split holds a single class. `intervals` adds 95 % intervals: Wilson for the
+    proportions, a case bootstrap for AUC and balanced accuracy.
     """
     y_true = np.asarray(y_true).astype(int)
     if len(y_true) == 0:  # same keys as always, so replies stay consistent across sites
@@ -31,14 +43,45 @@ def binary_metrics(y_true: np.ndarray, p_positive: np.ndarray, threshold: float 
     out = {"roc-auc": float(auc), "loss": float(log_loss(y_true, p, labels=[0, 1]))}
     out.update({"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)})
     out.update(_from_counts(tp, fp, tn, fn))
+    confidence = np.where(y_pred == 1, p, 1 - p)
+    _add_calibration(out, calibration_sums(confidence, y_pred == y_true))
+    if intervals:
+        _count_intervals(out)
+        with_interval(out, "roc-auc", bootstrap_interval(roc_auc_score, y_true, p))
+        with_interval(out, "balanced-accuracy", bootstrap_interval(_balanced(threshold), y_true, p))
     return out
 
 
+def _balanced(threshold: float):
+    def statistic(y: np.ndarray, p: np.ndarray) -> float:
+        pred = p >= threshold
+        if y.all() or not y.any():
+            return math.nan
+        return float((pred[y == 1].mean() + (~pred[y == 0]).mean()) / 2)
+
+    return statistic
+
+
+def _add_calibration(out: dict[str, float], sums: dict[str, float]) -> None:
+    out.update(sums)
+    out["ece"] = expected_calibration_error(sums)
+
+
+def _count_intervals(out: dict[str, float]) -> None:
+    """Wilson intervals of the proportions of a binary confusion table."""
+    tp, fp, tn, fn = (float(out[k]) for k in ("tp", "fp", "tn", "fn"))
+    with_interval(out, "accuracy", wilson_interval(tp + tn, tp + fp + tn + fn))
+    with_interval(out, "sensitivity", wilson_interval(tp, tp + fn))
+    with_interval(out, "specificity", wilson_interval(tn, tn + fp))
+
+
 def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     return {
         "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
+        "balanced-accuracy": (sensitivity + specificity) / 2,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }
 
@@ -55,6 +98,9 @@ def pool_binary(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
     out["roc-auc"] = weighted_mean(sites, "roc-auc")
     out["loss"] = weighted_mean(sites, "loss")
     out["num-examples"] = float(sum(float(s["num-examples"]) for s in sites))
+    out.update({k: counts[k] for k in ("tp", "fp", "tn", "fn")})
+    _count_intervals(out)
+    _add_calibration(out, pool_calibration(sites))
     return out
 
 
@@ -83,15 +129,17 @@ def _from_confusion(cm: np.ndarray) -> dict[str, float]:
 
     return {
         "accuracy": _ratio(float(tp.sum()), float(total)),
-        "sensitivity": macro(tp, tp + fn),  # balanced accuracy
+        "balanced-accuracy": macro(tp, tp + fn),
+        "sensitivity": macro(tp, tp + fn),  # macro sensitivity = balanced accuracy
         "specificity": macro(tn, tn + fp),
         "f1": macro(2 * tp, 2 * tp + fp + fn),
     }
 
 
-def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro sensitivity/specificity/F1, macro one-vs-rest ROC AUC and log loss of (n, k)
-    probabilities, plus the confusion counts `cm-<true>-<predicted>` for exact pooling."""
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, *, intervals: bool = False) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro sensitivity/specificity/F1, macro one-vs-rest ROC AUC, log loss
+    and ECE of (n, k) probabilities, plus the confusion counts `cm-<true>-<predicted>` and calibration
+    sums for exact pooling. `intervals` adds 95 % intervals (Wilson for accuracy, bootstrap for AUC)."""
     y_true = np.asarray(y_true).astype(int)
     k = probs.shape[1]
     cm = confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(k)))
@@ -102,6 +150,18 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float
     out: dict[str, float] = {"roc-auc": float(auc), "loss": float(log_loss(y_true, p, labels=list(range(k))))}
     out.update({f"cm-{i}-{j}": int(cm[i, j]) for i in range(k) for j in range(k)})
     out.update(_from_confusion(cm))
+    predicted = probs.argmax(axis=1)
+    _add_calibration(out, calibration_sums(probs.max(axis=1), predicted == y_true))
+    if intervals:
+        with_interval(out, "accuracy", wilson_interval(float(np.trace(cm)), float(cm.sum())))
+        labels = list(range(k))
+
+        def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
+            if len(np.unique(y)) < k:
+                return math.nan
+            return float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
+
+        with_interval(out, "roc-auc", bootstrap_interval(macro_auc, y_true, probs))
     return out
 
 
@@ -119,4 +179,7 @@ def pool_multiclass(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
     out["loss"] = weighted_mean(sites, "loss")
     out["num-examples"] = float(sum(float(s["num-examples"]) for s in sites))
     out.update({f"cm-{i}-{j}": float(cm[i, j]) for i in range(k) for j in range(k)})
+    if k:
+        with_interval(out, "accuracy", wilson_interval(float(np.trace(cm)), float(cm.sum())))
+    _add_calibration(out, pool_calibration(sites))
     return out

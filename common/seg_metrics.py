@@ -11,16 +11,18 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
+from common.clinical import mean_interval, with_interval
 from common.metrics import weighted_mean
 
 
 def segmentation_metrics(
-    pred: torch.Tensor, target: torch.Tensor, spacings: Sequence[Sequence[float]]
+    pred: torch.Tensor, target: torch.Tensor, spacings: Sequence[Sequence[float]], *, intervals: bool = False
 ) -> dict[str, float]:
     """Tumour Dice and HD95 (mm) of label maps `pred`, `target` of shape (n, 1, ...).
 
     `dice` averages cases with tumour in the ground truth; `hd95` cases where both maps have tumour;
     `dice-voxels` comes from the summed voxel counts `seg-tp`, `seg-fp`, `seg-fn` (exact when pooled).
+    `intervals` adds bootstrap 95 % intervals of the case means (`dice-ci-low`, ...).
     """
     pred_oh, target_oh = one_hot(pred.long(), 2), one_hot(target.long(), 2)
     dice = compute_dice(pred_oh, target_oh, include_background=False, ignore_empty=True)[:, 0].numpy()
@@ -41,7 +43,7 @@ def segmentation_metrics(
     fp = float((pred.bool() & ~target.bool()).sum())
     fn = float((~pred.bool() & target.bool()).sum())
     ok_dice, ok_hd = ~np.isnan(dice), np.isfinite(hd)
-    return {
+    out = {
         "dice": float(dice[ok_dice].mean()) if ok_dice.any() else math.nan,
         "dice-cases": float(ok_dice.sum()),
         "hd95": float(hd[ok_hd].mean()) if ok_hd.any() else math.nan,
@@ -51,6 +53,10 @@ def segmentation_metrics(
         "seg-fn": fn,
         "dice-voxels": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan,
     }
+    if intervals:
+        with_interval(out, "dice", mean_interval(dice[ok_dice]))
+        with_interval(out, "hd95", mean_interval(hd[ok_hd]))
+    return out
 
 
 def pool_segmentation(per_site: list[dict[str, float]]) -> dict[str, float]:

@@ -11,7 +11,9 @@ from client.cli import app as site_app
 from client.cli import register_node_commands
 from common.errors import FedwardError
 from server.cli import coordinator_app, provision_command, run_command
+from server.provenance_cli import sign_command, verify_command
 from server.provision import load_site_kit
+from server.report_cli import report_command
 from simulations.cli import app as sim_app
 
 app = typer.Typer(
@@ -23,6 +25,9 @@ app.add_typer(site_app, name="site")
 app.add_typer(coordinator_app, name="coordinator")
 app.command("provision")(provision_command)
 app.command("run")(run_command)
+app.command("verify")(verify_command)
+app.command("sign")(sign_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

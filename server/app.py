@@ -14,8 +14,10 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.tasks import get_task
 from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
+from server.export import finalise_run
 from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
+from server.signing import resolve_signing_key
 from server.statistics import collect_statistics, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
@@ -66,6 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"fedward: run directory {run.path}", flush=True)
     checkpoint = RoundCheckpoint.load(run.path) if config.resume else None
     run_uid = _run_uid(run, config, checkpoint)
+    signing_key = resolve_signing_key(None)  # a bad key fails now, not after training
 
     if config.hostile_sites:
         print(
@@ -81,7 +84,11 @@ def main(grid: Grid, context: Context) -> None:
         {
             "run-config": config.to_flower(),
             "run-uid": run_uid,
-            "sites": {s.site_id: s.report for s in sites},
+            "sites": {
+                s.site_id: {**s.report, **({"fingerprint": s.fingerprint} if s.fingerprint else {})}
+                for s in sites
+            },
+            "preprocessing": shared,  # what every site applied to its inputs (pooled statistics)
             "flower-run-id": context.run_id,
             "resumed-after-round": checkpoint.server_round if checkpoint else None,
         },
@@ -181,4 +188,7 @@ def main(grid: Grid, context: Context) -> None:
         "wall-seconds": time.monotonic() - started,
     }
     run.write_json("summary.json", summary)
+    recorder.tensorboard.close()
     print(f"fedward: summary written to {run.path / 'summary.json'}", flush=True)
+    finalise_run(run.path, signing_key)
+    print(f"fedward: model exported and provenance signed: {run.path / 'provenance.json'}", flush=True)

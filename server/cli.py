@@ -154,13 +154,24 @@ def run_command(
     verbose: Annotated[
         bool, typer.Option(help="Show the ServerApp's whole log, not only progress and errors.")
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run directory after its last completed round (its run config; -c wins)."
+        ),
+    ] = None,
 ) -> None:
     """Launch a run on the federation and wait for it; fails unless it completed every round."""
     fed = deploy.load_federation(federation)
-    overrides = launch.run_overrides(list(run_config or []), runs_dir or fed.root / "runs")
+    if resume is not None:
+        overrides = launch.resume_overrides(resume.expanduser().resolve(), list(run_config or []))
+    else:
+        overrides = launch.run_overrides(list(run_config or []), runs_dir or fed.root / "runs")
     run_dir = (results_dir or Path(overrides["runs-dir"])).expanduser().resolve() / overrides["run-name"]
-    if (run_dir / "summary.json").exists():
+    if resume is None and (run_dir / "summary.json").exists():
         raise ConfigError(f"{run_dir} already holds a summary.json; choose another run-name")
+    if resume is not None:
+        (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
     with deploy.cli_home(fed, superlink) as home:
         run_id = launch.submit_run(fed, home, launch.app_dir(app), overrides)
         _say(f"fedward: run {run_id} submitted; run directory {run_dir}")

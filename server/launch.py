@@ -33,22 +33,41 @@ def app_dir(app: Path | None = None) -> Path:
 def run_overrides(items: list[str], default_runs_dir: Path) -> dict[str, Any]:
     """Parse `-c k=v` items as `flwr run` does, add an absolute runs-dir and a fresh run-name, and
     check the result against the run configuration (unknown keys and bad values fail here)."""
-    from flwr.common.config import parse_config_args
-
     from common.config import RunConfig  # imports torch and opacus: only when a run is launched
     from server.rundir import default_run_name
 
-    try:
-        overrides = dict(parse_config_args(items or None))
-    except Exception as exc:  # flwr raises click's ClickException or ValueError
-        message = getattr(exc, "message", None) or str(exc)
-        raise ConfigError(f"--run-config: {message}") from exc
+    overrides = _parse_items(items)
     overrides.setdefault("runs-dir", str(default_runs_dir))
     overrides["runs-dir"] = str(Path(str(overrides["runs-dir"])).expanduser().resolve())
     config = RunConfig.from_flower(overrides)
     if not overrides.get("run-name"):
         overrides["run-name"] = default_run_name(config.task)
     return overrides
+
+
+def _parse_items(items: list[str]) -> dict[str, Any]:
+    """`-c k=v` items parsed as `flwr run` parses them."""
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args(items or None))
+    except Exception as exc:  # flwr raises click's ClickException or ValueError
+        message = getattr(exc, "message", None) or str(exc)
+        raise ConfigError(f"--run-config: {message}") from exc
+
+
+def resume_overrides(run_dir: Path, items: list[str]) -> dict[str, Any]:
+    """The run config of an earlier run (its config.json) with resume on; `-c k=v` items win (for
+    example a larger num-server-rounds to extend a finished run)."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: no config.json there (is it a fedward run directory?)")
+    from common.config import RunConfig
+
+    previous = json.loads(config_file.read_text())["run-config"]
+    merged = {**previous, **_parse_items(items), "run-name": run_dir.name, "resume": True}
+    RunConfig.from_flower(merged)  # unknown keys and bad values fail here
+    return merged
 
 
 def toml_file(values: dict[str, Any], path: Path) -> Path:

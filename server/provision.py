@@ -6,6 +6,7 @@ Everything is made in-process with `cryptography` (no openssl or ssh-keygen). La
     coordinator/superlink.crt, superlink.key      the SuperLink's TLS certificate (SANs from options)
     coordinator/flwr-config.toml                  Flower CLI profile `[superlink.<name>]`
     coordinator/site-public-keys/<site>.pub       keys to `flwr supernode register`
+    coordinator/provenance-ed25519.key, .pub      signs each run's provenance manifest (`fedward verify`)
     sites/<site>/ca.crt, <site>.key, <site>.pub   what the hospital receives
     sites/<site>/node-config.toml, README.md
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ConfigError
@@ -45,6 +46,8 @@ _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _CURVE = ec.SECP384R1()
 _HASH = hashes.SHA384()
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+PROVENANCE_KEY = "provenance-ed25519.key"
+"""The coordinator's Ed25519 key that signs run provenance manifests (public half: same stem, `.pub`)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Federation:
     ca_expires: dt.datetime
     server_expires: dt.datetime
     sans: tuple[str, ...] = field(default=DEFAULT_SANS)
+    provenance_key: Path | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -269,6 +273,23 @@ def _make_server_cert(
     )
 
 
+def write_provenance_key(folder: Path, *, force: bool = False) -> Path:
+    """A fresh Ed25519 signing key: `<folder>/provenance-ed25519.key` (PEM PKCS8, mode 0600) and the
+    public key `provenance-ed25519.pub` (PEM). An existing key is never replaced unless `force`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PROVENANCE_KEY
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_private(path, private, force=force)
+    _write_public(path.with_suffix(".pub"), public)
+    return path
+
+
 def ssh_fingerprint(public_line: str) -> str:
     """OpenSSH-style `SHA256:...` fingerprint of an `ecdsa-sha2-nistp384 AAAA... comment` line."""
     blob = base64.b64decode(public_line.split()[1])
@@ -419,7 +440,7 @@ def provision(
     coordinator = root / "coordinator"
     pub_dir = coordinator / "site-public-keys"
     kit_dirs = {s: root / "sites" / s for s in site_names}
-    private_paths = [coordinator / "ca.key", coordinator / "superlink.key"]
+    private_paths = [coordinator / "ca.key", coordinator / "superlink.key", coordinator / PROVENANCE_KEY]
     private_paths += [kit_dirs[s] / f"{s}.key" for s in site_names]
     existing = [p for p in private_paths if p.exists() or p.is_symlink()]
     if existing and not force:
@@ -441,6 +462,7 @@ def provision(
     _write_public(ca_cert_path, ca_pem)
     _write_private(coordinator / "superlink.key", _pem_key(server_key), force=force)
     _write_public(coordinator / "superlink.crt", server.public_bytes(serialization.Encoding.PEM))
+    provenance_key = write_provenance_key(coordinator, force=force)
 
     address = _host_port(san_values[0].strip().rstrip("."), port)
     flwr_config = coordinator / "flwr-config.toml"
@@ -477,6 +499,7 @@ def provision(
         ca_expires=ca.not_valid_after_utc,
         server_expires=server.not_valid_after_utc,
         sans=tuple(san_values),
+        provenance_key=provenance_key,
     )
 
 

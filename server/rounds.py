@@ -10,7 +10,8 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.tasks import Task
-from server.rundir import RunDirectory
+from server.report_tensorboard import TensorBoardLog
+from server.rundir import RunDirectory, json_safe
 from server.statistics import SiteInfo
 from strategies.validation import Rejection
 
@@ -43,6 +44,7 @@ class RoundRecorder:
         self.started = time.monotonic()
         self.round_started = self.started
         self.after_round: Callable[[int], None] | None = None  # e.g. save a checkpoint
+        self.tensorboard = TensorBoardLog(run.path / "tensorboard")
 
     _KEPT = ("budget", "refusals", "train", "rejection_counts", "stop_reason", "epsilon", "last")
 
@@ -56,6 +58,7 @@ class RoundRecorder:
         """Continue from a snapshot: elapsed time keeps counting from where the run stopped."""
         for key in self._KEPT:
             setattr(self, key, saved[key])
+        self.stop_reason = None  # a run that stopped early may go on when resumed
         self.started = time.monotonic() - float(saved["elapsed"])
         self.round_started = time.monotonic()
 
@@ -131,6 +134,7 @@ class RoundRecorder:
         self.rejected = {}
         self.last = record
         self.run.append_round(record)
+        self.tensorboard.add_round(json_safe(record))
         print(progress_line(server_round, self.num_rounds, overall, self.epsilon), flush=True)
         if self.after_round is not None:
             self.after_round(server_round)

@@ -19,6 +19,7 @@ class SiteInfo:
     site_id: str
     statistics: dict
     report: dict
+    fingerprint: str | None = None  # hash of the site's data manifest (names and sizes), when it sends one
 
 
 def wait_for_sites(grid: Grid, min_sites: int, timeout: float = 300.0) -> list[int]:
@@ -57,6 +58,7 @@ def collect_statistics(grid: Grid, node_ids: list[int], timeout: float = 600.0) 
                 site_id=str(content["site"]["site-id"]),
                 statistics=dict(content["statistics"]),
                 report=dict(content["report"]),
+                fingerprint=str(content["site"].get("fingerprint") or "") or None,
             )
         )
     for nid in set(node_ids) - {i.node_id for i in infos} - set(failures):

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from common.datasets import ckd_csv_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs sign their provenance with a throwaway key, not the developer's ~/.fedward key."""
+    from server.provision import write_provenance_key
+    from server.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
+
+    folder = tmp_path_factory.mktemp("signing")
+    write_provenance_key(folder)
+    key = folder / PROVENANCE_KEY
+    os.environ[SIGNING_KEY_ENV] = str(key)
+    return key
 
 
 @pytest.fixture()

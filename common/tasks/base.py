@@ -73,8 +73,11 @@ class Task(ABC):
         """Training loss (mean over the batch)."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
-        """Metrics of `model` on a site's held-out data; must include `num-examples`."""
+    def evaluate(
+        self, model: nn.Module, test: Dataset, device: torch.device, *, intervals: bool = False
+    ) -> dict[str, float]:
+        """Metrics of `model` on a site's held-out data; must include `num-examples`. `intervals` adds
+        95 % confidence intervals (`<metric>-ci-low` / `-ci-high`), computed at the site."""
 
     @abstractmethod
     def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:

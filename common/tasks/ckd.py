@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from common.config import RunConfig
 from common.data.ckd import CkdTable, load_ckd_csv
+from common.data.ckd_mapping import find_site_mapping, load_mapping
 from common.data.ckd_schema import NUM_FEATURES
 from common.data.partition import partition_indices
 from common.data.split import stratified_split
@@ -47,12 +48,18 @@ class CkdTask(Task):
     name = "ckd"
 
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
-        """Validated rows of the site, split stratified by label (each row is one patient)."""
+        """Validated rows of the site, split stratified by label (each row is one patient).
+
+        A `ckd-mapping.toml` in the site's data folder says how its CSV differs from the schema; what
+        harmonisation did goes into `details` (stays at the site) and counts into `report`.
+        """
         if source.data_dir is not None:
             first, second = find_site_csv(source.data_dir)
-            train = load_ckd_csv(first, strict=False)
+            mapping_file = find_site_mapping(source.data_dir)
+            mapping = load_mapping(mapping_file) if mapping_file is not None else None
+            train = load_ckd_csv(first, strict=False, mapping=mapping)
             if second is not None:
-                test = load_ckd_csv(second, strict=False)
+                test = load_ckd_csv(second, strict=False, mapping=mapping)
                 tables = [train, test]
             else:
                 tables = [train]
@@ -73,13 +80,18 @@ class CkdTask(Task):
             train, test = self._split(mine, config)
         issues = [i for t in tables for i in t.issues]
         dropped = sum(len(t.dropped_rows) for t in tables)
+        dropped_at = {(t.file, r) for t in tables for r in t.dropped_rows}
         report = {
             "rows-read": float(len(train) + len(test) + dropped),
             "rows-dropped": float(dropped),
-            "cells-blanked": float(len(issues) - dropped),
+            "cells-blanked": float(sum((i.file, i.row) not in dropped_at for i in issues)),
+            "columns-harmonised": float(len({c for t in tables for c in t.harmonised_columns})),
+            "values-converted": float(sum(t.values_converted for t in tables)),
         }
+        # The mapping file is not among `files`: it changes how the data is read, not which patients
+        # it holds, so editing it must not make a new data set with a fresh privacy budget.
         files = sorted({Path(t.file) for t in tables})
-        details = [str(i) for i in issues]
+        details = [line for t in tables for line in t.harmonisation] + [str(i) for i in issues]
         return SiteData(source.site_id, train, test, len(train), len(test), report, details, files)
 
     @staticmethod
@@ -112,10 +124,12 @@ class CkdTask(Task):
         """Cross-entropy over the two classes."""
         return F.cross_entropy(output, target)
 
-    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, test: Dataset, device: torch.device, *, intervals: bool = False
+    ) -> dict[str, float]:
         """Binary metrics and confusion counts on the held-out rows."""
         probs, labels = predict_proba(model, test, device)
-        out = binary_metrics(labels, probs[:, 1])
+        out = binary_metrics(labels, probs[:, 1], intervals=intervals)
         out["num-examples"] = float(len(labels))
         return {k: float(v) for k, v in out.items()}
 

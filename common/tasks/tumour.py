@@ -54,13 +54,17 @@ class TumourTask(MriTask):
             return output.sum() * 0.0
         return F.cross_entropy(output, target)
 
-    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, test: Dataset, device: torch.device, *, intervals: bool = False
+    ) -> dict[str, float]:
         """Multi-class (or binary) metrics and confusion counts on the held-out patients."""
         if len(test) == 0:
             return {"num-examples": 0.0}
         probs, labels = predict_proba(model, test, device, batch_size=32)
         out = (
-            binary_metrics(labels, probs[:, 1]) if probs.shape[1] == 2 else multiclass_metrics(labels, probs)
+            binary_metrics(labels, probs[:, 1], intervals=intervals)
+            if probs.shape[1] == 2
+            else multiclass_metrics(labels, probs, intervals=intervals)
         )
         out["num-examples"] = float(len(labels))
         return {k: float(v) for k, v in out.items()}

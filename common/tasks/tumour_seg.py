@@ -46,7 +46,9 @@ class TumourSegTask(MriTask):
         return _dice(output, target.long())
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, test: Dataset, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, test: Dataset, device: torch.device, *, intervals: bool = False
+    ) -> dict[str, float]:
         """Dice, HD95 (mm), voxel counts and Dice loss on the held-out cases."""
         if len(test) == 0:
             return {"num-examples": 0.0}
@@ -58,7 +60,7 @@ class TumourSegTask(MriTask):
             preds.append(out.argmax(dim=1, keepdim=True))
             targets.append(yb)
         voxels = getattr(test, "voxels", [[1.0] * (preds[0].ndim - 2)] * len(test))
-        out = segmentation_metrics(torch.cat(preds), torch.cat(targets), voxels)
+        out = segmentation_metrics(torch.cat(preds), torch.cat(targets), voxels, intervals=intervals)
         out["loss"] = sum(losses) / len(test)
         out["num-examples"] = float(len(test))
         return {k: float(v) for k, v in out.items()}

@@ -1,0 +1,117 @@
+"""Clinical reporting metrics: calibration (ECE), balanced accuracy and 95 % confidence intervals.
+
+Everything a site sends is an aggregate that pools exactly across sites: calibration as per-bin sums,
+proportions as counts. Confidence intervals of a site's own metrics are bootstrapped at the site from its
+predictions (which never leave it); pooled proportions get Wilson intervals from the summed counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+from scipy.stats import binomtest, bootstrap
+
+CALIBRATION_BINS = 10
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def calibration_sums(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> dict[str, float]:
+    """Per-bin count, summed confidence and summed correctness (`cal-<b>-n|conf|hit`), for the ECE."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    out: dict[str, float] = {}
+    for b in range(bins):
+        inside = index == b
+        out[f"cal-{b}-n"] = float(inside.sum())
+        out[f"cal-{b}-conf"] = float(confidence[inside].sum())
+        out[f"cal-{b}-hit"] = float(np.asarray(correct, dtype=np.float64)[inside].sum())
+    return out
+
+
+def expected_calibration_error(sums: Mapping[str, float], bins: int = CALIBRATION_BINS) -> float:
+    """ECE = Σ_b (n_b / n) |accuracy_b − confidence_b| from (possibly pooled) calibration sums."""
+    counts = [float(sums.get(f"cal-{b}-n", 0.0)) for b in range(bins)]
+    total = sum(counts)
+    if total == 0:
+        return math.nan
+    gap = sum(
+        abs(float(sums[f"cal-{b}-hit"]) - float(sums[f"cal-{b}-conf"])) for b in range(bins) if counts[b]
+    )
+    return gap / total
+
+
+def pool_calibration(
+    per_site: Iterable[Mapping[str, float]], bins: int = CALIBRATION_BINS
+) -> dict[str, float]:
+    """Summed calibration sums of several sites (the pooled ECE is exact)."""
+    sites = list(per_site)
+    keys = [f"cal-{b}-{part}" for b in range(bins) for part in ("n", "conf", "hit")]
+    return {k: float(sum(float(s.get(k, 0.0)) for s in sites)) for k in keys}
+
+
+def wilson_interval(successes: float, trials: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaN, NaN without trials)."""
+    n = round(trials)
+    if n <= 0:
+        return math.nan, math.nan
+    ci = binomtest(round(successes), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(y_true, scores)` over cases (paired resampling).
+
+    Resamples where the statistic is undefined (e.g. AUC of a one-class resample) are left out;
+    NaN when fewer than half of them are defined.
+    """
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if len(y_true) < 2:
+        return math.nan, math.nan
+
+    def safe(y: np.ndarray, s: np.ndarray) -> float:
+        try:
+            value = statistic(y, s)
+        except ValueError:
+            return math.nan
+        return value
+
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
+    values = np.array([safe(y_true[i], scores[i]) for i in index])
+    values = values[np.isfinite(values)]
+    if len(values) < resamples / 2:
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_interval(values: np.ndarray, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-case values, e.g. per-case Dice."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or np.ptp(values) == 0:
+        return (float(values[0]), float(values[0])) if len(values) else (math.nan, math.nan)
+    result = bootstrap(
+        (values,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
+        random_state=np.random.default_rng(seed), method="percentile",
+    )  # fmt: skip
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def with_interval(out: dict[str, float], key: str, interval: tuple[float, float]) -> None:
+    """Store an interval as `<key>-ci-low` / `<key>-ci-high`."""
+    out[f"{key}-ci-low"], out[f"{key}-ci-high"] = interval

@@ -1,0 +1,336 @@
+"""The model card of a run (`MODEL_CARD.md`): intended use, data, metrics per site, privacy, limitations.
+
+Written from the run directory only (config.json, summary.json, the weights), so `fedward sign` can
+make it again after a run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+from server.provenance import CARD_FILE, WEIGHT_FILES, sha256_file
+
+METRIC_COLUMNS = (
+    "accuracy",
+    "roc-auc",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "dice",
+    "dice-voxels",
+    "hd95",
+    "loss",
+)
+_TASKS = {
+    "ckd": (
+        "chronic kidney disease (CKD) or not, from 24 routine laboratory and clinical values of an adult",
+        "flag patients whose values suggest CKD, for review and confirmatory testing by a clinician",
+    ),
+    "tumour": (
+        "the tumour class of a brain MRI study (glioma, meningioma, pituitary tumour or no tumour)",
+        "research into multi-site MRI classification; triage suggestions reviewed by a radiologist",
+    ),
+    "tumour-seg": (
+        "a voxel mask of brain tumour on MRI",
+        "research into multi-site MRI segmentation; draft contours corrected by a radiologist",
+    ),
+}
+_CKD_SOURCE = (
+    "the public UCI Chronic Kidney Disease table (400 patients of Apollo Hospitals, Tamil Nadu, India, "
+    "collected over about two months; Rubini et al. 2015) split into simulated sites by `fedward sim ckd`"
+)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it for the model card ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return value
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    """A metric or ε: `fmt` for finite numbers, ∞, or a dash when absent."""
+    number = _finite(value)
+    if number is None or math.isnan(number):
+        return "—"
+    if math.isinf(number):
+        return "∞" if number > 0 else "-∞"
+    return format(number, fmt)
+
+
+def _count(value: Any) -> str:
+    """A count (floats from metric records included) as a whole number."""
+    number = _finite(value)
+    return "—" if number is None or not math.isfinite(number) else f"{number:.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def class_counts(evaluate: dict[str, Any] | None) -> list[float] | None:
+    """Test cases per true class from a site's confusion counts (binary: [negative, positive])."""
+    if not evaluate:
+        return None
+    if all(k in evaluate for k in ("tp", "fn", "tn", "fp")):
+        return [float(evaluate["tn"]) + float(evaluate["fp"]), float(evaluate["tp"]) + float(evaluate["fn"])]
+    cells = [tuple(map(int, k[3:].split("-"))) for k in evaluate if k.startswith("cm-")]
+    if not cells:
+        return None
+    size = max(max(c) for c in cells) + 1
+    return [sum(float(evaluate.get(f"cm-{i}-{j}", 0)) for j in range(size)) for i in range(size)]
+
+
+def _weights_line(run: Path) -> str:
+    for name in WEIGHT_FILES:
+        if (run / name).is_file():
+            return f"`{name}` (sha256 `{sha256_file(run / name)}`)"
+    raise ConfigError(f"{run}: no model weights ({' or '.join(WEIGHT_FILES)})")
+
+
+def _overview(run: Path, rc: dict, summary: dict, sites: dict) -> list[str]:
+    what, _ = _TASKS.get(str(summary.get("task")), (f"task {summary.get('task')!r}", ""))
+    if rc.get("tumour-binary") and summary.get("task") == "tumour":
+        what = "whether a brain MRI study shows a tumour"
+    rows = [
+        ["predicts", what],
+        ["task / model", f"`{summary.get('task')}` / `{rc.get('model')}` (run config `model`)"],
+        [
+            "training",
+            f"federated, `{summary.get('strategy')}`, {summary.get('rounds-completed')} of "
+            f"{summary.get('rounds')} rounds, {len(sites)} sites",
+        ],
+        ["weights", _weights_line(run)],
+        ["provenance", "`provenance.json`, signed in `provenance.sig`: check with `fedward verify`"],
+    ]
+    return [f"# Model card: {run.name}", "", *_table(["", ""], rows), ""]
+
+
+def _intended_use(summary: dict) -> list[str]:
+    _, use = _TASKS.get(str(summary.get("task")), ("", "research"))
+    return [
+        "## Intended use",
+        "",
+        f"- Research, and decision support under clinical supervision: {use}.",
+        "- **Not a diagnosis.** The model is not a medical device, has not been validated prospectively or "
+        "cleared by any regulator, and its output must not be the sole basis of a diagnosis or treatment.",
+        "- Use it only on data like the training data (same task, inputs and population), and measure its "
+        "performance on local data before any use at a new site.",
+        "",
+    ]
+
+
+def _data(rc: dict, config: dict, sites: dict) -> list[str]:
+    reports = config.get("sites") or {}
+    rows = []
+    for site in sorted(sites):
+        report = dict(reports.get(site) or (sites[site] or {}).get("data") or {})
+        fingerprint = report.pop("fingerprint", None)
+        train, test = report.pop("num-train", None), report.pop("num-test", None)
+        other = ", ".join(f"{k} {_count(v)}" for k, v in sorted(report.items()))
+        shown = f"`{fingerprint[:16]}…`" if isinstance(fingerprint, str) else "—"
+        rows.append([site, _count(train), _count(test), other or "—", shown])
+    task = str(rc.get("task"))
+    if rc.get("data-root") and task.startswith("tumour"):
+        source = "**synthetic brain phantoms** made by `fedward sim tumour` (no patient data)"
+    elif rc.get("data-root") and task == "ckd":
+        source = _CKD_SOURCE
+    else:
+        source = "each site's own data (its node configuration's `data-dir`)"
+    lines = ["## Data", "", f"Source: {source}. Samples per site (counts reported by the sites):", ""]
+    lines += _table(["site", "training samples", "test samples", "data report", "data-set fingerprint"], rows)
+    lines += [
+        "",
+        "Patient data never left the sites: the coordinator received counts, aggregate feature statistics, "
+        "model updates and metrics. The fingerprint is a hash of a site's file list (names and sizes), not "
+        "of its contents.",
+        "",
+    ]
+    if config.get("preprocessing"):
+        lines += ["Inputs are encoded with the pooled statistics in `config.json` → `preprocessing`.", ""]
+    return lines
+
+
+def _metrics(summary: dict, sites: dict) -> list[str]:
+    entries = {site: (sites[site] or {}).get("evaluate") or {} for site in sorted(sites)}
+    overall = summary.get("overall") or {}
+    columns = [c for c in METRIC_COLUMNS if c in overall or any(c in e for e in entries.values())]
+    rows = [
+        [site, _count(e.get("num-examples"))] + [_num(e.get(c)) for c in columns]
+        for site, e in entries.items()
+    ]
+    rows.append(
+        ["**overall**", _count(overall.get("num-examples"))] + [_num(overall.get(c)) for c in columns]
+    )
+    return [
+        "## Metrics",
+        "",
+        f"The final global model after round {summary.get('rounds-completed')}, evaluated by each site on "
+        "its held-out test split; overall accuracy, sensitivity, specificity and F1 pool the sites' "
+        "confusion counts, ROC AUC and loss are example-weighted means.",
+        "",
+        *_table(["site", "test cases", *columns], rows),
+        "",
+    ]
+
+
+def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
+    lines = ["## Privacy spent", ""]
+    if summary.get("dp", rc.get("dp")):
+        lines.append(
+            "Local differential privacy at every site: DP-SGD (Opacus), per-sample clipping norm "
+            f"{_num(rc.get('dp-max-grad-norm'), 'g')}, target ε {_num(rc.get('dp-target-epsilon'), 'g')} "
+            f"per site for the run, accountant `{rc.get('dp-accountant')}`. ε is composed over every step "
+            "the site took."
+        )
+    else:
+        lines.append(
+            "**No differential privacy** (`dp = false`): the weights carry no formal privacy guarantee and "
+            "may reveal information about individual training records."
+        )
+    rows = [
+        [
+            site,
+            _num((e or {}).get("epsilon")),
+            _num((e or {}).get("delta"), ".3g"),
+            _num((e or {}).get("epsilon-lifetime")),
+            _num((e or {}).get("epsilon-cap")),
+            _count((e or {}).get("privacy-steps")),
+        ]
+        for site, e in sorted(sites.items())
+    ]
+    lines += ["", *_table(["site", "ε (this run)", "δ", "ε lifetime", "ε cap", "private steps"], rows), ""]
+    central = summary.get("central-dp")
+    if central:
+        lines += [
+            f"Central (site-level) DP on the aggregate: ε {_num(central.get('epsilon'))}, δ "
+            f"{_num(central.get('delta'), '.3g')} over {_count(central.get('releases'))} releases "
+            f"(noise multiplier {_num(rc.get('central-dp-noise-multiplier'), 'g')}, clipping norm "
+            f"{_num(rc.get('central-dp-clipping-norm'), 'g')}).",
+            "",
+        ]
+    return lines
+
+
+def _skew(sites: dict) -> str | None:
+    shares = {}
+    for site, entry in sorted(sites.items()):
+        counts = class_counts((entry or {}).get("evaluate"))
+        if counts and sum(counts) > 0:
+            shares[site] = [c / sum(counts) for c in counts]
+    if len(shares) < 2:
+        return None
+    classes = min(len(s) for s in shares.values())
+    spread = max(
+        max(s[i] for s in shares.values()) - min(s[i] for s in shares.values()) for i in range(classes)
+    )
+    shown = ", ".join(f"{site} " + "/".join(f"{100 * v:.0f}%" for v in s) for site, s in shares.items())
+    verdict = (
+        "the label mix differs across sites" if spread > 0.15 else "the label mix is similar across sites"
+    )
+    return f"**Label skew**: share of test cases per class (class 0/1/...): {shown}; {verdict}."
+
+
+def _limitations(rc: dict, summary: dict, sites: dict) -> list[str]:
+    items = []
+    if rc.get("data-root") and str(rc.get("task")).startswith("tumour"):
+        items.append(
+            "**Synthetic data**: trained and tested on phantoms; its metrics say nothing about real MRI."
+        )
+    train = {s: ((e or {}).get("data") or {}).get("num-train") for s, e in sites.items()}
+    known = {s: float(n) for s, n in train.items() if isinstance(n, int | float)}
+    tests = [float(((e or {}).get("evaluate") or {}).get("num-examples") or 0) for e in sites.values()]
+    if known:
+        smallest = min(known, key=known.__getitem__)
+        n_test = min((t for t in tests if t > 0), default=0)
+        width = f"±{1 / math.sqrt(n_test):.2f}" if n_test else "wide"
+        items.append(
+            f"**Small samples**: {_count(sum(known.values()))} training samples in all, "
+            f"{_count(known[smallest])} at {smallest}; a site metric over n test cases is uncertain by up to "
+            f"about ±1/√n (95%), here {width}."
+        )
+    skew = _skew(sites)
+    if skew:
+        items.append(skew)
+    items.append("**No external validation**: every metric comes from the sites' own held-out splits.")
+    if summary.get("stopped"):
+        items.append(f"**Run stopped early**: {summary['stopped']}.")
+    refused = sorted(s for s, e in sites.items() if (e or {}).get("refused"))
+    if refused:
+        items.append(f"**Sites refused rounds** under their privacy policy: {', '.join(refused)}.")
+    rejected = sorted(s for s, e in sites.items() if (e or {}).get("updates-rejected"))
+    if rejected:
+        items.append(f"**Updates rejected** by the server's validation from: {', '.join(rejected)}.")
+    if summary.get("dp", rc.get("dp")):
+        items.append("Differential privacy adds noise to training and usually costs accuracy.")
+    return ["## Limitations", "", *(f"- {item}" for item in items), ""]
+
+
+def _how_to_load() -> list[str]:
+    return [
+        "## Loading the weights",
+        "",
+        "Check the files first: `fedward verify RUN_DIR --public-key provenance-ed25519.pub`. Then, with the "
+        "same fedward version:",
+        "",
+        "```python",
+        "import json",
+        "from safetensors.torch import load_file",
+        "from common.config import RunConfig",
+        "from common.tasks import get_task",
+        "",
+        'config = RunConfig.from_flower(json.load(open("config.json"))["run-config"])',
+        "model = get_task(config.task).build_model(config)",
+        'model.load_state_dict(load_file("model.safetensors"))',
+        "model.eval()",
+        "```",
+        "",
+        "`model.pt` holds the same weights as a torch state dict (`torch.load(path, weights_only=True)`).",
+        "",
+    ]
+
+
+def model_card(run_dir: Path) -> str:
+    """The Markdown model card of a run directory."""
+    run = Path(run_dir).expanduser().resolve()
+    config = _read(run / "config.json")
+    summary = _read(run / "summary.json")
+    rc = config.get("run-config") or {}
+    sites = summary.get("sites") or {}
+    parts = [
+        _overview(run, rc, summary, sites),
+        _intended_use(summary),
+        _data(rc, config, sites),
+        _metrics(summary, sites),
+        _privacy(rc, summary, sites),
+        _limitations(rc, summary, sites),
+        _how_to_load(),
+    ]
+    return "\n".join(line for part in parts for line in part)
+
+
+def write_model_card(run_dir: Path) -> Path:
+    """Write `<run>/MODEL_CARD.md`; returns its path."""
+    run = Path(run_dir).expanduser().resolve()
+    target = run / CARD_FILE
+    tmp = run / f".{CARD_FILE}.tmp"
+    tmp.write_text(model_card(run), encoding="utf-8")
+    tmp.replace(target)
+    return target
