@@ -17,7 +17,7 @@ from client.budget import SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
 from client.ledger import dataset_fingerprint
 from client.run_state import SiteRunState
-from client.site import load_site, site_privacy, site_source
+from client.site import load_site, phi_gate_mode, site_privacy, site_source
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from common.config import RunConfig
 from common.device import pick_device
@@ -36,7 +36,12 @@ REFUSED = 4030  # error code of a round the site's privacy policy refuses
 def _setup(context: Context):
     config = RunConfig.from_flower(context.run_config)
     source = site_source(context, config)
-    return config, get_task(config.task), source, load_site(source, config)
+    return (
+        config,
+        get_task(config.task),
+        source,
+        load_site(source, config, phi_gate_mode(site_privacy(context, config))),
+    )
 
 
 @app.query("statistics")

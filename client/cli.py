@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated
@@ -75,6 +76,54 @@ def policy_check(
     )
 
 
+@app.command("deidentify")
+def deidentify(
+    src: Annotated[Path, typer.Argument(metavar="IN", help="Site folder with DICOM files (read only).")],
+    dst: Annotated[Path, typer.Argument(metavar="OUT", help="New (or empty) folder for the copy.")],
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(help="File with the site secret for the keyed pseudonyms (else $FEDWARD_SITE_SECRET)."),
+    ] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option(help="Log of what changed per file (JSON lines; default OUT/deidentify-log.jsonl)."),
+    ] = None,
+) -> None:
+    """Write a de-identified copy of IN's DICOM files to OUT (PS3.15 Basic Profile, keyed pseudonyms,
+    per-patient date shift); other files are skipped and listed."""
+    from client.deidentify import deidentify_folder, load_secret  # pydicom only for this command
+
+    result = deidentify_folder(src, dst, load_secret(secret_file), log_path=log)
+    table = Table(title=f"de-identified copy {result.target}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for label, count in (
+        ("DICOM files written", result.written),
+        ("patients", len(result.patients)),
+        ("studies", len(result.studies)),
+        ("series", len(result.series)),
+        ("manifest rows", result.manifest_rows),
+        ("masks rewritten", result.masks),
+        ("files skipped", len(result.skipped)),
+    ):
+        table.add_row(label, str(count))
+    console.print(table)
+    for path, reason in result.skipped[:20]:
+        _say(f"skipped {path}: {reason}")
+    if len(result.skipped) > 20:
+        _say(f"... and {len(result.skipped) - 20} more skipped (see the log)")
+    for note in result.notes:
+        _say(note)
+    _say(f"log: {result.log}")
+    gate = result.gate
+    if gate is None or not gate.passed:
+        problems = gate.problems() if gate else ["the PHI gate did not run"]
+        raise FedwardError("the de-identified copy does not pass the PHI gate:\n  " + "\n  ".join(problems))
+    console.print(
+        f"[green]PHI gate passed[/green]: {gate.files_checked} DICOM file(s) checked in {result.target}"
+    )
+
+
 # ----------------------------------------------------------------------------- the node
 
 KitOption = Annotated[Path, typer.Option(help="This site's kit folder (from the coordinator).")]
@@ -94,20 +143,39 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
 
     @site_app.command("check")
     def check(
-        kit: KitOption,
         data: DataOption,
+        kit: Annotated[
+            Path | None, typer.Option(help="This site's kit: also check kit, policy, state and coordinator.")
+        ] = None,
+        task: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="Task(s) to check the data for (repeatable; default: the policy's allowed tasks)."
+            ),
+        ] = None,
+        report: Annotated[
+            Path, typer.Option("--json", help="Where to write the data report as JSON.")
+        ] = Path("fedward-data-report.json"),
         state: StateOption = None,
         policy: PolicyOption = None,
         superlink: SuperlinkOption = None,
         connect: Annotated[
-            bool, typer.Option(help="Also check the TLS connection to the coordinator.")
+            bool, typer.Option(help="With --kit: also check the TLS connection to the coordinator.")
         ] = True,
     ) -> None:
-        """Check kit, data, policy, state folder and the coordinator's certificate; start nothing."""
-        plan = node.prepare_node(kit, data, load_kit, state=state, policy=policy, superlink=superlink)
-        if connect:
-            node.check_coordinator(plan.superlink, plan.kit.ca_cert)
-        _print_plan(plan, connected=connect)
+        """Report what the site's data holds, as a run would read it (classes, missing values, skipped
+        files, PHI, unit conversions); with --kit also check kit, policy, state and the coordinator.
+        Exits non-zero when something would stop training."""
+        site_policy = load_policy(policy) if policy else None
+        if kit is not None:
+            plan = node.prepare_node(kit, data, load_kit, state=state, policy=policy, superlink=superlink)
+            if connect:
+                node.check_coordinator(plan.superlink, plan.kit.ca_cert)
+            _print_plan(plan, connected=connect)
+            site_policy = plan.policy
+        tasks = list(task or (site_policy.allowed_tasks if site_policy else ["ckd"]))
+        if not print_data_reports(data, tasks, site_policy, report):
+            raise typer.Exit(1)
 
     @site_app.command("start")
     def start(
@@ -163,6 +231,20 @@ def _print_plan(plan: node.NodePlan, *, connected: bool) -> None:
     )
     reached = "reached, certificate verified" if connected else "not contacted"
     _say(f"fedward: coordinator {plan.superlink}: {reached}")
+
+
+def print_data_reports(data: Path, tasks: list[str], site_policy, json_path: Path) -> bool:
+    """Check `data` for each task, print the reports and write them as JSON; True when none blocks."""
+    from client.data_report import check_site_data, print_report
+
+    gate = site_policy.phi_gate if site_policy else "block"
+    least = site_policy.min_samples if site_policy else 1
+    reports = [check_site_data(data, t, phi_gate=gate, min_samples=least) for t in tasks]
+    for one in reports:
+        print_report(one, console)
+    json_path.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+    console.print(f"data report written to {json_path}")
+    return all(r.ok for r in reports)
 
 
 def _say(line: str) -> None:

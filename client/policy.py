@@ -11,6 +11,7 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
     clipping-max = 5.0
     allowed-tasks = ["ckd"]
     min-samples = 100            # fewer training samples: the round does not run
+    phi-gate = "block"           # DICOM headers with PHI: "block" (default) or "warn" (client/phi.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -45,6 +47,7 @@ class SitePolicy(BaseModel):
     clipping_max: float = Field(allow_inf_nan=False)
     allowed_tasks: list[str] = Field(min_length=1)
     min_samples: int = Field(ge=1)
+    phi_gate: Literal["block", "warn"] = "block"
 
     @model_validator(mode="after")
     def _clipping_range(self) -> SitePolicy:

@@ -8,6 +8,8 @@ from pathlib import Path
 from flwr.app import Context
 
 from client.budget import SitePrivacy
+from client.phi import gate_site
+from client.policy import load_policy
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.tasks import SiteData, SiteSource, get_task
@@ -31,10 +33,29 @@ def site_source(context: Context, config: RunConfig) -> SiteSource:
     return SiteSource(site_id, data_dir, index, count)
 
 
+MRI_TASKS = ("tumour", "tumour-seg")
+
+
 @lru_cache(maxsize=4)
-def load_site(source: SiteSource, config: RunConfig) -> SiteData:
-    """Load (once per process) and validate the site's data for the run's task."""
-    return get_task(config.task).load_site(source, config)
+def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") -> SiteData:
+    """Load (once per process) and validate the site's data for the run's task.
+
+    For an MRI task the DICOM PHI gate runs first (headers only): with `phi_gate` "block" a folder
+    whose files carry PHI raises PhiGateError, with "warn" it is logged; the gate's counts join the
+    site's data report.
+    """
+    gate = None
+    if config.task in MRI_TASKS and source.data_dir is not None:
+        gate = gate_site(source.data_dir, phi_gate, source.site_id)
+    site = get_task(config.task).load_site(source, config)
+    if gate is not None:
+        site.report.update(gate.metrics())
+    return site
+
+
+def phi_gate_mode(privacy: SitePrivacy) -> str:
+    """The site policy's `phi-gate` ("block" without a policy file)."""
+    return load_policy(privacy.policy_file).phi_gate if privacy.policy_file is not None else "block"
 
 
 def site_privacy(context: Context, config: RunConfig) -> SitePrivacy:

@@ -173,10 +173,51 @@ def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
+def _deidentified(ds, patient: str) -> None:
+    """Phantom headers as a de-identified export has them: no name, a pseudonymous id, identity removed."""
+    ds.PatientName, ds.PatientID = "", patient
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "synthetic phantom: no patient data"
+
+
+def _inject_phi(ds, patient: str, study_uid: str, k: int) -> None:
+    """Test PHI of a real-looking export: names, birth date, address, dates, institution, free text,
+    a private block. The study date follows from the study, so a patient's studies lie days apart."""
+    from hashlib import sha256
+
+    from pydicom.uid import generate_uid
+
+    day = int(sha256(study_uid.encode()).hexdigest(), 16) % 900
+    study_date = (np.datetime64("2020-01-01") + np.timedelta64(day, "D")).astype(str).replace("-", "")
+    birth = 1940 + int(sha256(patient.encode()).hexdigest(), 16) % 50
+    ds.PatientName, ds.PatientBirthDate = f"Doe^{patient}", f"{birth}0704"
+    ds.PatientAddress, ds.OtherPatientIDs = f"{k + 1} Elm Street, Springfield", f"MRN-{patient}"
+    ds.InstitutionName, ds.ReferringPhysicianName = "Springfield General Hospital", "House^Gregory"
+    ds.AccessionNumber, ds.StudyDescription = f"ACC{patient}", f"MRI brain of {patient}"
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study_date
+    ds.StudyTime, ds.AcquisitionDateTime = "101500", f"{study_date}1016{k % 60:02d}"
+    ds.ImageComments = f"patient {patient} moved"
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame"])
+    block = ds.private_block(0x0029, "FEDWARD PHANTOM", create=True)
+    block.add_new(0x01, "LO", f"Doe^{patient}")
+
+
 def write_dicom(
-    folder: Path, case: Phantom, patient: str, study_uid: str, spec: PhantomSpec, scan: Scanner
+    folder: Path,
+    case: Phantom,
+    patient: str,
+    study_uid: str,
+    spec: PhantomSpec,
+    scan: Scanner,
+    *,
+    with_phi: bool = False,
+    burned_in: bool = False,
 ) -> None:
-    """One series folder per contrast: `folder/<contrast>/IM_<n>.dcm`, MR Image Storage."""
+    """One series folder per contrast: `folder/<contrast>/IM_<n>.dcm`, MR Image Storage.
+
+    The headers are de-identified (they pass the site's PHI gate, client/phi.py); `with_phi` writes
+    identifying attributes instead and `burned_in` sets BurnedInAnnotation = YES, for tests of the gate.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
@@ -191,7 +232,14 @@ def write_dicom(
             ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = _uid(series_uid, k)
             ds.SOPClassUID = MRImageStorage
-            ds.Modality, ds.PatientID, ds.PatientName = "MR", patient, f"Phantom^{patient}"
+            ds.Modality = "MR"
+            if with_phi:
+                ds.PatientID = patient
+                _inject_phi(ds, patient, study_uid, k)
+            else:
+                _deidentified(ds, patient)
+            if burned_in:
+                ds.BurnedInAnnotation = "YES"
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID = study_uid, series_uid, "1"
             ds.SeriesDescription, ds.SeriesNumber = contrast.upper(), c + 1
             number = slices - k if scan.reverse_files else k + 1
@@ -242,8 +290,11 @@ def generate_site(
     spec: PhantomSpec | None = None,
     skew: float = 2.0,
     seed: int = 0,
+    with_phi: bool = False,
 ) -> Path:
-    """Write site `site` (`patients` cases) to `out_dir` in format `fmt` with its manifest.csv."""
+    """Write site `site` (`patients` cases) to `out_dir` in format `fmt` with its manifest.csv.
+
+    DICOM headers are de-identified unless `with_phi` (identifying attributes, for tests of the gate)."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     spec = spec or PhantomSpec()
@@ -256,7 +307,7 @@ def generate_site(
         case = render(rng, label, spec, scan)
         if fmt == "dicom":
             study = _uid(seed, site, patient)
-            write_dicom(out_dir / patient / "study-1", case, patient, study, spec, scan)
+            write_dicom(out_dir / patient / "study-1", case, patient, study, spec, scan, with_phi=with_phi)
             mask = Path("masks") / f"{patient}_seg.nii.gz"
             (out_dir / "masks").mkdir(exist_ok=True)
             nib.save(nib.Nifti1Image(case.mask, case.affine), out_dir / mask)

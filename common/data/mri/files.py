@@ -8,8 +8,8 @@ from pathlib import Path
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Files a site folder may hold that are no image data (manifest, notes, the client's ledger).
-IGNORED_SUFFIXES = (".csv", ".txt", ".md", ".json", ".toml", ".yaml", ".yml", ".log", ".db", ".db-wal",
-                    ".db-shm", ".sqlite", ".py", ".pdf", ".xml", ".html")  # fmt: skip
+IGNORED_SUFFIXES = (".csv", ".txt", ".md", ".json", ".jsonl", ".toml", ".yaml", ".yml", ".log", ".db",
+                    ".db-wal", ".db-shm", ".sqlite", ".py", ".pdf", ".xml", ".html")  # fmt: skip
 IGNORED_DIRS = ("state",)
 
 

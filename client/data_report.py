@@ -1,0 +1,162 @@
+"""What a site's data looks like to fedward, before anything runs: `fedward site check --data DIR`.
+
+The report runs the same loaders and checks a training run runs first (schema and unit harmonisation
+for CKD tables, the DICOM PHI gate and the per-file checks for MRI folders) and lists samples and
+patients per class, missing values per feature, files skipped with their reasons, PHI findings and unit
+conversions. It stays at the site: it names files and columns, never values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from common.config import RunConfig
+from common.errors import DataValidationError, FedwardError
+
+MRI_TASKS = ("tumour", "tumour-seg")
+
+
+@dataclass
+class DataReport:
+    """The findings for one data folder and task; `blocking` lists what stops training there."""
+
+    folder: str
+    task: str
+    samples: int = 0
+    patients: int = 0
+    per_class: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> samples, patients
+    missing_per_feature: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    phi: dict[str, Any] = field(default_factory=dict)
+    conversions: list[str] = field(default_factory=list)
+    cell_issues: list[str] = field(default_factory=list)
+    blocking: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing stops a run from training on this folder."""
+        return not self.blocking
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for JSON)."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def _ckd(report: DataReport, folder: Path, config: RunConfig) -> None:
+    from common.data.ckd_schema import FEATURE_NAMES
+    from common.tasks import SiteSource, get_task
+
+    site = get_task("ckd").load_site(SiteSource("site", folder), config)
+    tables = [site.train, site.test]
+    x = np.concatenate([t.x for t in tables])
+    y = np.concatenate([t.y for t in tables])
+    report.samples = report.patients = len(y)  # one row per patient
+    for code, name in ((1, "ckd"), (0, "notckd")):
+        count = int((y == code).sum())
+        report.per_class[name] = {"samples": count, "patients": count}
+    missing = np.isnan(x).sum(axis=0)
+    report.missing_per_feature = {n: int(m) for n, m in zip(FEATURE_NAMES, missing, strict=True) if m}
+    report.conversions = sorted({line for t in tables for line in t.harmonisation})
+    report.cell_issues = [d for d in site.details if d not in report.conversions]
+
+
+def _mri(report: DataReport, folder: Path, config: RunConfig, phi_gate: str) -> None:
+    from client.phi import check_folder
+    from common.tasks import SiteSource, get_task
+
+    gate = check_folder(folder)
+    report.phi = {"files-checked": gate.files_checked, "files-flagged": len(gate.flagged),
+                  "categories": dict(gate.counts), "examples": [str(f) for f in gate.examples]}  # fmt: skip
+    if not gate.passed and phi_gate == "block":
+        report.blocking.append(
+            f"{len(gate.flagged)} DICOM file(s) carry PHI ({', '.join(sorted(gate.counts))}); de-identify "
+            'them with `fedward site deidentify` or set phi-gate = "warn" in the site policy'
+        )
+    site = get_task(config.task).load_site(SiteSource("site", folder), config)
+    patients = list(site.train.patients) + list(site.test.patients)
+    report.samples, report.patients = len(patients), len(set(patients))
+    report.skipped = list(site.details)
+    if config.task == "tumour":
+        labels = np.concatenate([site.train.targets.numpy(), site.test.targets.numpy()])
+        names = ("no tumour", "tumour") if config.tumour_binary else _tumour_classes()
+        for code, name in enumerate(names):
+            mine = labels == code
+            report.per_class[name] = {
+                "samples": int(mine.sum()),
+                "patients": len({p for p, m in zip(patients, mine, strict=True) if m}),
+            }
+
+
+def _tumour_classes() -> tuple[str, ...]:
+    from common.data.mri.sample import CLASSES
+
+    return CLASSES
+
+
+def check_site_data(
+    folder: Path,
+    task: str,
+    *,
+    config: RunConfig | None = None,
+    phi_gate: str = "block",
+    min_samples: int = 1,
+) -> DataReport:
+    """Scan `folder` for `task` as a training run would (with `config`'s image settings, else the
+    defaults); problems that stop training are listed in `blocking`."""
+    report = DataReport(str(folder), task)
+    config = (config or RunConfig()).model_copy(update={"task": task})
+    try:
+        if task in MRI_TASKS:
+            _mri(report, folder, config, phi_gate)
+        elif task == "ckd":
+            _ckd(report, folder, config)
+        else:
+            report.blocking.append(f"unknown task {task!r}; expected ckd, tumour or tumour-seg")
+    except DataValidationError as exc:
+        report.blocking.extend(str(p) for p in exc.problems)
+    except FedwardError as exc:
+        report.blocking.append(str(exc))
+    if not report.blocking and report.samples < min_samples:
+        report.blocking.append(
+            f"{report.samples} usable samples; the site policy needs at least {min_samples}"
+        )
+    return report
+
+
+def print_report(report: DataReport, console: Console) -> None:
+    """The report as rich tables: classes, missing values, conversions, skipped files, PHI, blockers."""
+    verdict = "[green]ok[/green]" if report.ok else "[red]BLOCKED[/red]"
+    console.print(
+        f"[bold]{report.task}[/bold] data in {report.folder}: {report.samples} samples, "
+        f"{report.patients} patients — {verdict}"
+    )
+    if report.per_class:
+        table = Table("class", "samples", "patients", title="per class")
+        for name, counts in report.per_class.items():
+            table.add_row(name, str(counts["samples"]), str(counts["patients"]))
+        console.print(table)
+    if report.missing_per_feature:
+        table = Table("feature", "missing", title="missing values")
+        for name, count in sorted(report.missing_per_feature.items(), key=lambda kv: -kv[1]):
+            table.add_row(name, str(count))
+        console.print(table)
+    sections = (
+        ("unit and name conversions", report.conversions),
+        ("cells blanked or rows dropped", report.cell_issues),
+        ("files skipped", report.skipped),
+        ("PHI findings", report.phi.get("examples", [])),
+        ("blocking problems", report.blocking),
+    )
+    for title, lines in sections:
+        if lines:
+            console.print(f"[bold]{title}[/bold] ({len(lines)}):")
+            for line in lines[:20]:
+                console.print(f"  {line}", markup=False, highlight=False)
+            if len(lines) > 20:
+                console.print(f"  ... and {len(lines) - 20} more (see the JSON report)")

@@ -1,0 +1,457 @@
+"""The DICOM PHI gate: does a site folder still carry protected health information in its headers?
+
+The attribute table is DICOM PS3.15 Annex E, Table E.1-1 (Application Level Confidentiality Profile
+Attributes), written as data: keyword -> (action of the Basic Profile, category). Compound actions of
+the standard (X/Z, X/D, X/Z/D, Z/D) are resolved for what a site exports, MR images: the first letter,
+except that dates and times follow the Retain Longitudinal Temporal Information with Modified Dates
+Option (`MODIFIED_DATES`, code 113107) and series descriptors the Clean Descriptors Option
+(`CLEAN_DESCRIPTORS`, code 113105, cleaned to the contrast vocabulary of `common.data.mri.sample`).
+Actions: X remove, Z empty (or a dummy, e.g. a keyed pseudonym), D dummy value, U replace the UID
+consistently, C clean.
+
+A file **carries PHI** when any of these holds (each is one finding: file, tag keyword, category):
+
+- a private tag is present anywhere (category "private"), or overlay or curve data ("graphics");
+- BurnedInAnnotation is YES ("burned-in": text in the pixels, which no header edit removes);
+- an X attribute is present and not empty (its category), except a date under the modified-dates
+  option when the file declares it (LongitudinalTemporalInformationModified = MODIFIED or code 113107);
+- a series descriptor holds anything but a contrast name ("free-text");
+- a person name, or LT / ST / UT free text, outside the table is present and not empty ("name",
+  "free-text"): the safety net for attributes the table does not list;
+- PatientIdentityRemoved is not YES while identifying attributes (Z, D and U attributes of the table:
+  names, ids, dates, UIDs...) or other dates are present and not empty.
+
+Only headers are read (`stop_before_pixels`), so a site's check costs about a millisecond per file.
+Findings name the attribute, never its value. Files that are not DICOM are counted and left to the loader;
+a DICOM header with an element that cannot be decoded is a finding ("unchecked").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from common.data.mri.files import list_site_files, relative
+from common.data.mri.sample import contrast_name
+from common.errors import DataValidationError
+
+log = logging.getLogger("fedward.client")
+
+GATE_MODES = ("block", "warn")
+DEIDENTIFY_HINT = (
+    "de-identify the folder with `fedward site deidentify IN OUT` and train on OUT, or set "
+    'phi-gate = "warn" in the site policy to train anyway'
+)
+
+# keyword: (Basic Profile action, category) -- PS3.15 Table E.1-1.
+PROFILE: dict[str, tuple[str, str]] = {
+    # people's names
+    "PatientName": ("Z", "name"),
+    "OtherPatientNames": ("X", "name"),
+    "PatientBirthName": ("X", "name"),
+    "PatientMotherBirthName": ("X", "name"),
+    "ReferringPhysicianName": ("Z", "name"),
+    "ReferringPhysicianIdentificationSequence": ("X", "name"),
+    "PerformingPhysicianName": ("X", "name"),
+    "PerformingPhysicianIdentificationSequence": ("X", "name"),
+    "OperatorsName": ("X", "name"),
+    "OperatorIdentificationSequence": ("X", "name"),
+    "PhysiciansOfRecord": ("X", "name"),
+    "PhysiciansOfRecordIdentificationSequence": ("X", "name"),
+    "NameOfPhysiciansReadingStudy": ("X", "name"),
+    "PhysiciansReadingStudyIdentificationSequence": ("X", "name"),
+    "RequestingPhysician": ("X", "name"),
+    "ConsultingPhysicianName": ("X", "name"),
+    "ScheduledPerformingPhysicianName": ("X", "name"),
+    "ScheduledPerformingPhysicianIdentificationSequence": ("X", "name"),
+    "HumanPerformerName": ("X", "name"),
+    "ActualHumanPerformersSequence": ("X", "name"),
+    "ScheduledHumanPerformersSequence": ("X", "name"),
+    "OrderEnteredBy": ("X", "name"),
+    "ResponsiblePerson": ("X", "name"),
+    "ReviewerName": ("X", "name"),
+    "ContentCreatorName": ("Z", "name"),
+    "VerifyingObserverName": ("D", "name"),
+    "PersonName": ("D", "name"),
+    "ParticipantSequence": ("X", "name"),
+    "AuthorObserverSequence": ("X", "name"),
+    "PersonIdentificationCodeSequence": ("D", "name"),
+    # identifiers
+    "PatientID": ("Z", "id"),
+    "IssuerOfPatientID": ("X", "id"),
+    "OtherPatientIDs": ("X", "id"),
+    "OtherPatientIDsSequence": ("X", "id"),
+    "MedicalRecordLocator": ("X", "id"),
+    "AccessionNumber": ("Z", "id"),
+    "StudyID": ("Z", "id"),
+    "StudyIDIssuer": ("X", "id"),
+    "AdmissionID": ("X", "id"),
+    "IssuerOfAdmissionID": ("X", "id"),
+    "ServiceEpisodeID": ("X", "id"),
+    "IssuerOfServiceEpisodeID": ("X", "id"),
+    "PerformedProcedureStepID": ("X", "id"),
+    "RequestedProcedureID": ("X", "id"),
+    "PlacerOrderNumberImagingServiceRequest": ("Z", "id"),
+    "FillerOrderNumberImagingServiceRequest": ("Z", "id"),
+    "InsurancePlanIdentification": ("X", "id"),
+    "PatientInsurancePlanCodeSequence": ("X", "id"),
+    "ReferencedPatientSequence": ("X", "id"),
+    "ReferencedPatientAliasSequence": ("X", "id"),
+    "ReferencedStudySequence": ("X", "id"),
+    "ReferencedPerformedProcedureStepSequence": ("X", "id"),
+    "RequestAttributesSequence": ("X", "id"),
+    "OriginalAttributesSequence": ("X", "id"),
+    "ModifiedAttributesSequence": ("X", "id"),
+    # dates and times
+    "PatientBirthDate": ("Z", "date"),
+    "PatientBirthTime": ("X", "date"),
+    "StudyDate": ("Z", "date"),
+    "StudyTime": ("Z", "date"),
+    "SeriesDate": ("X", "date"),
+    "SeriesTime": ("X", "date"),
+    "AcquisitionDate": ("X", "date"),
+    "AcquisitionTime": ("X", "date"),
+    "AcquisitionDateTime": ("X", "date"),
+    "ContentDate": ("Z", "date"),
+    "ContentTime": ("Z", "date"),
+    "InstanceCreationDate": ("X", "date"),
+    "InstanceCreationTime": ("X", "date"),
+    "OverlayDate": ("X", "date"),
+    "OverlayTime": ("X", "date"),
+    "CurveDate": ("X", "date"),
+    "CurveTime": ("X", "date"),
+    "AdmittingDate": ("X", "date"),
+    "AdmittingTime": ("X", "date"),
+    "PerformedProcedureStepStartDate": ("X", "date"),
+    "PerformedProcedureStepStartTime": ("X", "date"),
+    "PerformedProcedureStepEndDate": ("X", "date"),
+    "PerformedProcedureStepEndTime": ("X", "date"),
+    "ScheduledProcedureStepStartDate": ("X", "date"),
+    "ScheduledProcedureStepStartTime": ("X", "date"),
+    "ScheduledProcedureStepEndDate": ("X", "date"),
+    "ScheduledProcedureStepEndTime": ("X", "date"),
+    "LastMenstrualDate": ("X", "date"),
+    "TimezoneOffsetFromUTC": ("X", "date"),
+    # UIDs
+    "StudyInstanceUID": ("U", "uid"),
+    "SeriesInstanceUID": ("U", "uid"),
+    "SOPInstanceUID": ("U", "uid"),
+    "MediaStorageSOPInstanceUID": ("U", "uid"),
+    "FrameOfReferenceUID": ("U", "uid"),
+    "SynchronizationFrameOfReferenceUID": ("U", "uid"),
+    "ReferencedFrameOfReferenceUID": ("U", "uid"),
+    "RelatedFrameOfReferenceUID": ("U", "uid"),
+    "ReferencedSOPInstanceUID": ("U", "uid"),
+    "ReferencedSOPInstanceUIDInFile": ("U", "uid"),
+    "InstanceCreatorUID": ("U", "uid"),
+    "IrradiationEventUID": ("U", "uid"),
+    "DeviceUID": ("U", "uid"),
+    "ConcatenationUID": ("U", "uid"),
+    "DimensionOrganizationUID": ("U", "uid"),
+    "StorageMediaFileSetUID": ("U", "uid"),
+    "TransactionUID": ("U", "uid"),
+    "FiducialUID": ("U", "uid"),
+    "DoseReferenceUID": ("U", "uid"),
+    "CreatorVersionUID": ("U", "uid"),
+    "UID": ("U", "uid"),
+    "PaletteColorLookupTableUID": ("U", "uid"),
+    "LargePaletteColorLookupTableUID": ("U", "uid"),
+    "ContextGroupExtensionCreatorUID": ("U", "uid"),
+    "TemplateExtensionOrganizationUID": ("U", "uid"),
+    "TemplateExtensionCreatorUID": ("U", "uid"),
+    "DigitalSignatureUID": ("X", "uid"),
+    # addresses and telephone numbers
+    "PatientAddress": ("X", "contact"),
+    "PatientTelephoneNumbers": ("X", "contact"),
+    "ReferringPhysicianAddress": ("X", "contact"),
+    "ReferringPhysicianTelephoneNumbers": ("X", "contact"),
+    "PersonAddress": ("X", "contact"),
+    "PersonTelephoneNumbers": ("X", "contact"),
+    "OrderCallbackPhoneNumber": ("X", "contact"),
+    "RegionOfResidence": ("X", "contact"),
+    "CountryOfResidence": ("X", "contact"),
+    # institutions and places
+    "InstitutionName": ("X", "institution"),
+    "InstitutionAddress": ("X", "institution"),
+    "InstitutionCodeSequence": ("X", "institution"),
+    "InstitutionalDepartmentName": ("X", "institution"),
+    "RequestingService": ("X", "institution"),
+    "ResponsibleOrganization": ("X", "institution"),
+    "CustodialOrganizationSequence": ("X", "institution"),
+    "VerifyingOrganization": ("X", "institution"),
+    "PerformedLocation": ("X", "institution"),
+    "CurrentPatientLocation": ("X", "institution"),
+    "PatientInstitutionResidence": ("X", "institution"),
+    "ScheduledPatientInstitutionResidence": ("X", "institution"),
+    "ScheduledStudyLocation": ("X", "institution"),
+    "ScheduledStudyLocationAETitle": ("X", "institution"),
+    "RequestedProcedureLocation": ("X", "institution"),
+    "ScheduledProcedureStepLocation": ("X", "institution"),
+    # devices
+    "StationName": ("X", "device"),
+    "DeviceSerialNumber": ("X", "device"),
+    "DetectorID": ("X", "device"),
+    "GantryID": ("X", "device"),
+    "GeneratorID": ("X", "device"),
+    "CassetteID": ("X", "device"),
+    "PlateID": ("X", "device"),
+    "PerformedStationName": ("X", "device"),
+    "PerformedStationAETitle": ("X", "device"),
+    "ScheduledStationName": ("X", "device"),
+    "ScheduledStationAETitle": ("X", "device"),
+    "ModifyingDeviceID": ("X", "device"),
+    "ModifyingDeviceManufacturer": ("X", "device"),
+    # patient characteristics
+    "PatientSex": ("Z", "demographic"),
+    "PatientAge": ("X", "demographic"),
+    "PatientSize": ("X", "demographic"),
+    "PatientWeight": ("X", "demographic"),
+    "EthnicGroup": ("X", "demographic"),
+    "Occupation": ("X", "demographic"),
+    "MilitaryRank": ("X", "demographic"),
+    "BranchOfService": ("X", "demographic"),
+    "PatientReligiousPreference": ("X", "demographic"),
+    "SmokingStatus": ("X", "demographic"),
+    "PregnancyStatus": ("X", "demographic"),
+    "MedicalAlerts": ("X", "demographic"),
+    "Allergies": ("X", "demographic"),
+    "SpecialNeeds": ("X", "demographic"),
+    "PatientState": ("X", "demographic"),
+    "PatientSexNeutered": ("X", "demographic"),
+    # free text and descriptions
+    "StudyDescription": ("X", "free-text"),
+    "SeriesDescription": ("X", "free-text"),
+    "ProtocolName": ("X", "free-text"),
+    "ImageComments": ("X", "free-text"),
+    "AdditionalPatientHistory": ("X", "free-text"),
+    "PatientComments": ("X", "free-text"),
+    "StudyComments": ("X", "free-text"),
+    "VisitComments": ("X", "free-text"),
+    "IdentifyingComments": ("X", "free-text"),
+    "FrameComments": ("X", "free-text"),
+    "ImagePresentationComments": ("X", "free-text"),
+    "AcquisitionComments": ("X", "free-text"),
+    "DerivationDescription": ("X", "free-text"),
+    "ReasonForStudy": ("X", "free-text"),
+    "ReasonForTheImagingServiceRequest": ("X", "free-text"),
+    "RequestedProcedureDescription": ("X", "free-text"),
+    "RequestedProcedureComments": ("X", "free-text"),
+    "ImagingServiceRequestComments": ("X", "free-text"),
+    "PerformedProcedureStepDescription": ("X", "free-text"),
+    "CommentsOnThePerformedProcedureStep": ("X", "free-text"),
+    "ScheduledProcedureStepDescription": ("X", "free-text"),
+    "AdmittingDiagnosesDescription": ("X", "free-text"),
+    "AdmittingDiagnosesCodeSequence": ("X", "free-text"),
+    "DischargeDiagnosisDescription": ("X", "free-text"),
+    "ServiceEpisodeDescription": ("X", "free-text"),
+    "AcquisitionProtocolDescription": ("X", "free-text"),
+    "AcquisitionDeviceProcessingDescription": ("X", "free-text"),
+    "ContributionDescription": ("X", "free-text"),
+    "ModifiedImageDescription": ("X", "free-text"),
+    "ContrastBolusAgent": ("Z", "free-text"),
+    "RequestedContrastAgent": ("X", "free-text"),
+    "PreMedication": ("X", "free-text"),
+    "TextString": ("X", "free-text"),
+    "TextComments": ("X", "free-text"),
+    "ContentSequence": ("X", "free-text"),
+    "AcquisitionContextSequence": ("X", "free-text"),
+    # embedded images, signatures
+    "IconImageSequence": ("X", "graphics"),
+    "DigitalSignaturesSequence": ("X", "other"),
+    "MAC": ("X", "other"),
+    "DataSetTrailingPadding": ("X", "other"),
+}
+
+# Dates and times kept, shifted per patient, under the Modified Dates Option (113107).
+MODIFIED_DATES = frozenset(k for k, (_, category) in PROFILE.items() if category == "date") - {
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "TimezoneOffsetFromUTC",
+    "LastMenstrualDate",
+}
+# Descriptors kept when they name a contrast (Clean Descriptors Option, 113105).
+CLEAN_DESCRIPTORS = frozenset({"SeriesDescription", "ProtocolName"})
+FREE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+DATE_VRS = frozenset({"DA", "DT"})
+MODIFIED_DATES_CODE = "113107"
+
+
+def is_overlay_or_curve(element: DataElement) -> bool:
+    """Overlay (60xx) and curve (50xx) data or comments: removed by the Basic Profile."""
+    group = element.tag.group
+    return group % 2 == 0 and (0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF)
+
+
+def is_clean_descriptor(value: object) -> bool:
+    """True when a descriptor is empty or exactly one contrast name (t1, T1-Gd, FLAIR, ...)."""
+    text = str(value or "").strip()
+    return not text or contrast_name(text) is not None
+
+
+def identity_removed(ds: Dataset) -> bool:
+    """PatientIdentityRemoved is YES."""
+    return str(ds.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+
+
+def dates_modified(ds: Dataset) -> bool:
+    """The file declares the Modified Dates Option (shifted dates are then allowed)."""
+    if str(ds.get("LongitudinalTemporalInformationModified", "")).strip().upper() == "MODIFIED":
+        return True
+    codes = ds.get("DeidentificationMethodCodeSequence") or []
+    return any(str(item.get("CodeValue", "")) == MODIFIED_DATES_CODE for item in codes)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One attribute that makes a file carry PHI: where, which (keyword or tag), what kind. No value."""
+
+    file: str
+    keyword: str
+    category: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.keyword} ({self.category})"
+
+
+def _name(element: DataElement) -> str:
+    return element.keyword or str(element.tag)
+
+
+def check_dataset(ds: Dataset, file: str) -> list[Finding]:
+    """The PHI findings of one dataset (header and nested sequences), one per attribute and kind."""
+    removed, modified = identity_removed(ds), dates_modified(ds)
+    found: dict[tuple[str, str], None] = {}
+
+    def visit(_: Dataset, element: DataElement) -> None:
+        keyword = element.keyword
+        if element.tag.is_private:
+            found[(str(element.tag), "private")] = None
+            return
+        if is_overlay_or_curve(element):
+            found[(_name(element), "graphics")] = None
+            return
+        if keyword == "BurnedInAnnotation":
+            if str(element.value or "").strip().upper() == "YES":
+                found[(keyword, "burned-in")] = None
+            return
+        if element.is_empty:
+            return
+        if keyword in PROFILE:
+            action, category = PROFILE[keyword]
+            if keyword in CLEAN_DESCRIPTORS:
+                if not is_clean_descriptor(element.value):
+                    found[(keyword, "free-text")] = None
+            elif not (removed and (action != "X" or (modified and keyword in MODIFIED_DATES))):
+                found[(keyword, category)] = None
+        elif element.VR == "PN":
+            found[(_name(element), "name")] = None
+        elif element.VR in FREE_TEXT_VRS:
+            found[(_name(element), "free-text")] = None
+        elif element.VR in DATE_VRS and not removed:
+            found[(_name(element), "date")] = None
+
+    ds.walk(visit)
+    return [Finding(file, keyword, category) for keyword, category in found]
+
+
+def read_header(path: Path) -> Dataset | None:
+    """The header of a DICOM file (no pixel data); None when the file is not DICOM or unreadable."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None
+    except Exception:  # truncated or malformed: the loader skips it with the reason
+        return None
+
+
+@dataclass
+class GateReport:
+    """What the gate found in a folder: counts per category, the flagged files and a few examples."""
+
+    folder: Path
+    files_checked: int = 0
+    not_dicom: int = 0
+    flagged: list[str] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: list[Finding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """No file carries PHI."""
+        return not self.flagged
+
+    def metrics(self) -> dict[str, float]:
+        """Counts only (no file names): safe for the site's data report."""
+        out = {"phi-files-checked": float(self.files_checked), "phi-files-flagged": float(len(self.flagged))}
+        out.update({f"phi-{category}": float(n) for category, n in sorted(self.counts.items())})
+        return out
+
+    def summary(self) -> str:
+        """One line: how many files carry PHI, by category."""
+        kinds = ", ".join(f"{category} {n}" for category, n in self.counts.most_common())
+        return f"{len(self.flagged)} of {self.files_checked} DICOM file(s) carry PHI" + (
+            f" (findings by category: {kinds})" if kinds else ""
+        )
+
+    def problems(self, limit: int = 10) -> list[str]:
+        """Lines for an error or a log: summary, flagged files, examples (attribute names, no values)."""
+        files = ", ".join(self.flagged[:limit]) + (" ..." if len(self.flagged) > limit else "")
+        lines = [self.summary(), f"files: {files}"]
+        lines += [str(f) for f in self.examples[:limit]]
+        return [*lines, DEIDENTIFY_HINT]
+
+
+class PhiGateError(DataValidationError):
+    """The site's DICOM files carry PHI and its policy blocks training on them."""
+
+    def __init__(self, report: GateReport, limit: int = 10) -> None:
+        self.report = report
+        super().__init__(str(report.folder), report.problems(limit), limit=limit + 3)
+
+
+def check_folder(folder: Path, *, examples: int = 20) -> GateReport:
+    """Check the headers of every DICOM candidate in a site folder (the MRI loaders' file discovery)."""
+    folder = Path(folder)
+    report = GateReport(folder)
+    for path in list_site_files(folder).dicom:
+        ds = read_header(path)
+        if ds is None:
+            report.not_dicom += 1
+            continue
+        report.files_checked += 1
+        file = relative(path, folder)
+        try:
+            findings = check_dataset(ds, file)
+        except Exception:  # an element that cannot be decoded: not known to be clean
+            findings = [Finding(file, "header", "unchecked")]
+        if findings:
+            report.flagged.append(findings[0].file)
+            report.counts.update(f.category for f in findings)
+            report.examples.extend(findings[: max(0, examples - len(report.examples))])
+    return report
+
+
+def enforce(report: GateReport, mode: str, site: str) -> None:
+    """Block (raise PhiGateError) or warn (log, examples stay local) when the report found PHI."""
+    if mode not in GATE_MODES:
+        raise ValueError(f"phi-gate must be one of {GATE_MODES}, got {mode!r}")
+    if report.passed:
+        return
+    if mode == "block":
+        raise PhiGateError(report)
+    for line in report.problems():
+        log.warning("site %s: PHI gate (warn): %s", site, line)
+
+
+def gate_site(folder: Path, mode: str, site: str) -> GateReport:
+    """Check a site folder and apply the policy's mode; the report (counts) for the site's data report."""
+    report = check_folder(folder)
+    enforce(report, mode, site)
+    return report
