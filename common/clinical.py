@@ -8,6 +8,7 @@ predictions (which never leave it); pooled proportions get Wilson intervals from
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -90,7 +91,9 @@ def bootstrap_interval(
 
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
-    values = np.array([safe(y_true[i], scores[i]) for i in index])
+    with warnings.catch_warnings():  # one-class resamples: undefined, dropped below
+        warnings.simplefilter("ignore")
+        values = np.array([safe(y_true[i], scores[i]) for i in index])
     values = values[np.isfinite(values)]
     if len(values) < resamples / 2:
         return math.nan, math.nan
