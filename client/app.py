@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.budget import SiteBudget
+from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
 from client.ledger import dataset_fingerprint
 from client.run_state import SiteRunState
@@ -24,13 +24,14 @@ from common.device import pick_device
 from common.local_state import pick
 from common.privacy import PrivacyHistory
 from common.tasks import get_task
-from common.training import train_model
+from common.training import TrainOutcome, train_model
 
 app = ClientApp()
 log = logging.getLogger("fedward.client")
 
 PRIVACY_STATE = "privacy"
 REFUSED = 4030  # error code of a round the site's privacy policy refuses
+LOCAL_ONLY_ROUND = 0  # the round number local-only training is seeded and recorded under
 
 
 def _setup(context: Context):
@@ -107,28 +108,8 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(shared.get("proximal-mu", 0.0)),
         correction=scaffold.correction(start) if scaffold else None,
     )
-    history.extend(outcome.privacy_steps)
-    delta = plan.delta if plan else 0.0
-    context.state[PRIVACY_STATE] = ConfigRecord({**history.to_config(), "delta": delta})
-    if plan is not None:
-        run_id = str(shared.get("run-uid") or context.run_id)
-        budget.record(run_id, server_round, outcome.privacy_steps, plan, config)
-        epsilon = history.epsilon(delta, config.dp_accountant)
-        lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
-    else:
-        epsilon = lifetime = math.inf
-    metrics = {
-        "num-examples": outcome.num_examples,
-        "site-weight": 1,  # equal weights, for central DP (uniform FedAvg)
-        "train-loss": outcome.loss,
-        "epsilon": epsilon,  # this run
-        "epsilon-lifetime": lifetime,  # every run on this data set (ledger), else this run
-        "epsilon-cap": budget.cap(),
-        "delta": delta,
-        "noise-multiplier": outcome.noise_multiplier,
-        "steps": outcome.steps,
-        "privacy-steps": history.steps,
-    }
+    run_id = str(shared.get("run-uid") or context.run_id)
+    metrics = _account(context, budget, history, plan, outcome, config, run_id, server_round)
     model.to("cpu")
     state = model.state_dict()
     keep_norm_layers(model, shared, context.state)
@@ -140,6 +121,73 @@ def train(msg: Message, context: Context) -> Message:
     if hostile is not None:
         sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
         content["arrays"] = ArrayRecord(sent)
+    return Message(content=content, reply_to=msg)
+
+
+def _account(
+    context: Context,
+    budget: SiteBudget,
+    history: PrivacyHistory,
+    plan: RoundPlan | None,
+    outcome: TrainOutcome,
+    config: RunConfig,
+    run_id: str,
+    server_round: int,
+) -> dict[str, float]:
+    """Add the steps really taken to the run's history and the lifetime ledger; the reply's metrics."""
+    history.extend(outcome.privacy_steps)
+    delta = plan.delta if plan else 0.0
+    context.state[PRIVACY_STATE] = ConfigRecord({**history.to_config(), "delta": delta})
+    if plan is not None:
+        budget.record(run_id, server_round, outcome.privacy_steps, plan, config)
+        epsilon = history.epsilon(delta, config.dp_accountant)
+        lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
+    else:
+        epsilon = lifetime = math.inf
+    return {
+        "num-examples": outcome.num_examples,
+        "site-weight": 1,  # equal weights, for central DP (uniform FedAvg)
+        "train-loss": outcome.loss,
+        "epsilon": epsilon,  # this run
+        "epsilon-lifetime": lifetime,  # every run on this data set (ledger), else this run
+        "epsilon-cap": budget.cap(),
+        "delta": delta,
+        "noise-multiplier": outcome.noise_multiplier,
+        "steps": outcome.steps,
+        "privacy-steps": history.steps,
+    }
+
+
+@app.train("local")
+def train_local(msg: Message, context: Context) -> Message:
+    """Train a local-only model from the sent initial weights with the local compute of the whole
+    federated run (rounds x local epochs), for the cross-site matrix. The same policy checks and privacy
+    accounting as federated rounds apply; no strategy terms, no site state is touched."""
+    config, task, source, site = _setup(context)
+    shared = msg.content["config"]
+    budget = SiteBudget(site_privacy(context, config), site.files)
+    history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
+    per_round = budget.plan(config, site.num_train)
+    plan = (
+        dataclasses.replace(per_round, steps=per_round.steps * config.num_server_rounds)
+        if per_round
+        else None
+    )
+    reason = budget.refusal(config, plan, site.num_train, history)
+    if reason is not None:
+        log.warning("site %s refuses local-only training: %s", source.site_id, reason)
+        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
+    train_set, _ = task.datasets(site, shared)
+    model = task.build_model(config)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    local = config.local_training(LOCAL_ONLY_ROUND, source.partition_index)
+    local = dataclasses.replace(local, epochs=config.local_epochs * config.num_server_rounds)
+    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
+    outcome = train_model(model, train_set, task.loss, local, dp, device=pick_device(config.device))
+    run_id = str(shared.get("run-uid") or context.run_id)
+    metrics = _account(context, budget, history, plan, outcome, config, run_id, LOCAL_ONLY_ROUND)
+    model.to("cpu")
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 

@@ -63,6 +63,7 @@ class RunConfig(BaseModel):
     runs_dir: str = "runs"
     run_name: str = ""
     resume: bool = False
+    cross_site_local: bool = False
     device: str = "auto"
     image_size: int = Field(32, ge=8)
     image_depth: int = Field(16, ge=0)

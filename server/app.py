@@ -14,6 +14,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.tasks import get_task
 from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
+from server.cross_site import CROSS_SITE, cross_site_matrix
 from server.export import finalise_run
 from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
@@ -122,7 +123,7 @@ def main(grid: Grid, context: Context) -> None:
         on_reject=recorder.on_rejections,
     )
     seed_everything(config.seed)  # node sampling order, central-DP noise, initial weights
-    final = ArrayRecord(task.build_model(config).state_dict())
+    final = initial = ArrayRecord(task.build_model(config).state_dict())
     done = 0
     if checkpoint is not None:
         done = checkpoint.server_round
@@ -161,6 +162,12 @@ def main(grid: Grid, context: Context) -> None:
         final = recorder.arrays or final
     run.save_model(final.to_torch_state_dict())
     last = recorder.last
+    global_rows = {s.site_id: (last.get("sites", {}).get(s.site_id) or {}).get("evaluate") for s in sites}
+    cross = None
+    if recorder.stop_reason is None:
+        cross = cross_site_matrix(grid, sites, config, shared, global_rows, initial)
+        run.write_json(CROSS_SITE, cross)
+    spent = {**recorder.epsilon, **((cross or {}).get("local-epsilon") or {})}  # local-only training too
     summary = {
         "task": config.task,
         "strategy": config.strategy,
@@ -175,7 +182,7 @@ def main(grid: Grid, context: Context) -> None:
         "sites": {
             site: {
                 "evaluate": (last.get("sites", {}).get(site) or {}).get("evaluate"),
-                "epsilon": recorder.epsilon.get(site),
+                "epsilon": spent.get(site),
                 **recorder.budget.get(site, {}),
                 "refused": recorder.refusals.get(site),
                 "updates-rejected": recorder.rejection_counts.get(site, 0),
