@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -69,6 +70,7 @@ def statistics(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """One round of local (DP-SGD) training from the global model, unless the site's policy or
     lifetime budget refuses it: then an error reply with the reason, and no training step."""
+    started = time.perf_counter()
     config, task, source, site = _setup(context)
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
@@ -121,6 +123,7 @@ def train(msg: Message, context: Context) -> Message:
     if hostile is not None:
         sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
         content["arrays"] = ArrayRecord(sent)
+    content["metrics"]["site-seconds"] = time.perf_counter() - started  # the site's own compute
     return Message(content=content, reply_to=msg)
 
 
@@ -202,6 +205,7 @@ def _num_outputs(model: torch.nn.Module, dataset) -> int:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out split."""
+    started = time.perf_counter()
     config, task, _, site = _setup(context)
     shared = msg.content["config"]
     _, test_set = task.datasets(site, shared)
@@ -212,4 +216,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     with torch.no_grad():  # confidence intervals (bootstrap at the site) for the final model only
         metrics = task.evaluate(model, test_set, pick_device(config.device), intervals=final)
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
+    metrics["site-seconds"] = time.perf_counter() - started
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -72,6 +72,10 @@ class RoundRecorder:
                 ok[site] = dict(reply.content["metrics"])
         return ok, failed
 
+    @staticmethod
+    def _slowest(replies: dict[str, dict[str, float]]) -> float:
+        return max((float(m.get("site-seconds", 0.0)) for m in replies.values()), default=0.0)
+
     def site(self, node_id: int) -> str:
         """The site id of a node."""
         return self.site_of.get(node_id, f"node-{node_id}")
@@ -128,6 +132,12 @@ class RoundRecorder:
             "rejected": dict(sorted(self.rejected.items())),
             "rejected-updates": len(self.rejected),
             "round-seconds": now - self.round_started,
+            # the slowest site's own compute (train + evaluate); the rest is framework and network
+            "site-seconds": self._slowest(self.train) + self._slowest(per_site),
+            "overhead-seconds": now
+            - self.round_started
+            - self._slowest(self.train)
+            - self._slowest(per_site),
             "elapsed-seconds": now - self.started,
         }
         self.round_started = now
