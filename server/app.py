@@ -26,6 +26,7 @@ from strategies.registry import StrategySettings, build_strategy
 from strategies.validation import ValidatedStrategy
 
 app = ServerApp()
+SIMULATION_PULL_INTERVAL = 0.005  # seconds between reply polls in a simulation (Flower's default: 0.1)
 log = logging.getLogger("fedward.server")
 
 
@@ -77,6 +78,8 @@ def main(grid: Grid, context: Context) -> None:
             f"x{config.hostile_scale:g}; ignored by sites with their own data-dir",
             flush=True,
         )
+    if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s
+        grid.pull_interval = min(float(grid.pull_interval), SIMULATION_PULL_INTERVAL)
     node_ids = wait_for_sites(grid, config.min_sites)
     sites = collect_statistics(grid, node_ids)
     shared = {**task.combine_statistics([s.statistics for s in sites]), "run-uid": run_uid}

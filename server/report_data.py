@@ -18,7 +18,7 @@ from common.errors import ConfigError
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
 UNBOUNDED = ("loss", "hd95")
 _COUNT = re.compile(
-    r"^(tp|fp|tn|fn|seg-tp|seg-fp|seg-fn|site-weight|(cm|confusion)-\d+-\d+|.*-ci-(low|high))$"
+    r"^(tp|fp|tn|fn|seg-tp|seg-fp|seg-fn|site-weight|(cm|confusion)-\d+-\d+|cal-\d+-(n|conf|hit)|.*-ci-(low|high))$"
 )
 _CELL = re.compile(r"^(?:cm|confusion)-(\d+)-(\d+)$")
 

@@ -47,8 +47,9 @@ class TensorBoardLog:
             if wanted and math.isfinite(x):
                 self._writer(writer_name).add_scalar(f"{prefix}/{key}", x, global_step=step)
 
-    def add_round(self, record: dict[str, Any]) -> None:
-        """Log one round: overall and per-site evaluation, per-site training loss, ε per site, timings."""
+    def add_round(self, record: dict[str, Any], *, flush: bool = True) -> None:
+        """Log one round: overall and per-site evaluation, per-site training loss, ε per site, timings.
+        `flush=False` leaves writing to the writers' 30 s timer (and `close`), as a live run does."""
         step = int(record["round"])
         self._scalars("overall", "evaluate", record.get("overall") or {}, step)
         self._scalars("overall", "round", record, step, keys=_ROUND_KEYS)
@@ -61,7 +62,8 @@ class TensorBoardLog:
             self._scalars(folder, "train", (entry or {}).get("train") or {}, step, keys=_TRAIN_KEYS)
         for site, epsilon in sorted((record.get("epsilon") or {}).items()):
             self._scalars(f"site/{_folder(site)}", "privacy", {"epsilon": epsilon}, step, keys=("epsilon",))
-        self.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
         """Write pending events to disk."""

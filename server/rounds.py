@@ -144,7 +144,7 @@ class RoundRecorder:
         self.rejected = {}
         self.last = record
         self.run.append_round(record)
-        self.tensorboard.add_round(json_safe(record))
+        self.tensorboard.add_round(json_safe(record), flush=False)
         print(progress_line(server_round, self.num_rounds, overall, self.epsilon), flush=True)
         if self.after_round is not None:
             self.after_round(server_round)
