@@ -15,10 +15,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedwardError
+from common.errors import ConfigError, FedwardError
 
 FEDERATION = "fedward-sim"
 
@@ -64,11 +65,42 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
     raise FedwardError(f"the simulation SuperLink did not open port {port} within {timeout:.0f} s")
 
 
+@dataclass(frozen=True)
+class SimulationResources:
+    """Ray settings of a simulation. Sites run concurrently up to min(CPUs / cpus_per_site,
+    GPUs / gpus_per_site). `ray_address` joins an existing Ray cluster instead of starting a local one
+    (then `total_cpus` / `total_gpus` come from the cluster and must stay unset)."""
+
+    cpus_per_site: int = 1
+    gpus_per_site: float | None = None  # None: a fifth of a GPU when CUDA is present, else none
+    total_cpus: int | None = None  # None: every CPU of this machine
+    total_gpus: int | None = None
+    ray_address: str | None = None
+
+    def federation_config(self) -> str:
+        """The `flwr run --federation-config` items for these resources."""
+        if self.ray_address and (self.total_cpus or self.total_gpus):
+            raise ConfigError(
+                "with a Ray cluster address the cluster decides the CPUs and GPUs; drop --total-*"
+            )
+        gpus = self.gpus_per_site
+        if gpus is None:
+            import torch
+
+            gpus = 0.2 if torch.cuda.is_available() else 0.0
+        items = [f"client-resources-num-cpus={self.cpus_per_site}", f"client-resources-num-gpus={gpus}"]
+        if self.total_cpus:
+            items.append(f"init-args-num-cpus={self.total_cpus}")
+        if self.total_gpus:
+            items.append(f"init-args-num-gpus={self.total_gpus}")
+        return " ".join(items)
+
+
 def run_simulation(
     run_config: Mapping[str, Any],
     num_sites: int,
     *,
-    cpus_per_site: int = 1,
+    resources: SimulationResources | None = None,
     log_file: Path | None = None,
     verbose: bool = False,
 ) -> None:
@@ -77,6 +109,7 @@ def run_simulation(
     Streams the run's log to `log_file`; prints fedward's progress lines and errors (every line
     with `verbose`). Returns when the run has ended.
     """
+    resources = resources or SimulationResources()
     work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))
     port = _free_port()
     env = {
@@ -87,6 +120,10 @@ def run_simulation(
         # the SuperLink launches flower-superexec by name: make this environment's tools visible
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    if resources.ray_address:  # ray.init() in Flower's simulation process joins this cluster
+        env["RAY_ADDRESS"] = resources.ray_address
+    else:
+        env.pop("RAY_ADDRESS", None)
     (work / "flwr").mkdir()
     (work / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "{FEDERATION}"\n\n'
@@ -105,10 +142,7 @@ def run_simulation(
     )  # fmt: skip
     try:
         _wait_for_port(port, superlink)
-        federation = (
-            f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
-            "client-resources-num-gpus=0.0"
-        )
+        federation = f"num-supernodes={num_sites} {resources.federation_config()}"
         command = [
             _tool("flwr"), "run", str(app_dir()), FEDERATION, "--stream",
             "--federation-config", federation, "--run-config", str(config_file),
