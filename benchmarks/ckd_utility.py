@@ -1,8 +1,9 @@
 """CKD utility: pooled vs local-only vs federated, without DP and with DP at several ε.
 
 5 sites, Dirichlet(α) label skew, several seeds. Federated runs go through the real Flower simulation
-runtime (`fedward sim` path); pooled and local-only baselines train the same model with the same loop
-and the same number of epochs in-process. Prints a table and writes JSON (and a Markdown table).
+runtime (`fedward sim` path); pooled and local-only baselines (simulations/baselines.py, without DP)
+train the same model with the same loop and the same number of epochs in-process. Prints a table and
+writes JSON (and a Markdown table).
 
     python benchmarks/ckd_utility.py --seeds 5 --out benchmarks/results/ckd_utility.json
 """
@@ -16,41 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.config import RunConfig
-from common.data.ckd import CkdTable
-from common.tasks import SiteData, SiteSource, get_task
-from common.training import train_model
+from simulations.baselines import load_sites, local_baselines, pooled_baseline
 from simulations.prepare import prepare_ckd_sites
 from simulations.runner import run_simulation
 
 
-def _concat(tables: list[CkdTable]) -> CkdTable:
-    return CkdTable(
-        np.concatenate([t.x for t in tables]),
-        np.concatenate([t.y for t in tables]),
-        np.concatenate([t.source_rows for t in tables]),
-        "pooled",
-    )
-
-
-def _centralised(config: RunConfig, site: SiteData) -> dict[str, float]:
-    """Train one model on one site's data (no DP) for rounds x local epochs; evaluate on its test split."""
-    task = get_task("ckd")
-    shared = task.combine_statistics([task.statistics(site)])
-    train, test = task.datasets(site, shared)
-    torch.manual_seed(config.seed)
-    model = task.build_model(config)
-    for rnd in range(1, config.num_server_rounds + 1):
-        train_model(model, train, task.loss, config.local_training(rnd, 0), None)
-    return task.evaluate(model, test, torch.device("cpu"))
-
-
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     """All arms of the comparison for one seed."""
-    task = get_task("ckd")
     data_root = work / f"seed-{seed}" / "sites"
     prepare_ckd_sites(data_root, args.sites, "dirichlet", alpha=args.alpha, seed=seed)
     base = RunConfig(
@@ -65,27 +41,22 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[
         dirichlet_alpha=args.alpha,
         runs_dir=str(work / "runs"),
     )
-    sites = [
-        task.load_site(SiteSource(f"site-{i}", data_root / f"site-{i}"), base) for i in range(args.sites)
-    ]
+    sites = load_sites(base, data_root, args.sites)
+    plain = base.model_copy(update={"dp": False})  # the baselines train without DP
+    cpu = torch.device("cpu")
     out: dict[str, dict[str, float]] = {}
 
-    t0 = time.perf_counter()
-    pooled = SiteData(
-        "pooled",
-        _concat([s.train for s in sites]),
-        _concat([s.test for s in sites]),
-        sum(s.num_train for s in sites),
-        sum(s.num_test for s in sites),
-    )
-    out["pooled"] = {**_centralised(base, pooled), "seconds": time.perf_counter() - t0}
-
-    t0 = time.perf_counter()
-    local = [_centralised(base, s) for s in sites]
+    pooled = pooled_baseline(plain, sites, device=cpu)
+    out["pooled"] = {
+        "accuracy": pooled["overall"]["accuracy"],
+        "roc-auc": pooled["overall"]["roc-auc"],
+        "seconds": pooled["seconds"],
+    }
+    local = local_baselines(plain, sites, device=cpu)
     out["local-only"] = {
-        "accuracy": float(np.mean([m["accuracy"] for m in local])),
-        "roc-auc": float(np.nanmean([m["roc-auc"] for m in local])),
-        "seconds": time.perf_counter() - t0,
+        "accuracy": local["mean-over-sites"]["accuracy"],
+        "roc-auc": local["mean-over-sites"]["roc-auc"],
+        "seconds": local["seconds"],
     }
 
     arms = [("federated", False, 0.0)] + [(f"federated-dp-eps{e:g}", True, e) for e in args.epsilons]

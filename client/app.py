@@ -18,6 +18,7 @@ from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
 from client.ledger import dataset_fingerprint
 from client.run_state import SiteRunState
+from client.simulated_faults import DROPPED, simulated_fault
 from client.site import load_site, phi_gate_mode, site_privacy, site_source
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from common.config import RunConfig
@@ -85,6 +86,10 @@ def train(msg: Message, context: Context) -> Message:
     if reason is not None:
         log.warning("site %s refuses round %d: %s", source.site_id, server_round, reason)
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
+    fault = simulated_fault(context, config, source.partition_index, server_round)
+    if fault.dropped:
+        return Message(Error(code=DROPPED, reason=f"site {source.site_id}: {fault.reason}"), reply_to=msg)
+    fault.wait()
 
     device = pick_device(config.device)
     train_set, _ = task.datasets(site, shared)

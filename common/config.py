@@ -56,6 +56,10 @@ class RunConfig(BaseModel):
     hostile_sites: str = ""
     hostile_mode: Literal["sign-flip", "scale", "random", "label-flip"] = "sign-flip"
     hostile_scale: float = Field(10.0, gt=0)
+    # simulated faults, honoured only in simulation (no node config data-dir): client/simulated_faults.py
+    sim_dropout: float = Field(0.0, ge=0, lt=1)
+    sim_stragglers: str = ""
+    sim_straggler_seconds: float = Field(0.0, ge=0)
     data_root: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0)
@@ -99,7 +103,7 @@ class RunConfig(BaseModel):
             accountant=self.dp_accountant,
         )
 
-    @field_validator("hostile_sites")
+    @field_validator("hostile_sites", "sim_stragglers")
     @classmethod
     def _partition_ids(cls, value: str) -> str:
         parts = [p.strip() for p in value.split(",") if p.strip()]

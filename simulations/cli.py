@@ -15,7 +15,11 @@ from rich.table import Table
 
 from common.config import RunConfig
 from simulations.prepare import prepare_ckd_sites
+from simulations.report import print_comparison, sweep_table
 from simulations.runner import run_simulation
+from simulations.scenario import SWEEP_KEYS, Scenario, find_scenario, load_scenario, shipped_scenarios
+from simulations.study import federated_results, read_results, run_study
+from simulations.sweep import parse_over, run_sweep
 from strategies.registry import STRATEGIES
 
 app = typer.Typer(help="Simulate several hospitals on one machine.", no_args_is_help=True)
@@ -164,6 +168,101 @@ def tumour(
     )
     run_simulation(config.to_flower(), sites, log_file=run_dir / "flower.log", verbose=verbose)
     print_summary(run_dir, SEGMENTATION_COLUMNS if segmentation else CLASSIFICATION_COLUMNS)
+
+
+ScenarioArg = Annotated[
+    str, typer.Argument(help="A scenario TOML file, or the name of a shipped one (fedward sim scenarios).")
+]
+
+
+@app.command("run")
+def run(
+    scenario: ScenarioArg,
+    baselines: Annotated[
+        bool, typer.Option(help="Also train pooled and local-only baselines and compare (baselines.json).")
+    ] = True,
+    name: Annotated[str, typer.Option(help="Run name (default: <scenario>-<time>).")] = "",
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
+    verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
+) -> None:
+    """Run a scenario file: its sites, the federation, then pooled and local-only baselines."""
+    spec = load_scenario(find_scenario(scenario))
+    run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
+    console.print(f"fedward sim run {spec.name}: {_describe(spec)}")
+    payload = run_study(spec, run_dir, baselines=baselines, verbose=verbose)
+    columns = SEGMENTATION_COLUMNS if spec.scenario.task == "tumour-seg" else CLASSIFICATION_COLUMNS
+    print_summary(run_dir, columns)
+    if baselines:
+        print_comparison(console, payload)
+        console.print(f"comparison written to {run_dir / 'baselines.json'}")
+
+
+@app.command("sweep")
+def sweep(
+    scenario: ScenarioArg,
+    over: Annotated[
+        str, typer.Option(help=f"KEY=V1,V2,... with KEY one of {', '.join(SWEEP_KEYS)} (epsilon inf: no DP).")
+    ],
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per value: the scenario's seed, +1, ...")] = 1,
+    baselines: Annotated[bool, typer.Option(help="Also run pooled and local-only baselines per run.")] = True,
+    name: Annotated[str, typer.Option(help="Sweep folder name (default: <scenario>-sweep-<key>).")] = "",
+    runs_dir: Annotated[Path, typer.Option(help="Where the sweep folder goes.")] = Path("runs"),
+    verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
+) -> None:
+    """Run a scenario over a grid of one key's values × seeds; write sweep.json and sweep.png."""
+    spec = load_scenario(find_scenario(scenario))
+    key, values = parse_over(over)
+    sweep_dir = (runs_dir / (name or f"{spec.name}-sweep-{key}")).resolve()
+    console.print(f"fedward sim sweep {spec.name}: {key} in {', '.join(values)} × {seeds} seed(s)")
+
+    def run_one(variant: Scenario, run_dir: Path) -> dict:
+        done = _finished(run_dir, variant, baselines)
+        if done is not None:
+            console.print(f"reusing {run_dir.name}")
+            return done
+        console.print(f"[bold]{run_dir.name}[/bold]: {_describe(variant)}")
+        return run_study(variant, run_dir, baselines=baselines, verbose=verbose)
+
+    result = run_sweep(spec, key, values, seeds, sweep_dir, run_one)
+    console.print(sweep_table(result))
+    for failed in (r for r in result["runs"] if "error" in r):
+        console.print(f"[red]{failed['run']} failed:[/red] {failed['error']}")
+    console.print(f"sweep written to {sweep_dir / 'sweep.json'} and {sweep_dir / 'sweep.png'}")
+
+
+@app.command("scenarios")
+def scenarios() -> None:
+    """List the scenarios that ship with fedward."""
+    table = Table(title="shipped scenarios (fedward sim run NAME)")
+    table.add_column("name")
+    table.add_column("description")
+    for path in shipped_scenarios():
+        spec = load_scenario(path)
+        table.add_row(path.stem, spec.scenario.description)
+    console.print(table)
+
+
+def _describe(spec: Scenario) -> str:
+    """One line: task, sites, partition, rounds, strategy, DP."""
+    p, priv = spec.partition, spec.privacy
+    dp = f"DP ε ≤ {priv.epsilon:g} per site" if priv.private else "no DP"
+    if priv.private and priv.noise_multiplier > 0:
+        dp = f"DP σ = {priv.noise_multiplier:g}"
+    sites = spec.num_sites if spec.num_sites is not None else f"'{p.column}'"
+    rounds = spec.scenario.rounds
+    return f"{spec.scenario.task}, {sites} sites ({p.kind}), {rounds} rounds, {spec.strategy.name}, {dp}"
+
+
+def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
+    """The results of a run folder finished by an earlier sweep (None when it has none)."""
+    if baselines:
+        return read_results(run_dir)
+    summary, config = run_dir / "summary.json", run_dir / "config.json"
+    if not (summary.is_file() and config.is_file()):
+        return None
+    run_config = RunConfig.from_flower(json.loads(config.read_text())["run-config"])
+    federated = federated_results(json.loads(summary.read_text()), run_config)
+    return {"scenario": spec.name, "task": run_config.task, "metric": spec.metric, "federated": federated}
 
 
 CLASSIFICATION_COLUMNS = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1")

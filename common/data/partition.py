@@ -1,14 +1,24 @@
-"""Split one labelled data set into simulated sites with flwr-datasets partitioners."""
+"""Split one labelled data set into simulated sites with flwr-datasets partitioners.
+
+Schemes: `iid` (uniform at random), `dirichlet` (label skew, Dirichlet(alpha) class mix per site),
+`quantity` (quantity skew: site i gets a share of the rows growing with i, linearly, squared or
+exponentially), `pathological` (each site holds only `classes_per_site` classes) and `natural` (one site
+per distinct value of a column such as a hospital id).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
 from common.errors import ConfigError
 
-PARTITIONS = ("iid", "dirichlet")
+PARTITIONS = ("iid", "dirichlet", "quantity", "pathological", "natural")
+QUANTITY_SIZES = ("linear", "square", "exponential")
 
 
 def partition_indices(
@@ -19,42 +29,142 @@ def partition_indices(
     alpha: float = 0.5,
     seed: int = 0,
     min_rows: int | None = None,
+    classes_per_site: int = 1,
+    sizes: str = "linear",
+    groups: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
-    """Row indices of each of `num_sites` partitions of a data set with `labels`.
+    """Row indices (sorted) of each of `num_sites` partitions of a data set with `labels`.
 
-    `iid` deals rows uniformly at random; `dirichlet` draws each site's label mix from
-    Dirichlet(`alpha`) (smaller alpha, more skew), as flwr-datasets' `DirichletPartitioner`, with at
-    least `min_rows` rows per site (default: 20, less for small tables); the partitioner raises
-    ValueError when its draws cannot meet that.
+    - `iid` deals rows uniformly at random.
+    - `dirichlet` draws each site's label mix from Dirichlet(`alpha`) (smaller alpha, more skew), as
+      flwr-datasets' `DirichletPartitioner`, with at least `min_rows` rows per site (default: 20, less
+      for small tables); the partitioner raises ValueError when its draws cannot meet that.
+    - `quantity` gives site i (1-based) a share of the shuffled rows proportional to i, i² or eⁱ
+      (`sizes` = linear, square, exponential; flwr-datasets' Linear/Square/ExponentialPartitioner);
+      every site needs at least 2 rows.
+    - `pathological` gives each site exactly `classes_per_site` classes (flwr-datasets'
+      `PathologicalPartitioner`, first class of site i = class i mod k, the others drawn at random);
+      a class held by several sites is shared out evenly. With fewer sites than classes some classes
+      are held by no site and their rows are left out.
+    - `natural` makes one site per distinct value of `groups` (one value per row, e.g. a hospital
+      id), in sorted order of the values as strings (`natural_ids`); `num_sites` must equal their
+      number (`NaturalIdPartitioner`).
+
+    All but `natural` are seeded by `seed`.
     """
     from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
     if num_sites < 1:
         raise ConfigError(f"number of sites must be >= 1, got {num_sites}")
     if num_sites > len(labels):
         raise ConfigError(f"cannot split {len(labels)} rows into {num_sites} sites")
+    rows = np.arange(len(labels))
     if scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=num_sites)
-        data = Dataset.from_dict({"row": np.arange(len(labels))})
+        partitioner = _iid(num_sites)
         # IidPartitioner takes contiguous shards: shuffle first so sites are random, seeded.
-        data = data.shuffle(seed=seed)
+        data = Dataset.from_dict({"row": rows}).shuffle(seed=seed)
     elif scheme == "dirichlet":
-        if alpha <= 0:
-            raise ConfigError(f"dirichlet-alpha must be > 0, got {alpha}")
-        min_size = min_rows or max(2, min(20, len(labels) // (2 * num_sites)))
-        partitioner = DirichletPartitioner(
-            num_partitions=num_sites,
-            partition_by="label",
-            alpha=alpha,
-            min_partition_size=min_size,
-            self_balancing=True,
-            seed=seed,
+        partitioner = _dirichlet(
+            num_sites, alpha, min_rows or max(2, min(20, len(labels) // (2 * num_sites))), seed
         )
-        data = Dataset.from_dict({"row": np.arange(len(labels)), "label": labels.tolist()})
+        data = Dataset.from_dict({"row": rows, "label": labels.tolist()})
+    elif scheme == "quantity":
+        partitioner = _quantity(num_sites, sizes)
+        data = Dataset.from_dict({"row": rows}).shuffle(seed=seed)
+    elif scheme == "pathological":
+        partitioner = _pathological(num_sites, classes_per_site, len(np.unique(labels)), seed)
+        # the partitioner deals each class out in file order: shuffle so each site's share is random
+        data = Dataset.from_dict({"row": rows, "label": labels.tolist()}).shuffle(seed=seed)
+    elif scheme == "natural":
+        partitioner, data = _natural(num_sites, groups, len(labels))
     else:
         raise ConfigError(f"unknown partition {scheme!r}; expected one of {', '.join(PARTITIONS)}")
     partitioner.dataset = data
-    with warnings.catch_warnings():  # the partitioner warns on every Dirichlet redraw
-        warnings.simplefilter("ignore", UserWarning)
-        return [np.sort(np.asarray(partitioner.load_partition(i)["row"])) for i in range(num_sites)]
+    try:
+        # the Dirichlet partitioner warns on every redraw; the natural one draws a progress bar
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", UserWarning)
+            parts = [
+                np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64))
+                for i in range(num_sites)
+            ]
+    except ValueError as exc:
+        if scheme == "dirichlet":
+            raise  # callers retry other draws (simulations/label_skew.py)
+        raise ConfigError(f"partition {scheme!r} into {num_sites} sites is impossible here: {exc}") from exc
+    if scheme == "quantity":
+        small = [i for i, p in enumerate(parts) if len(p) < 2]
+        if small:
+            raise ConfigError(
+                f"quantity skew ({sizes}) over {num_sites} sites leaves site(s) {small} with fewer than 2 of "
+                f"{len(labels)} rows; use fewer sites or a flatter size curve"
+            )
+    return parts
+
+
+def natural_ids(groups: Sequence[object]) -> list[str]:
+    """The natural ids of a `natural` partition, in site order (site i holds value i of this list)."""
+    return sorted({str(g) for g in groups})
+
+
+def _iid(num_sites: int):
+    from flwr_datasets.partitioner import IidPartitioner
+
+    return IidPartitioner(num_partitions=num_sites)
+
+
+def _dirichlet(num_sites: int, alpha: float, min_size: int, seed: int):
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    if alpha <= 0:
+        raise ConfigError(f"dirichlet-alpha must be > 0, got {alpha}")
+    return DirichletPartitioner(
+        num_partitions=num_sites,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min_size,
+        self_balancing=True,
+        seed=seed,
+    )
+
+
+def _quantity(num_sites: int, sizes: str):
+    from flwr_datasets.partitioner import ExponentialPartitioner, LinearPartitioner, SquarePartitioner
+
+    kinds = {"linear": LinearPartitioner, "square": SquarePartitioner, "exponential": ExponentialPartitioner}
+    if sizes not in kinds:
+        raise ConfigError(f"quantity sizes must be one of {', '.join(QUANTITY_SIZES)}, got {sizes!r}")
+    return kinds[sizes](num_partitions=num_sites)
+
+
+def _pathological(num_sites: int, classes_per_site: int, num_classes: int, seed: int):
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    if not 1 <= classes_per_site <= num_classes:
+        raise ConfigError(
+            f"classes-per-site must be between 1 and the {num_classes} classes of the data, "
+            f"got {classes_per_site}"
+        )
+    return PathologicalPartitioner(
+        num_partitions=num_sites,
+        partition_by="label",
+        num_classes_per_partition=classes_per_site,
+        class_assignment_mode="first-deterministic",
+        shuffle=True,
+        seed=seed,
+    )
+
+
+def _natural(num_sites: int, groups: Sequence[object] | None, num_rows: int):
+    from datasets import Dataset
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    if groups is None or len(groups) != num_rows:
+        raise ConfigError("a natural partition needs one group value (e.g. a hospital id) per row")
+    found = natural_ids(groups)
+    if len(found) != num_sites:
+        raise ConfigError(
+            f"the natural partition has {len(found)} groups ({', '.join(found[:10])}), not {num_sites} sites"
+        )
+    data = Dataset.from_dict({"row": np.arange(num_rows), "group": [str(g) for g in groups]})
+    return NaturalIdPartitioner(partition_by="group"), data

@@ -1,0 +1,104 @@
+"""One scenario end to end: sites on disk, the federated run, then the pooled and local-only baselines.
+
+The run directory gets Flower's usual outputs (config.json, metrics.jsonl, summary.json, model.pt), the
+effective scenario (`scenario.json`), the sites (`sites/`, with `partition.json`) and, with baselines,
+`baselines.json`: federated, pooled and local results side by side, per site and overall.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.errors import FedwardError
+from common.training import steps_per_epoch
+from server.rundir import json_safe
+from simulations.baselines import run_baselines, site_mean
+from simulations.runner import run_simulation
+from simulations.scenario import Scenario
+from simulations.scenario_sites import prepare_scenario_sites
+
+RESULTS_FILE = "baselines.json"
+
+
+def run_study(
+    scenario: Scenario, run_dir: Path, *, baselines: bool = True, verbose: bool = False
+) -> dict[str, Any]:
+    """Run `scenario` into `run_dir` (which must not hold a finished run); return the comparison."""
+    run_dir = run_dir.resolve()
+    if (run_dir / "summary.json").exists():
+        raise FedwardError(f"{run_dir} already holds a run; choose another --name or remove it")
+    data_root = run_dir / "sites"
+    sites = prepare_scenario_sites(scenario, data_root)
+    values = scenario.run_config_values(
+        num_sites=len(sites), data_root=str(data_root), runs_dir=str(run_dir.parent), run_name=run_dir.name
+    )
+    (run_dir / "scenario.json").write_text(
+        json.dumps(json_safe(scenario.model_dump(mode="json", by_alias=True)), indent=2) + "\n"
+    )
+    run_simulation(values, len(sites), log_file=run_dir / "flower.log", verbose=verbose)
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        raise FedwardError(f"the run ended without {summary_file}; see {run_dir / 'flower.log'}")
+    config = RunConfig.from_flower(values)
+    payload: dict[str, Any] = {
+        "scenario": scenario.name,
+        "task": config.task,
+        "metric": scenario.metric,
+        "budget": {
+            "rounds": config.num_server_rounds,
+            "local-epochs": config.local_epochs,
+            "batch-size": config.batch_size,
+        },
+        "federated": federated_results(json.loads(summary_file.read_text()), config),
+    }
+    if baselines:
+        payload |= run_baselines(config, data_root, len(sites), [s.policy for s in sites])
+        payload["budget"]["steps"] = {
+            "federated": sum(payload["federated"]["planned-steps"].values()),
+            "pooled": payload["pooled"]["steps"],
+            "local": {site: m["steps"] for site, m in payload["local"]["sites"].items()},
+        }
+        write_results(run_dir, payload)
+    return payload
+
+
+def federated_results(summary: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """The federated run's final metrics from its summary.json, in the baselines' layout."""
+    per_site: dict[str, dict[str, Any]] = {}
+    planned: dict[str, int] = {}
+    for site, info in summary["sites"].items():
+        epsilon = info.get("epsilon")
+        per_site[site] = {
+            **(info.get("evaluate") or {}),
+            "epsilon": (math.inf if epsilon is None else epsilon) if summary.get("dp") else math.inf,
+            "refused": info.get("refused"),
+        }
+        n = int((info.get("data") or {}).get("num-train", 0))
+        planned[site] = config.num_server_rounds * config.local_epochs * steps_per_epoch(n, config.batch_size)
+    return {
+        "overall": summary.get("overall", {}),
+        "mean-over-sites": site_mean({s: m for s, m in per_site.items() if "num-examples" in m}),
+        "sites": per_site,
+        "planned-steps": planned,
+        "rounds-completed": summary.get("rounds-completed"),
+        "stopped": summary.get("stopped"),
+        "strategy": summary.get("strategy"),
+        "seconds": summary.get("wall-seconds"),
+    }
+
+
+def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
+    """`run_dir/baselines.json` (NaN and inf written as null)."""
+    path = run_dir / RESULTS_FILE
+    path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
+    return path
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """A finished study's results (None when `run_dir` has none)."""
+    path = run_dir / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
