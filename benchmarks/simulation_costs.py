@@ -7,7 +7,6 @@ the sites report their own compute time (`site-seconds`), the server records eac
 summed RSS of the whole process tree (SuperLink, Ray, ServerApp, ClientApp workers), sampled every 0.2 s.
 Bytes are Flower's own protobuf encoding of a site's train reply. Prints a table, writes JSON and Markdown.
 
-    pip install -e ".[bench]"   # psutil, for the memory figures
     python -P benchmarks/simulation_costs.py [--repeats 3] [--scale 10 30 100]
 """
 

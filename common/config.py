@@ -103,9 +103,12 @@ class RunConfig(BaseModel):
             accountant=self.dp_accountant,
         )
 
-    @field_validator("hostile_sites", "sim_stragglers")
+    @field_validator("hostile_sites", "sim_stragglers", mode="before")
     @classmethod
-    def _partition_ids(cls, value: str) -> str:
+    def _partition_ids(cls, value: str | int) -> str:
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # -c k=0
+        if not isinstance(value, str):
+            raise ValueError(f"expected a comma list of partition ids, got {value!r}")
         parts = [p.strip() for p in value.split(",") if p.strip()]
         if not all(p.isdigit() for p in parts):
             raise ValueError(f"expected a comma list of partition ids, got {value!r}")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from common.config import RunConfig
+from common.errors import ConfigError
 from simulations.prepare import prepare_ckd_sites
+from simulations.progress import RunProgress
 from simulations.report import print_comparison, sweep_table
-from simulations.runner import run_simulation
+from simulations.runner import SimulationResources, run_simulation
 from simulations.scenario import SWEEP_KEYS, Scenario, find_scenario, load_scenario, shipped_scenarios
 from simulations.study import federated_results, read_results, run_study
 from simulations.sweep import parse_over, run_sweep
@@ -24,6 +27,59 @@ from strategies.registry import STRATEGIES
 
 app = typer.Typer(help="Simulate several hospitals on one machine.", no_args_is_help=True)
 console = Console()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How every simulation of this command runs: Ray resources and run-config overrides."""
+
+    resources: SimulationResources = field(default_factory=SimulationResources)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, run_config: dict[str, Any], sites: int, run_dir: Path, verbose: bool) -> None:
+        """One simulated federation with a progress bar (plain lines when not in a terminal)."""
+        with RunProgress(console, run_dir.name) as progress:
+            run_simulation(
+                run_config, sites, resources=self.resources, overrides=self.overrides,
+                log_file=run_dir / "flower.log", verbose=verbose, echo=progress.feed,
+            )  # fmt: skip
+
+
+@app.callback()
+def settings(
+    ctx: typer.Context,
+    cpus_per_site: Annotated[
+        int, typer.Option(min=1, help="Ray CPUs per simulated site (sets concurrency).")
+    ] = 1,
+    gpus_per_site: Annotated[
+        float | None,
+        typer.Option(min=0, help="Ray GPUs per site (default: 0.2 when CUDA is present, else 0)."),
+    ] = None,
+    total_cpus: Annotated[int | None, typer.Option(min=1, help="CPUs Ray may use (default: all).")] = None,
+    total_gpus: Annotated[int | None, typer.Option(min=0, help="GPUs Ray may use (default: all).")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Join this existing Ray cluster (host:port).")
+    ] = None,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option("--run-config", "-c", help="Run-config override k=v for every run (repeatable)."),
+    ] = None,
+) -> None:
+    """Resources and run-config overrides shared by the simulation commands."""
+    from flwr.common.config import parse_config_args
+
+    try:
+        overrides = dict(parse_config_args(run_config or None))
+    except Exception as exc:  # flwr raises click's ClickException or ValueError
+        raise ConfigError(f"--run-config: {getattr(exc, 'message', None) or exc}") from exc
+    RunConfig.from_flower(overrides)
+    resources = SimulationResources(cpus_per_site, gpus_per_site, total_cpus, total_gpus, ray_address)
+    resources.federation_config()  # conflicting settings fail here
+    ctx.obj = Launch(resources, overrides)
+
+
+def _launch(ctx: typer.Context) -> Launch:
+    return ctx.obj if isinstance(ctx.obj, Launch) else Launch()
 
 
 class Partition(StrEnum):
@@ -35,6 +91,7 @@ class Partition(StrEnum):
 
 @app.command("ckd")
 def ckd(
+    ctx: typer.Context,
     sites: Annotated[int, typer.Option(min=1, help="Number of simulated hospitals.")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     partition: Annotated[
@@ -80,7 +137,7 @@ def ckd(
     console.print(
         f"fedward sim ckd: {sites} sites ({partition.value}), {rounds} rounds, {strategy}, {dp_text}"
     )
-    run_simulation(config.to_flower(), sites, log_file=run_dir / "flower.log", verbose=verbose)
+    _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
     print_summary(run_dir)
 
 
@@ -94,6 +151,7 @@ class PhantomFormat(StrEnum):
 
 @app.command("tumour")
 def tumour(
+    ctx: typer.Context,
     sites: Annotated[int, typer.Option(min=1, help="Number of simulated hospitals.")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
     patients: Annotated[int, typer.Option(min=4, help="Synthetic patients per site.")] = 24,
@@ -166,7 +224,7 @@ def tumour(
         f"fedward sim {task}: {sites} sites × {patients} phantom patients ({fmt.value}), "
         f"{rounds} rounds, {dp_text}"
     )
-    run_simulation(config.to_flower(), sites, log_file=run_dir / "flower.log", verbose=verbose)
+    _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
     print_summary(run_dir, SEGMENTATION_COLUMNS if segmentation else CLASSIFICATION_COLUMNS)
 
 
@@ -177,6 +235,7 @@ ScenarioArg = Annotated[
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     scenario: ScenarioArg,
     baselines: Annotated[
         bool, typer.Option(help="Also train pooled and local-only baselines and compare (baselines.json).")
@@ -189,7 +248,7 @@ def run(
     spec = load_scenario(find_scenario(scenario))
     run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     console.print(f"fedward sim run {spec.name}: {_describe(spec)}")
-    payload = run_study(spec, run_dir, baselines=baselines, verbose=verbose)
+    payload = run_study(spec, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run)
     columns = SEGMENTATION_COLUMNS if spec.scenario.task == "tumour-seg" else CLASSIFICATION_COLUMNS
     print_summary(run_dir, columns)
     if baselines:
@@ -199,6 +258,7 @@ def run(
 
 @app.command("sweep")
 def sweep(
+    ctx: typer.Context,
     scenario: ScenarioArg,
     over: Annotated[
         str, typer.Option(help=f"KEY=V1,V2,... with KEY one of {', '.join(SWEEP_KEYS)} (epsilon inf: no DP).")
@@ -221,13 +281,65 @@ def sweep(
             console.print(f"reusing {run_dir.name}")
             return done
         console.print(f"[bold]{run_dir.name}[/bold]: {_describe(variant)}")
-        return run_study(variant, run_dir, baselines=baselines, verbose=verbose)
+        return run_study(variant, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run)
 
     result = run_sweep(spec, key, values, seeds, sweep_dir, run_one)
     console.print(sweep_table(result))
     for failed in (r for r in result["runs"] if "error" in r):
         console.print(f"[red]{failed['run']} failed:[/red] {failed['error']}")
     console.print(f"sweep written to {sweep_dir / 'sweep.json'} and {sweep_dir / 'sweep.png'}")
+
+
+RunDirArg = Annotated[Path, typer.Argument(help="The run directory (runs/<name>).")]
+
+
+def _saved_run(run_dir: Path) -> dict[str, Any]:
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{run_dir} has no config.json: not a fedward run directory, or it never started")
+    return json.loads(config_file.read_text())
+
+
+def _columns(task: str) -> tuple[str, ...]:
+    return SEGMENTATION_COLUMNS if task == "tumour-seg" else CLASSIFICATION_COLUMNS
+
+
+@app.command("resume")
+def resume(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
+) -> None:
+    """Continue a simulated run after its last completed round (same sites, same run config)."""
+    run_dir = run_dir.resolve()
+    saved = _saved_run(run_dir)
+    (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
+    console.print(f"fedward sim resume {run_dir.name}: {len(saved['sites'])} sites")
+    _launch(ctx).run({**saved["run-config"], "resume": True}, len(saved["sites"]), run_dir, verbose)
+    print_summary(run_dir, _columns(saved["run-config"]["task"]))
+
+
+@app.command("leave-one-out")
+def leave_one_out_command(
+    ctx: typer.Context,
+    run_dir: RunDirArg,
+    verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
+) -> None:
+    """Federate without each site in turn and evaluate on the site left out (K more runs); the results
+    go into the run's cross-site.json."""
+    from simulations.leave_one_out import leave_one_out
+
+    saved = _saved_run(run_dir.resolve())
+    metric = "dice" if saved["run-config"]["task"] == "tumour-seg" else "accuracy"
+    results = leave_one_out(run_dir, _launch(ctx).run, verbose)
+    table = Table(title=f"leave one site out · {metric} on the site left out")
+    for col in ("site left out", metric, "95 % CI", "roc-auc"):
+        table.add_column(col, justify="left" if col == "site left out" else "right")
+    for site, m in results.items():
+        ci = f"{m.get(metric + '-ci-low', math.nan):.3f}–{m.get(metric + '-ci-high', math.nan):.3f}"
+        table.add_row(site, f"{m.get(metric, math.nan):.3f}", ci, f"{m.get('roc-auc', math.nan):.3f}")
+    console.print(table)
+    console.print(f"written to {run_dir / 'cross-site.json'}")
 
 
 @app.command("scenarios")

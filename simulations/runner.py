@@ -14,11 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from common.config import RunConfig
 from common.errors import ConfigError, FedwardError
 
 FEDERATION = "fedward-sim"
@@ -101,15 +104,20 @@ def run_simulation(
     num_sites: int,
     *,
     resources: SimulationResources | None = None,
+    overrides: Mapping[str, Any] | None = None,
     log_file: Path | None = None,
     verbose: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the app with `num_sites` simulated SuperNodes and the given run-config overrides.
+    """Run the app with `num_sites` simulated SuperNodes and the given run config (`overrides` win).
 
-    Streams the run's log to `log_file`; prints fedward's progress lines and errors (every line
-    with `verbose`). Returns when the run has ended.
+    Streams the run's log to `log_file`; passes fedward's progress lines and errors (every line with
+    `verbose`) to `echo` (default: print). Returns when the run has ended.
     """
     resources = resources or SimulationResources()
+    run_config = {**run_config, **(overrides or {})}
+    RunConfig.from_flower(run_config)  # unknown keys and bad values fail before anything starts
+    echo = echo or (lambda line: print(line, end="", flush=True))
     work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))
     port = _free_port()
     env = {
@@ -159,7 +167,11 @@ def run_simulation(
                     if sink:
                         sink.write(line)
                     if verbose or _worth_showing(line):
-                        print(line, end="", flush=True)
+                        echo(line)
+            except BaseException:  # Ctrl-C: the run lives in the SuperLink, stop it now
+                _stop(superlink)
+                proc.kill()
+                raise
             finally:
                 if sink:
                     sink.close()
@@ -182,11 +194,20 @@ def _worth_showing(line: str) -> bool:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop the SuperLink and everything it started (its own process group)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+    """Stop the SuperLink and every process it started. Flower's SuperExec runs in a session of its own,
+    with the simulation and its Ray workers under it: the whole tree is collected first, so nothing
+    survives as an orphan that would go on with the run."""
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,23 @@ from simulations.scenario_sites import prepare_scenario_sites
 RESULTS_FILE = "baselines.json"
 
 
+Launcher = Callable[[dict[str, Any], int, Path, bool], None]
+
+
+def _default_launch(values: dict[str, Any], sites: int, run_dir: Path, verbose: bool) -> None:
+    run_simulation(values, sites, log_file=run_dir / "flower.log", verbose=verbose)
+
+
 def run_study(
-    scenario: Scenario, run_dir: Path, *, baselines: bool = True, verbose: bool = False
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    baselines: bool = True,
+    verbose: bool = False,
+    launch: Launcher = _default_launch,
 ) -> dict[str, Any]:
-    """Run `scenario` into `run_dir` (which must not hold a finished run); return the comparison."""
+    """Run `scenario` into `run_dir` (which must not hold a finished run); return the comparison.
+    `launch(run_config, sites, run_dir, verbose)` runs the federation (default: a local simulation)."""
     run_dir = run_dir.resolve()
     if (run_dir / "summary.json").exists():
         raise FedwardError(f"{run_dir} already holds a run; choose another --name or remove it")
@@ -39,7 +53,7 @@ def run_study(
     (run_dir / "scenario.json").write_text(
         json.dumps(json_safe(scenario.model_dump(mode="json", by_alias=True)), indent=2) + "\n"
     )
-    run_simulation(values, len(sites), log_file=run_dir / "flower.log", verbose=verbose)
+    launch(values, len(sites), run_dir, verbose)
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
         raise FedwardError(f"the run ended without {summary_file}; see {run_dir / 'flower.log'}")
