@@ -17,7 +17,6 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import ErrorDetails
 
 from common.errors import ConfigError, PrivacyError
+from common.tomlfile import read_toml
 
 POLICY_TABLE = "policy"
 
@@ -61,12 +61,7 @@ class SitePolicy(BaseModel):
 def load_policy(path: Path) -> SitePolicy:
     """Read and check a site policy file; every problem is a ConfigError naming file and key."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"site policy {path}: cannot read ({exc.strerror or exc})") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"site policy {path}: not valid TOML ({exc})") from exc
+    document = read_toml(path, "site policy")
     other = sorted(set(document) - {POLICY_TABLE})
     if other:
         raise ConfigError(f"site policy {path}: unknown key(s) {', '.join(other)}; use a [policy] table")

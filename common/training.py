@@ -116,13 +116,16 @@ def train_model(
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad()
-            loss = loss_fn(train_module(xb), yb)
-            loss.backward()
+            if len(yb):
+                loss = loss_fn(train_module(xb), yb)
+                loss.backward()
+                losses.append(float(loss.detach()))
+            else:  # Poisson sampling drew an empty batch: a noise-only step, no forward pass (layers
+                # without an Opacus grad sampler, such as ConvTranspose3d or PReLU, fail on batch 0)
+                _empty_per_sample_gradients(params)
             extra = _parameter_terms(params, anchor, proximal_mu, correction)
             optimizer.step()
             _apply(params, extra, local.lr)
-            if len(yb):  # Poisson sampling may draw an empty batch: a noise-only step
-                losses.append(float(loss.detach()))
             steps += 1
     history: list[tuple[float, float, int]] = []
     if engine is not None:
@@ -136,6 +139,13 @@ def train_model(
         sample_rate=q,
         privacy_steps=history,
     )
+
+
+def _empty_per_sample_gradients(params: Mapping[str, nn.Parameter]) -> None:
+    """Per-sample gradients of an empty batch: the DP optimiser then adds noise alone and counts the step."""
+    for p in params.values():
+        if p.requires_grad:
+            p.grad_sample = p.new_zeros((0, *p.shape))
 
 
 @torch.no_grad()

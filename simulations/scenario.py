@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.imaging_models import CLASSIFIERS, SEGMENTERS
 from common.models import TABULAR_MODELS
+from common.tomlfile import read_toml
 from strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -368,12 +368,7 @@ TABLES = ("scenario", "partition", "training", "privacy", "strategy", "sites", "
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check a scenario file; every problem is a ConfigError naming the file and key."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"scenario {path}: cannot read ({exc.strerror or exc})") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"scenario {path}: not valid TOML ({exc})") from exc
+    document = read_toml(path, "scenario")
     return parse_scenario(document, path)
 
 

@@ -10,6 +10,7 @@ import torch
 from mri_helpers import CONTRASTS, make_site
 from opacus.validators import ModuleValidator
 
+from common import training
 from common.config import RunConfig
 from common.data.split import split_by_patient
 from common.metrics import multiclass_metrics, pool_multiclass
@@ -73,6 +74,29 @@ def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
     assert pooled["num-examples"] == 2 * site.num_test
     empty = t.loss(net(train_set.tensors[0][:0]), train_set.tensors[1][:0])
     assert float(empty.detach()) == 0.0  # an empty Poisson batch
+
+
+def test_private_unet_survives_empty_poisson_batches(root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNet layers without an Opacus grad sampler (ConvTranspose3d, PReLU) fail on a batch of 0; an empty
+    Poisson batch must still be a noise-only step that the accountant counts."""
+    config = _config("tumour-seg", model="unet")
+    t = get_task("tumour-seg")
+    train_set, _ = t.datasets(t.load_site(SiteSource("s", root / "nifti-1"), config), {})
+    torch.manual_seed(0)
+    net = t.build_model(config)
+    local = LocalTraining(epochs=3, batch_size=1, lr=0.01, optimizer="adam", seed=3)
+    empty_batches = []
+    noise_only = training._empty_per_sample_gradients
+    monkeypatch.setattr(
+        training, "_empty_per_sample_gradients", lambda p: empty_batches.append(noise_only(p))
+    )
+
+    out = train_model(net, train_set, t.loss, local, DPConfig(noise_multiplier=1.0), delta=1e-3)
+
+    n = len(train_set)
+    assert empty_batches  # q = 1/n over 3n steps: empty batches happen (seeded)
+    assert out.steps == 3 * n and sum(k for _, _, k in out.privacy_steps) == 3 * n
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 def test_multiclass_pooling_is_exact() -> None:

@@ -23,7 +23,6 @@ key (`units.sc`, `values.htn."2"`). Column names match ignoring case, spaces and
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +42,7 @@ from common.data.ckd_schema import (
 )
 from common.data.ckd_units import UNITS, accepted_units, find_unit
 from common.errors import ConfigError
+from common.tomlfile import read_toml
 
 MAPPING_FILE_NAME = "ckd-mapping.toml"
 _TARGETS = (*FEATURE_NAMES, LABEL)
@@ -153,12 +153,7 @@ def find_site_mapping(data_dir: Path) -> Path | None:
 def load_mapping(path: str | Path) -> SiteMapping:
     """Read and check a site mapping file; every problem is a ConfigError naming file and key."""
     path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"site mapping {path}: cannot read ({exc.strerror or exc})") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"site mapping {path}: not valid TOML ({exc})") from exc
+    document = read_toml(path, "site mapping")
     try:
         return SiteMapping.model_validate(document)
     except ValidationError as exc:

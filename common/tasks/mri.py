@@ -119,7 +119,8 @@ class MriTask(Task):
             "train-patients": float(len(set(train.patients))),
             "test-patients": float(len(set(test.patients))),
         }
-        return SiteData(source.site_id, train, test, len(train), len(test), report, [str(s) for s in skipped])
+        details = [str(s) for s in skipped]
+        return SiteData(source.site_id, train, test, len(train), len(test), report, details, scan.files)
 
     def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
         """Tensors were prepared at load time (per-sample normalisation needs no shared statistics)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +101,7 @@ class ScanResult:
     samples: list[MriSample] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     files_read: int = 0
+    files: list[Path] = field(default_factory=list)  # every image file of the site (data-set fingerprint)
 
     def extend(self, other: ScanResult) -> None:
         """Add another loader's findings."""

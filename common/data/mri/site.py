@@ -16,7 +16,9 @@ def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:
     """All samples of a site folder (DICOM series, BraTS NIfTI cases and class image folders)."""
     manifest = read_manifest(site_dir)
     files = list_site_files(site_dir)
-    result = ScanResult(skipped=list(manifest.skipped))
+    result = ScanResult(
+        skipped=list(manifest.skipped), files=sorted(files.dicom + files.nifti + files.images)
+    )
     if files.dicom:
         result.extend(load_dicom(files.dicom, site_dir, manifest, contrasts))
     if files.nifti:
