@@ -38,13 +38,23 @@ def strategy_chain(strategy: Strategy) -> list[Strategy]:
         chain.append(inner)
 
 
+@dataclass(frozen=True)
+class _Stateful:
+    """An attribute that saves itself (e.g. Flower's privacy accountant): its `state_dict()`."""
+
+    state: Any
+
+
 def _state_of(obj: Strategy) -> dict[str, Any]:
-    """An object's data attributes: not the wrapped strategy, not callables (metric functions, observers)."""
-    return {
-        k: v
-        for k, v in vars(obj).items()
-        if not (k in _WRAPPED and isinstance(v, Strategy)) and not callable(v)
-    }
+    """An object's data attributes: not the wrapped strategy, not callables (metric functions, observers);
+    objects with `state_dict` / `load_state_dict` (Flower's accountant) as their state dict."""
+    out: dict[str, Any] = {}
+    for k, v in vars(obj).items():
+        if (k in _WRAPPED and isinstance(v, Strategy)) or callable(v):
+            continue
+        saves_itself = hasattr(v, "state_dict") and hasattr(v, "load_state_dict")
+        out[k] = _Stateful(v.state_dict()) if saves_itself else v
+    return out
 
 
 def strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
@@ -60,7 +70,10 @@ def restore_strategy_state(strategy: Strategy, state: list[dict[str, Any]]) -> N
         raise ValueError(f"checkpoint has {len(state)} strategy layers, this run builds {kinds}")
     for layer, saved in zip(chain, state, strict=True):
         for key, value in saved.items():
-            setattr(layer, key, value)
+            if isinstance(value, _Stateful):
+                getattr(layer, key).load_state_dict(value.state)
+            else:
+                setattr(layer, key, value)
 
 
 def seed_everything(seed: int) -> None:

@@ -114,6 +114,19 @@ def test_steps_of_the_lost_round_count_towards_epsilon(
             assert report["epsilon"] == pytest.approx(whole[site]["epsilon"], rel=1e-9)
 
 
+def test_central_dp_accountant_resumes_with_the_run(sites: Path, tmp_path: Path) -> None:
+    settings = {"num-server-rounds": 3, "dp": False, "min-sites": SITES, "central-dp": True,
+                "central-dp-noise-multiplier": 0.5}  # fmt: skip
+    _run(ckd_run_config(sites, tmp_path, **{"run-name": "whole", **settings}))
+    _interrupted_and_resumed(sites, tmp_path, "resumed", **settings)
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["central-dp"]
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())["central-dp"]
+    assert resumed["releases"] == whole["releases"] == 3  # the lost round was never released
+    assert resumed["epsilon"] == pytest.approx(whole["epsilon"], rel=1e-9)
+    for key, value in _weights(tmp_path / "whole").items():
+        assert torch.equal(value, _weights(tmp_path / "resumed")[key])
+
+
 def test_resume_needs_a_run_name(sites: Path, tmp_path: Path) -> None:
     config = ckd_run_config(sites, tmp_path, **{"resume": True, "dp": False, "min-sites": SITES})
     with pytest.raises(ConfigError, match="run-name"):
