@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.errors import ConfigError
-from server.rundir import json_safe
+from server.rundir import json_safe, read_rounds
 from server.signing import (
     key_fingerprint,
     load_private_key,
@@ -97,24 +97,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return value
-
-
-def read_rounds(path: Path) -> list[dict[str, Any]]:
-    """The round records of metrics.jsonl; ConfigError naming the line that is not a JSON object."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing from the run directory")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: line {number} is not valid JSON ({exc})") from exc
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path}: line {number}: expected a JSON object")
-        records.append(record)
-    return records
 
 
 def sites_per_round(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import numpy as np
 from common.data.ckd_schema import LABEL_NEGATIVE, LABEL_POSITIVE
 from common.data.mri.sample import CLASSES
 from common.errors import ConfigError
+from server.rundir import read_rounds
 
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
 UNBOUNDED = ("loss", "hd95")
@@ -83,21 +84,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_rounds(path: Path) -> list[dict[str, Any]]:
-    rounds = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: line {number}: not valid JSON ({exc})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
-            raise ConfigError(f"{path}: line {number}: expected an object with an integer 'round'")
-        rounds.append(record)
-    return sorted(rounds, key=lambda r: r["round"])
-
-
 def _check_cross_site(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data.get("sites"), list) or not isinstance(data.get("metric"), str):
         raise ConfigError(f"{path}: expected 'sites' (a list of site ids) and 'metric' (a metric name)")
@@ -122,7 +108,7 @@ def load_run(path: Path) -> RunData:
         path=path,
         config=dict(config.get("run-config") or {}),
         site_reports=dict(config.get("sites") or {}),
-        rounds=_read_rounds(metrics),
+        rounds=read_rounds(metrics),
         summary=summary,
         cross_site=_check_cross_site(cross, _read_json(cross)) if cross.is_file() else None,
     )

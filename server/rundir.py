@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from common.errors import ConfigError
+
 
 def json_safe(value: Any) -> Any:
     """Replace NaN/inf (not valid JSON) by None, recursively; numpy scalars become floats."""
@@ -24,6 +26,25 @@ def json_safe(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
     return number if math.isfinite(number) else None
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The round records of a metrics.jsonl, by round; ConfigError naming the line that is not an object
+    with an integer `round`."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing from the run directory")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: line {number}: not valid JSON ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise ConfigError(f"{path}: line {number}: expected an object with an integer 'round'")
+        records.append(record)
+    return sorted(records, key=lambda r: r["round"])
 
 
 def default_run_name(task: str) -> str:

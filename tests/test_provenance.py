@@ -255,7 +255,7 @@ def test_manifest_records_the_run(signed: Path, key: Path) -> None:
 def test_build_manifest_names_a_missing_record(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     (run / "metrics.jsonl").write_text('{"round": 1}\nnot json\n')
-    with pytest.raises(ConfigError, match=r"metrics\.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(ConfigError, match=r"metrics\.jsonl: line 2: not valid JSON"):
         build_manifest(run)
     (run / "metrics.jsonl").unlink()  # a run that ended before its first round
     assert build_manifest(run)["sites-per-round"] == []
