@@ -11,7 +11,8 @@ from rich.console import Console
 
 from common.errors import ConfigError, FedwardError
 from server import deploy, launch
-from server.provision import numbered_sites, provision
+from server.provision import PROVENANCE_KEY, numbered_sites, provision
+from server.signing import SIGNING_KEY_ENV
 
 console = Console()
 
@@ -86,7 +87,11 @@ def coordinator_start(
                 _print_registrations(deploy.register_sites(fed, home))
         _say("fedward: coordinator ready")
 
-    code = deploy.supervise(command, deploy.flower_env(state_dir / "flwr-home"), when_serving)
+    env = deploy.flower_env(state_dir / "flwr-home")
+    key = fed.root / "coordinator" / PROVENANCE_KEY
+    if key.is_file():  # the ServerApp (a child of the SuperLink) signs each run's provenance with it
+        env.setdefault(SIGNING_KEY_ENV, str(key))
+    code = deploy.supervise(command, env, when_serving)
     if code > 3:  # 0-3: Flower's success and graceful exits on SIGINT/SIGQUIT/SIGTERM; < 0: a signal
         raise FedwardError(f"flower-superlink exited with code {code}")
 
