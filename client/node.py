@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from client.policy import SitePolicy, load_policy, validate_policy_for
-from common.errors import ConfigError, DataValidationError, FedwardError
+from common.errors import ConfigError, FedwardError
 
 RUNTIME_PORT = 9094
 """The SuperNode's local Runtime API port (Flower's default); only its SuperExec connects to it."""
@@ -94,23 +94,17 @@ def check_data_dir(data: Path, allowed_tasks: list[str]) -> int | None:
         raise ConfigError(f"data folder {data} is empty")
     if allowed_tasks != ["ckd"]:
         return None  # imaging folders are checked file by file when a run loads them
-    from common.data.ckd import load_ckd_csv
+    from common.data.ckd import find_site_csv, load_ckd_csv
     from common.data.ckd_mapping import find_site_mapping, load_mapping
 
     mapping_file = find_site_mapping(data)
     mapping = load_mapping(mapping_file) if mapping_file else None
-    train, test = data / "train.csv", data / "test.csv"
-    if train.is_file() and test.is_file():
-        load_ckd_csv(test, strict=False, mapping=mapping)
-        return len(load_ckd_csv(train, strict=False, mapping=mapping))
-    csvs = sorted(data.glob("*.csv"))
-    if len(csvs) != 1:
-        found = ", ".join(p.name for p in csvs) or "none"
-        raise DataValidationError(
-            str(data), [f"expected train.csv and test.csv, or one CKD CSV (found {found})"]
-        )
-    load_ckd_csv(csvs[0], strict=False, mapping=mapping)
-    return None  # the run's test-fraction decides how many rows train
+    first, test = find_site_csv(data)
+    rows = len(load_ckd_csv(first, strict=False, mapping=mapping))
+    if test is None:
+        return None  # the run's test-fraction decides how many rows train
+    load_ckd_csv(test, strict=False, mapping=mapping)
+    return rows
 
 
 def check_state_dir(state: Path) -> None:

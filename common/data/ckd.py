@@ -290,3 +290,17 @@ def _parse_label(raw: str, plan: ColumnPlan) -> _Cell:
     if text in labels:
         return _Cell(labels[text], recoded=recoded)
     return _Cell(math.nan, f"'{LABEL_POSITIVE}' or '{LABEL_NEGATIVE}'")
+
+
+def find_site_csv(data_dir: Path) -> tuple[Path, Path | None]:
+    """A site folder holds `train.csv` + `test.csv` (pre-split) or exactly one CKD CSV."""
+    train, test = data_dir / "train.csv", data_dir / "test.csv"
+    if train.is_file() and test.is_file():
+        return train, test
+    csvs = sorted(data_dir.glob("*.csv"))
+    if len(csvs) == 1:
+        return csvs[0], None
+    found = ", ".join(p.name for p in csvs) or "no CSV file"
+    raise DataValidationError(
+        str(data_dir), [f"expected train.csv and test.csv, or one CKD CSV (found {found})"]
+    )

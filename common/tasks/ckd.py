@@ -12,34 +12,17 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from common.config import RunConfig
-from common.data.ckd import CkdTable, load_ckd_csv
+from common.data.ckd import CkdTable, find_site_csv, load_ckd_csv
 from common.data.ckd_mapping import find_site_mapping, load_mapping
 from common.data.ckd_schema import NUM_FEATURES
 from common.data.partition import partition_indices
 from common.data.split import stratified_split
 from common.datasets import ckd_csv_path
-from common.errors import DataValidationError
 from common.metrics import binary_metrics, pool_binary
 from common.models import build_tabular_model
 from common.stats import FeatureMoments, Standardiser
 from common.tasks.base import SiteData, SiteSource, Task
 from common.training import predict_proba
-
-
-def find_site_csv(data_dir: Path) -> tuple[Path, Path | None]:
-    """A site folder holds `train.csv` + `test.csv` (pre-split) or exactly one CKD CSV."""
-    train, test = data_dir / "train.csv", data_dir / "test.csv"
-    if train.is_file() and test.is_file():
-        return train, test
-    csvs = sorted(data_dir.glob("*.csv"))
-    if len(csvs) == 1:
-        return csvs[0], None
-    if not csvs:
-        raise DataValidationError(str(data_dir), ["no CSV file found (expected one CKD table)"])
-    names = ", ".join(p.name for p in csvs)
-    raise DataValidationError(
-        str(data_dir), [f"several CSV files ({names}); expected one, or train.csv and test.csv"]
-    )
 
 
 class CkdTask(Task):
