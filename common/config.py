@@ -35,6 +35,8 @@ class RunConfig(BaseModel):
     dp_delta: float = Field(0.0, ge=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
     dp_accountant: str = "prv"
+    dp_statistics_noise_multiplier: float = Field(6.0, gt=0)  # σ of the one-off federated statistics release
+    dp_seeded_noise: bool = False  # research switch, simulation only: replayable noise (docs/privacy.md)
     central_dp: bool = False
     central_dp_noise_multiplier: float = Field(1.0, ge=0)
     central_dp_clipping_norm: float = Field(1.0, gt=0)
@@ -128,4 +130,5 @@ class RunConfig(BaseModel):
             lr=self.lr,
             seed=seed,
             optimizer=self.optimizer,
+            seeded_noise=self.dp_seeded_noise,
         )

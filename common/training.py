@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ class LocalTraining:
     epochs: int = 1
     batch_size: int = 16
     lr: float = 0.1
-    seed: int = 0
+    seed: int = 0  # public randomness only: shuffling without DP, hostile-site simulation
     optimizer: str = "sgd"  # or "adam" (DP-Adam under Opacus)
+    seeded_noise: bool = False  # research switch: DP noise and sampling from `seed` (simulation only)
 
 
 @dataclass
@@ -54,8 +56,29 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Optimiser steps in one epoch (Opacus' Poisson sampler takes the same number)."""
+    """Optimiser steps in one epoch; private training takes exactly this many at rate 1 / steps."""
     return max(1, math.ceil(num_examples / batch_size))
+
+
+def privacy_generator(device: torch.device | str, seed: int | None = None) -> torch.Generator:
+    """A generator for DP noise or Poisson sampling: 64 fresh bits of OS entropy, never stored.
+
+    `seed` is for the seeded research switch only: whoever knows it can replay the noise.
+    """
+    return torch.Generator(device=device).manual_seed(secrets.randbits(64) if seed is None else seed)
+
+
+def poisson_loader(dataset: Dataset, steps: int, generator: torch.Generator) -> DataLoader:
+    """Opacus' Poisson-sampling loader at rate 1 / `steps`, taking exactly `steps` batches per epoch.
+
+    Opacus' own sampler takes int(1 / q) batches, which float rounding makes `steps - 1` for some sizes
+    while the accountant is told q = 1 / len(loader): plan, steps taken and accounting must agree.
+    """
+    from opacus.data_loader import DPDataLoader
+
+    loader = DPDataLoader(dataset, sample_rate=1.0 / steps, generator=generator)
+    loader.batch_sampler.steps = steps
+    return loader
 
 
 def train_model(
@@ -81,10 +104,8 @@ def train_model(
     model has on entry, i.e. the global model); `correction` (parameter name → tensor) adds SCAFFOLD's
     ⟨w, c - c_i⟩. See `_parameter_terms` for how both reach the update, with or without Opacus.
     """
-    torch.manual_seed(local.seed)
-    generator = torch.Generator().manual_seed(local.seed)
+    private = dp is not None and dp.enabled
     n = len(dataset)
-    loader = DataLoader(dataset, batch_size=local.batch_size, shuffle=True, generator=generator)
     model.to(device).train()
     params = dict(model.named_parameters())
     anchor = {k: p.detach().clone() for k, p in params.items()} if proximal_mu > 0 else None
@@ -93,13 +114,16 @@ def train_model(
     sigma, q = 0.0, 0.0
     engine = None
     train_module = model
-    if dp is not None and dp.enabled:
-        q = 1.0 / len(loader)
-        planned = planned_rounds * local.epochs * len(loader)
+    if private:
+        per_epoch = steps_per_epoch(n, local.batch_size)
+        q = 1.0 / per_epoch
+        planned = planned_rounds * local.epochs * per_epoch
         sigma = resolve_noise_multiplier(dp, delta=delta, sample_rate=q, planned_steps=planned)
+        seeds = (local.seed, local.seed + 1) if local.seeded_noise else (None, None)
+        loader = poisson_loader(dataset, per_epoch, privacy_generator("cpu", seeds[0]))
         from opacus import PrivacyEngine  # Opacus loads in ~2.5 s: only for private training
 
-        with warnings.catch_warnings():  # secure_mode advice; see docs/privacy.md
+        with warnings.catch_warnings():  # secure_mode needs torchcsprng; see docs/privacy.md
             warnings.simplefilter("ignore")
             engine = PrivacyEngine(accountant=dp.accountant)
             train_module, optimizer, loader = engine.make_private(
@@ -108,8 +132,14 @@ def train_model(
                 data_loader=loader,
                 noise_multiplier=sigma,
                 max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=False,  # the loader above already samples (Poisson, secret generator)
+                noise_generator=privacy_generator(_param_device(params, device), seeds[1]),
             )
+        optimizer.secure_mode = True  # Opacus' noise robust to floating-point attacks (sum of 4 draws)
+    else:  # no privacy claim: reproducible from the run seed
+        torch.manual_seed(local.seed)
+        generator = torch.Generator().manual_seed(local.seed)
+        loader = DataLoader(dataset, batch_size=local.batch_size, shuffle=True, generator=generator)
     losses: list[float] = []
     steps = 0
     for _ in range(local.epochs):
@@ -139,6 +169,12 @@ def train_model(
         sample_rate=q,
         privacy_steps=history,
     )
+
+
+def _param_device(params: Mapping[str, nn.Parameter], fallback: torch.device | str) -> torch.device:
+    """Where the model's parameters (and so Opacus' noise) live."""
+    first = next(iter(params.values()), None)
+    return first.device if first is not None else torch.device(fallback)
 
 
 def _empty_per_sample_gradients(params: Mapping[str, nn.Parameter]) -> None:
