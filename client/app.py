@@ -1,6 +1,7 @@
 """The fedward ClientApp: federated statistics, private local training and evaluation.
 
-Only model arrays and aggregate numbers leave the site: feature moments, metrics, ε.
+Every value a site sends is listed in docs/privacy.md: model arrays and numbers inside the site's DP
+accounting, or aggregates its policy allows (evaluation cells of at least its minimum cell count).
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from flwr.clientapp import ClientApp
 
 from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
-from client.ledger import dataset_fingerprint
+from client.policy import load_policy, min_cell_count
 from client.run_state import SiteRunState
 from client.simulated_faults import DROPPED, simulated_fault
-from client.site import load_site, phi_gate_mode, site_privacy, site_source
+from client.site import load_site, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
+from client.site_report import public_report
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
+from client.statistics_release import release_statistics, site_delta
 from common.config import RunConfig
 from common.device import pick_device
+from common.disclosure import release_evaluation
+from common.dp_release import release_entry
 from common.local_state import pick
 from common.privacy import PrivacyHistory
 from common.tasks import get_task
@@ -32,6 +37,8 @@ app = ClientApp()
 log = logging.getLogger("fedward.client")
 
 PRIVACY_STATE = "privacy"
+RELEASES_KEY = "release-noise-multiplier"  # in PRIVACY_STATE: σ of the run's statistics release, if it paid
+RELEASE_STATE = "statistics-release"  # the site's noisy patient count, sent as num-examples under DP
 REFUSED = 4030  # error code of a round the site's privacy policy refuses
 LOCAL_ONLY_ROUND = 0  # the round number local-only training is seeded and recorded under
 
@@ -49,19 +56,31 @@ def _setup(context: Context):
 
 @app.query("statistics")
 def statistics(msg: Message, context: Context) -> Message:
-    """Reply with the site's aggregate feature statistics and its data report (counts only)."""
-    _, task, source, site = _setup(context)
+    """Reply with the site's statistics release (noisy per-patient sums under DP) and its data report."""
+    config, task, source, site = _setup(context)
     for line in site.details:
         log.warning("site %s: %s", source.site_id, line)
-    stats = task.statistics(site) or {}
-    identity = {"site-id": source.site_id}
-    if site.files:  # for the signed provenance: a hash of file names and sizes, never data
-        identity["fingerprint"] = dataset_fingerprint(site.files)
+    privacy = site_privacy(context, config)
+    refusal = seeded_noise_refusal(context, config, privacy)
+    budget = SiteBudget(privacy, site)
+    run_id = str(msg.content["config"].get("run-uid") or context.run_id)
+    release = refusal or release_statistics(config, task, site, budget, run_id)
+    if isinstance(release, str):
+        log.warning("site %s refuses the statistics release: %s", source.site_id, release)
+        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {release}"), reply_to=msg)
+    delta = site_delta(config, budget, site.num_train) if config.dp else 0.0
+    if release.drawn_now:  # this run paid for it: it joins the run's privacy history
+        history = _history(context)
+        history.extend([release_entry(release.noise_multiplier)])
+        _keep_history(context, history, delta, releases=[release.noise_multiplier])
+    context.state[RELEASE_STATE] = ConfigRecord({"num-examples": release.num_patients})
+    report = public_report(site.report, min_cell_count(budget.policy, config))  # no exact sizes
+    report.update({"num-train": release.num_patients, "num-test": site.num_test})
     content = RecordDict(
         {
-            "statistics": MetricRecord({**stats, "num-examples": site.num_train}),
-            "report": MetricRecord({**site.report, "num-train": site.num_train, "num-test": site.num_test}),
-            "site": ConfigRecord(identity),
+            "statistics": MetricRecord(release.record(delta, config.dp_accountant)),
+            "report": MetricRecord(report),
+            "site": ConfigRecord({"site-id": source.site_id, "fingerprint": budget.public_fingerprint}),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -76,13 +95,17 @@ def train(msg: Message, context: Context) -> Message:
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
     privacy = site_privacy(context, config)
+    if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
+        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
     run_state = SiteRunState(privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
     if run_state.restore(context.state, server_round):
         log.info("site %s: run state restored from %s (resumed run)", source.site_id, run_state.folder)
-    budget = SiteBudget(privacy, site.files)
-    history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
-    plan = budget.plan(config, site.num_train)
-    reason = budget.refusal(config, plan, site.num_train, history)
+    budget = SiteBudget(privacy, site)
+    history = _history(context)
+    plan = budget.plan(config, site.num_train, spent=_releases(context))
+    reason = budget.reserve(
+        config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), server_round
+    )
     if reason is not None:
         log.warning("site %s refuses round %d: %s", source.site_id, server_round, reason)
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
@@ -142,20 +165,25 @@ def _account(
     run_id: str,
     server_round: int,
 ) -> dict[str, float]:
-    """Add the steps really taken to the run's history and the lifetime ledger; the reply's metrics."""
+    """Add the steps really taken to the run's history and the lifetime ledger; the reply's metrics.
+
+    Under DP the site's size goes out only as its noisy patient count (the statistics release) and the
+    training loss not at all: it is computed on the private batches without noise."""
     history.extend(outcome.privacy_steps)
     delta = plan.delta if plan else 0.0
-    context.state[PRIVACY_STATE] = ConfigRecord({**history.to_config(), "delta": delta})
+    _keep_history(context, history, delta)
     if plan is not None:
-        budget.record(run_id, server_round, outcome.privacy_steps, plan, config)
+        budget.settle(outcome.privacy_steps)
         epsilon = history.epsilon(delta, config.dp_accountant)
         lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
     else:
         epsilon = lifetime = math.inf
+    released = context.state.get(RELEASE_STATE)
+    private = plan is not None
     return {
-        "num-examples": outcome.num_examples,
+        "num-examples": int(released["num-examples"]) if private and released else outcome.num_examples,
         "site-weight": 1,  # equal weights, for central DP (uniform FedAvg)
-        "train-loss": outcome.loss,
+        **({} if private else {"train-loss": outcome.loss}),
         "epsilon": epsilon,  # this run
         "epsilon-lifetime": lifetime,  # every run on this data set (ledger), else this run
         "epsilon-cap": budget.cap(),
@@ -173,15 +201,20 @@ def train_local(msg: Message, context: Context) -> Message:
     accounting as federated rounds apply; no strategy terms, no site state is touched."""
     config, task, source, site = _setup(context)
     shared = msg.content["config"]
-    budget = SiteBudget(site_privacy(context, config), site.files)
-    history = PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
-    per_round = budget.plan(config, site.num_train)
+    privacy = site_privacy(context, config)
+    if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
+        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
+    budget = SiteBudget(privacy, site)
+    history = _history(context)
+    per_round = budget.plan(config, site.num_train, spent=_releases(context))
     plan = (
         dataclasses.replace(per_round, steps=per_round.steps * config.num_server_rounds)
         if per_round
         else None
     )
-    reason = budget.refusal(config, plan, site.num_train, history)
+    reason = budget.reserve(
+        config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), LOCAL_ONLY_ROUND
+    )
     if reason is not None:
         log.warning("site %s refuses local-only training: %s", source.site_id, reason)
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
@@ -197,6 +230,29 @@ def train_local(msg: Message, context: Context) -> Message:
     model.to("cpu")
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def _history(context: Context) -> PrivacyHistory:
+    """This run's privacy history at the site (statistics release and training steps)."""
+    return PrivacyHistory.from_config(context.state.get(PRIVACY_STATE))
+
+
+def _releases(context: Context) -> tuple[tuple[float, float, int], ...]:
+    """The one-off releases this run made before training (the statistics), as history entries."""
+    record = context.state.get(PRIVACY_STATE)
+    sigmas = record.get(RELEASES_KEY, []) if record is not None else []
+    return tuple(release_entry(float(s)) for s in sigmas)
+
+
+def _keep_history(
+    context: Context, history: PrivacyHistory, delta: float, releases: list[float] | None = None
+) -> None:
+    """Store the run's history in `context.state` (with its releases, kept across rounds)."""
+    kept = [float(e[0]) for e in _releases(context)] + list(releases or [])
+    record = {**history.to_config(), "delta": delta}
+    if kept:
+        record[RELEASES_KEY] = kept
+    context.state[PRIVACY_STATE] = ConfigRecord(record)
 
 
 @torch.no_grad()
@@ -220,6 +276,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     final = int(shared.get("server-round", 0)) >= config.num_server_rounds
     with torch.no_grad():  # confidence intervals (bootstrap at the site) for the final model only
         metrics = task.evaluate(model, test_set, pick_device(config.device), intervals=final)
+    privacy = site_privacy(context, config)
+    policy = load_policy(privacy.policy_file) if privacy.policy_file is not None else None
+    metrics = release_evaluation(metrics, min_cell_count(policy, config))  # small cells merged or withheld
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
     metrics["site-seconds"] = time.perf_counter() - started
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

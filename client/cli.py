@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from client import node
-from client.ledger import PrivacyLedger
-from client.policy import load_policy, validate_policy_for
+from client.ledger import LEDGER_FILE, PrivacyLedger
+from client.policy import load_policy, resolve_ledger_dir, validate_policy_for
 from common.errors import ConfigError, FedwardError
 
 app = typer.Typer(help="Site (hospital) commands.", no_args_is_help=True)
@@ -24,40 +24,61 @@ console = Console()
 
 @app.command("budget")
 def budget(
-    state_dir: Annotated[Path, typer.Option(help="The site's state directory (node config state-dir).")],
-    policy: Annotated[Path | None, typer.Option(help="Site policy file, for the cap and δ.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Site policy file: its ledger-dir (or folder) holds the ledger.")
+    ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="For a site without a policy: the state dir holding the ledger.")
+    ] = None,
     accountant: Annotated[str, typer.Option(help="prv or rdp.")] = "prv",
     history: Annotated[bool, typer.Option(help="List every recorded step batch.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Check the ledger's hash chain and head; exit 1 naming the first bad row.")
+    ] = False,
 ) -> None:
     """Privacy spent per data set: ε composed over every recorded step, cap and what is left."""
-    ledger_file = state_dir / "privacy-ledger.sqlite"
+    site_policy = load_policy(policy) if policy else None
+    if policy is not None and site_policy is not None:
+        folder = resolve_ledger_dir(site_policy, policy)
+    elif state_dir is not None:
+        folder = state_dir
+    else:
+        raise ConfigError("say where the ledger is: --policy FILE (a site with a policy) or --state-dir DIR")
+    ledger_file = folder / LEDGER_FILE
     if not ledger_file.is_file():
         raise ConfigError(f"no privacy ledger at {ledger_file}: this site has not trained privately yet")
-    ledger = PrivacyLedger(state_dir)
-    site_policy = load_policy(policy) if policy else None
+    ledger = PrivacyLedger(folder)
+    if verify:
+        problem = ledger.verify()
+        if problem is not None:
+            console.print(f"[red]ledger {ledger_file} fails verification[/red]: {problem}", highlight=False)
+            raise typer.Exit(1)
+        console.print(f"[green]ok[/green] {ledger_file}: hash chain and head intact", highlight=False)
+        return
     table = Table(title=f"privacy ledger {ledger_file}")
-    for col in ("data set", "runs", "steps", "δ", "ε spent", "ε cap", "ε left", "last used"):
+    for col in ("data set", "patients", "runs", "steps", "δ", "ε spent", "ε cap", "ε left", "last used"):
         table.add_column(col, justify="left" if col == "data set" else "right")
     for summary in ledger.datasets():
         rows = ledger.rows(summary.fingerprint)
-        delta = site_policy.delta if site_policy else rows[-1].delta
-        spent = ledger.spent(summary.fingerprint, delta, accountant)
+        delta = site_policy.delta if site_policy else (rows[-1].delta if rows else 1e-5)
+        spent = ledger.spent(summary.fingerprint, delta, accountant)  # shared patients' history included
         cap = site_policy.epsilon_cap if site_policy else math.inf
         table.add_row(
-            summary.fingerprint[:16], str(summary.runs), str(summary.steps), f"{delta:.3g}", f"{spent:.3f}",
-            "–" if math.isinf(cap) else f"{cap:g}", "–" if math.isinf(cap) else f"{cap - spent:.3f}",
-            f"{summary.last_recorded:%Y-%m-%d %H:%M}",
+            summary.fingerprint[:16], str(summary.patients), str(summary.runs), str(summary.steps),
+            f"{delta:.3g}", f"{spent:.3f}", "–" if math.isinf(cap) else f"{cap:g}",
+            "–" if math.isinf(cap) else f"{cap - spent:.3f}", f"{summary.last_recorded:%Y-%m-%d %H:%M}",
         )  # fmt: skip
     console.print(table)
     if history:
         for summary in ledger.datasets():
             detail = Table(title=f"history of {summary.fingerprint[:16]}")
-            for col in ("recorded", "run", "round", "task", "σ", "q", "steps"):
+            for col in ("recorded", "run", "round", "task", "kind", "σ", "q", "steps"):
                 detail.add_column(col)
             for row in ledger.rows(summary.fingerprint):
                 detail.add_row(
                     f"{row.recorded_at:%Y-%m-%d %H:%M:%S}", row.run_id, str(row.server_round), row.task,
-                    f"{row.noise_multiplier:.4g}", f"{row.sample_rate:.4g}", str(row.steps),
+                    row.kind if row.kind != "reserve" else "reserved", f"{row.noise_multiplier:.4g}",
+                    f"{row.sample_rate:.4g}", str(row.steps),
                 )  # fmt: skip
             console.print(detail)
 

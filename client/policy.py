@@ -12,19 +12,26 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
     allowed-tasks = ["ckd"]
     min-samples = 100            # fewer training samples: the round does not run
     phi-gate = "block"           # DICOM headers with PHI: "block" (default) or "warn" (client/phi.py)
+    ledger-dir = "ledger"        # optional: the lifetime privacy ledger's folder, relative to this
+                                 # file's folder (default: this file's folder); see client/ledger.py
+    min-cell-count = 10          # optional, default 10: no evaluation count the site sends describes
+                                 # 1..k-1 patients (common/disclosure.py)
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from common.errors import ConfigError, PrivacyError
 from common.tomlfile import read_toml
+
+if TYPE_CHECKING:  # the policy module stays light (no torch) for `fedward site policy check`
+    from common.config import RunConfig
 
 POLICY_TABLE = "policy"
 
@@ -48,6 +55,8 @@ class SitePolicy(BaseModel):
     allowed_tasks: list[str] = Field(min_length=1)
     min_samples: int = Field(ge=1)
     phi_gate: Literal["block", "warn"] = "block"
+    ledger_dir: str | None = Field(None, min_length=1)
+    min_cell_count: int = Field(10, ge=1)
 
     @model_validator(mode="after")
     def _clipping_range(self) -> SitePolicy:
@@ -75,6 +84,19 @@ def load_policy(path: Path) -> SitePolicy:
         raise ConfigError(f"site policy {path}: {problems}") from exc
 
 
+def resolve_ledger_dir(policy: SitePolicy, policy_file: Path) -> Path:
+    """The ledger folder of a site with a policy: `ledger-dir` (relative to the policy file's folder),
+    else the policy file's folder itself."""
+    folder = Path(policy_file).expanduser().parent
+    return folder / Path(policy.ledger_dir).expanduser() if policy.ledger_dir else folder
+
+
+def min_cell_count(policy: SitePolicy | None, config: RunConfig) -> int:
+    """The minimum cell count of the site's evaluation releases: the stricter of its policy's
+    `min-cell-count` and the run's; the run's alone for a site without a policy (simulations)."""
+    return config.min_cell_count if policy is None else max(policy.min_cell_count, config.min_cell_count)
+
+
 def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in (POLICY_TABLE, *error["loc"]))
     if error["type"] == "extra_forbidden":
@@ -89,10 +111,10 @@ def validate_policy_for(policy: SitePolicy, num_samples: int) -> None:
     """Reject a policy whose δ is above 1/n for a data set of `num_samples` training samples."""
     if num_samples < 1:
         raise PrivacyError("a site needs at least one training sample to train privately")
-    if policy.delta * num_samples > 1:
+    if policy.delta * num_samples >= 1:
         raise PrivacyError(
-            f"site policy delta {policy.delta:g} exceeds 1/n = {1 / num_samples:.3g} for "
-            f"n = {num_samples} training samples; set delta <= 1/n"
+            f"site policy delta {policy.delta:g} is not below 1/n = {1 / num_samples:.3g} for "
+            f"n = {num_samples} training patients; set delta < 1/n"
         )
 
 
@@ -117,10 +139,11 @@ def check_round(
         reasons.append(
             f"task {task!r} is not allowed at this site (allowed: {', '.join(policy.allowed_tasks)})"
         )
+    # the reasons go to the coordinator: they name rules and limits, never the site's exact size
     if num_samples < policy.min_samples:
-        reasons.append(f"{num_samples} training samples, below the site minimum of {policy.min_samples}")
-    if num_samples >= 1 and delta * num_samples > 1:
-        reasons.append(f"delta {delta:g} exceeds 1/n = {1 / num_samples:.3g} for n = {num_samples} samples")
+        reasons.append(f"fewer training patients than the site minimum of {policy.min_samples}")
+    if num_samples >= 1 and delta * num_samples >= 1:
+        reasons.append(f"delta {delta:g} is not below 1/n for this site's number of training patients")
     if not 0 < delta <= policy.delta:
         reasons.append(f"delta {delta:g} is outside (0, {policy.delta:g}], the site policy delta")
     if not noise_multiplier > 0:

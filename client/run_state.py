@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 _ROUND = re.compile(r"round-(\d+)\.pt")
 _SAFE_UID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 KEEP = 2  # snapshots kept: the last round and the one before it
+CHECKED = "run-state-checked"  # marks a `context.state` whose disk snapshot was looked for
 
 
 class SiteRunState:
@@ -40,8 +41,11 @@ class SiteRunState:
         return torch.load(self.folder / f"round-{server_round}.pt", weights_only=True)
 
     def restore(self, state: RecordDict, server_round: int) -> bool:
-        """Fill an empty `state` from disk before training `server_round`; True when something was read."""
-        if len(state) or not (rounds := self._rounds()):
+        """Fill `state` from disk before the first round this process trains; True when something was read."""
+        if CHECKED in state.config_records:
+            return False
+        state[CHECKED] = ConfigRecord({"checked": 1})  # once per run and process, whatever else is in state
+        if not (rounds := self._rounds()):
             return False
         before = [r for r in rounds if r < server_round]
         if before:

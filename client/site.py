@@ -73,3 +73,19 @@ def site_privacy(context: Context, config: RunConfig) -> SitePrivacy:
         policy = folder / "policy.toml"
         return SitePrivacy(folder / "state", policy if policy.is_file() else None)
     return SitePrivacy()
+
+
+def seeded_noise_refusal(context: Context, config: RunConfig, privacy: SitePrivacy) -> str | None:
+    """Why the site refuses the seeded research switch (replayable DP noise), or None.
+
+    Only a simulated site on data it was handed (no node config `data-dir`, no site policy) accepts it:
+    whoever knows the run's seed could subtract the noise from its updates.
+    """
+    if not config.dp_seeded_noise:
+        return None
+    if "data-dir" in context.node_config or privacy.policy_file is not None:
+        return (
+            "dp-seeded-noise makes the DP noise replayable by anyone who knows the run config; it is a "
+            "simulation-only research switch and this site has its own data or policy"
+        )
+    return None

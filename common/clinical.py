@@ -49,9 +49,10 @@ def expected_calibration_error(sums: Mapping[str, float], bins: int = CALIBRATIO
 def pool_calibration(
     per_site: Iterable[Mapping[str, float]], bins: int = CALIBRATION_BINS
 ) -> dict[str, float]:
-    """Summed calibration sums of several sites (the pooled ECE is exact)."""
-    sites = list(per_site)
+    """Summed calibration sums of several sites (the pooled ECE is exact); a site that withheld its
+    table (NaN values, common/disclosure.py) is left out."""
     keys = [f"cal-{b}-{part}" for b in range(bins) for part in ("n", "conf", "hit")]
+    sites = [s for s in per_site if not any(math.isnan(float(s.get(k, 0.0))) for k in keys)]
     return {k: float(sum(float(s.get(k, 0.0)) for s in sites)) for k in keys}
 
 

@@ -38,9 +38,11 @@ class RunConfig(BaseModel):
     dp_statistics_noise_multiplier: float = Field(6.0, gt=0)  # σ of the one-off federated statistics release
     dp_seeded_noise: bool = False  # research switch, simulation only: replayable noise (docs/privacy.md)
     central_dp: bool = False
-    central_dp_noise_multiplier: float = Field(1.0, ge=0)
-    central_dp_clipping_norm: float = Field(1.0, gt=0)
-    central_dp_delta: float = Field(0.0, ge=0, lt=1)
+    central_dp_noise_multiplier: float = Field(2.0, gt=0)  # z; 10 rounds at δ 1e-5 spend ε ≈ 8.1
+    central_dp_clipping: Literal["adaptive", "fixed"] = "adaptive"
+    central_dp_clipping_norm: float = Field(1.0, gt=0)  # fixed C, or the initial C when adaptive
+    central_dp_delta: float = Field(1e-5, gt=0, lt=1)  # refused unless < 1/number of sites
+    central_dp_max_epsilon: float = Field(10.0, ge=0)  # stop before a release would pass it; 0 = no cap
     # aggregation strategy parameters (see strategies/registry.py)
     proximal_mu: float = Field(0.01, ge=0)
     server_lr: float = Field(0.0, ge=0)
@@ -70,6 +72,7 @@ class RunConfig(BaseModel):
     run_name: str = ""
     resume: bool = False
     cross_site_local: bool = False
+    min_cell_count: int = Field(0, ge=0)  # evaluation small-cell control (common/disclosure.py); 0 = exact
     device: str = "auto"
     image_size: int = Field(32, ge=8)
     image_depth: int = Field(16, ge=0)

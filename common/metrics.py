@@ -86,14 +86,34 @@ def _from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]
     }
 
 
+def released_sites(per_site: Iterable[dict[str, float]]) -> tuple[list[dict[str, float]], int]:
+    """The sites that evaluated someone, and how many sent a suppressed evaluation (NaN
+    `num-examples`, common/disclosure.py); sites with an empty split are neither."""
+    sites, suppressed = [], 0
+    for site in per_site:
+        examples = float(site.get("num-examples", 0.0))
+        if math.isnan(examples):
+            suppressed += 1
+        elif examples > 0:
+            sites.append(site)
+    return sites, suppressed
+
+
+def _complete(site: dict[str, float], keys: Iterable[str]) -> bool:
+    return all(not math.isnan(float(site.get(k, math.nan))) for k in keys)
+
+
 def pool_binary(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
     """Overall metrics of several sites' evaluations.
 
-    Threshold metrics come from the summed confusion counts (exact, as if pooled); ROC AUC and
-    loss are averaged weighted by each site's examples, skipping sites where AUC is undefined.
+    Threshold metrics come from the summed confusion counts (exact, as if pooled) of the sites whose
+    tables are complete; `sites-suppressed` counts the others (small cells withheld, or the whole
+    evaluation). ROC AUC and loss are averaged weighted by each site's examples, skipping sites where
+    they are undefined or withheld; calibration pools the tables the sites released.
     """
-    sites = list(per_site)
-    counts = {k: sum(float(s[k]) for s in sites) for k in ("tp", "fp", "tn", "fn")}
+    sites, suppressed = released_sites(per_site)
+    complete = [s for s in sites if _complete(s, ("tp", "fp", "tn", "fn"))]
+    counts = {k: sum(float(s[k]) for s in complete) for k in ("tp", "fp", "tn", "fn")}
     out = _from_counts(counts["tp"], counts["fp"], counts["tn"], counts["fn"])
     out["roc-auc"] = weighted_mean(sites, "roc-auc")
     out["loss"] = weighted_mean(sites, "loss")
@@ -101,6 +121,7 @@ def pool_binary(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
     out.update({k: counts[k] for k in ("tp", "fp", "tn", "fn")})
     _count_intervals(out)
     _add_calibration(out, pool_calibration(sites))
+    out["sites-suppressed"] = float(suppressed + len(sites) - len(complete))
     return out
 
 
@@ -166,12 +187,14 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, *, intervals: bool
 
 
 def pool_multiclass(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Overall metrics from summed confusion counts (exact); AUC and loss example-weighted."""
-    sites = list(per_site)
+    """Overall metrics from the summed confusion counts of the sites whose tables are complete
+    (exact); AUC and loss example-weighted; `sites-suppressed` as in `pool_binary`."""
+    sites, suppressed = released_sites(per_site)
+    complete = [s for s in sites if _complete(s, (f"cm-{i}-{j}" for i, j in _confusion_keys(s)))]
     cells = {c for s in sites for c in _confusion_keys(s)}
     k = max((max(i, j) for i, j in cells), default=-1) + 1
     cm = np.zeros((k, k))
-    for s in sites:
+    for s in complete:
         for i, j in _confusion_keys(s):
             cm[i, j] += float(s[f"cm-{i}-{j}"])
     out = _from_confusion(cm) if k else {}
@@ -182,4 +205,5 @@ def pool_multiclass(per_site: Iterable[dict[str, float]]) -> dict[str, float]:
     if k:
         with_interval(out, "accuracy", wilson_interval(float(np.trace(cm)), float(cm.sum())))
     _add_calibration(out, pool_calibration(sites))
+    out["sites-suppressed"] = float(suppressed + len(sites) - len(complete))
     return out

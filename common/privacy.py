@@ -6,6 +6,7 @@ rate, steps) of every private step, and ε(δ) is always recomputed from the who
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,27 +37,70 @@ class DPConfig:
 
 
 def resolve_delta(requested: float, num_examples: int) -> float:
-    """δ for a site with `num_examples` training samples: default 1/(10 n), never above 1/n."""
+    """δ for a site with `num_examples` training patients: by default the largest power of ten at most
+    1/(10 n); a requested δ must be below 1/n."""
     if num_examples < 1:
         raise PrivacyError("a site needs at least one training example to train privately")
     limit = 1.0 / num_examples
-    if requested <= 0:
-        return limit / 10
-    if requested > limit:
+    if requested <= 0:  # a power of ten, so that δ (which leaves the site) does not give n away
+        return 10.0 ** math.floor(math.log10(limit / 10) + 1e-9)
+    if requested >= limit:
         raise PrivacyError(
-            f"dp-delta {requested:g} exceeds 1/n = {limit:.3g} for a site with n = {num_examples} "
-            "training examples; choose dp-delta <= 1/n"
+            f"dp-delta {requested:g} is not below 1/n = {limit:.3g} for a site with n = {num_examples} "
+            "training patients; choose dp-delta < 1/n (1/(10 n) or smaller is usual)"
         )
     return requested
 
 
+Entry = tuple[float, float, int]  # (noise multiplier, sampling rate, steps), as in Opacus' history
+
+
 def resolve_noise_multiplier(
-    config: DPConfig, *, delta: float, sample_rate: float, planned_steps: int
+    config: DPConfig,
+    *,
+    delta: float,
+    sample_rate: float,
+    planned_steps: int,
+    spent: tuple[Entry, ...] = (),
 ) -> float:
-    """σ given directly, or the smallest σ that keeps ε(δ) <= target over `planned_steps`."""
+    """σ given directly, or the smallest σ that keeps ε(δ) <= target over `planned_steps` composed
+    after the run's earlier releases `spent` (the federated statistics)."""
     if config.noise_multiplier > 0:
         return config.noise_multiplier
-    return _calibrate(config.target_epsilon, delta, sample_rate, max(1, planned_steps), config.accountant)
+    steps = max(1, planned_steps)
+    if not spent:
+        return _calibrate(config.target_epsilon, delta, sample_rate, steps, config.accountant)
+    return _calibrate_after(config.target_epsilon, delta, sample_rate, steps, config.accountant, tuple(spent))
+
+
+@lru_cache(maxsize=64)
+def _calibrate_after(
+    epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, spent: tuple[Entry, ...]
+) -> float:
+    """Bisection on σ with the accountant composing `spent` and the planned steps (as Opacus' own
+    get_noise_multiplier does for a single mechanism, to within 0.01 in ε)."""
+    before = compose_epsilon(list(spent), delta, accountant)
+    if before >= epsilon:
+        raise PrivacyError(
+            f"the run's earlier releases already spend epsilon {before:.3g} of its target {epsilon:g}; "
+            "raise dp-target-epsilon or dp-statistics-noise-multiplier"
+        )
+
+    def eps(sigma: float) -> float:
+        return compose_epsilon([*spent, (sigma, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.0, 10.0
+    while eps(high) > epsilon:
+        low, high = high, 2 * high
+        if high > 1e4:
+            raise PrivacyError(f"no noise multiplier reaches epsilon {epsilon:g} after the earlier releases")
+    while eps(high) < epsilon - 0.01 and high - low > 1e-3:
+        middle = (low + high) / 2
+        if eps(middle) > epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 @lru_cache(maxsize=256)
@@ -132,6 +176,7 @@ def compose_epsilon(entries: list[tuple[float, float, int]], delta: float, accou
 
     acc = create_accountant(mechanism=accountant)
     acc.history = [(float(s), float(q), int(n)) for s, q, n in entries]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # RDP's order advice; PRV's log(1 - q) = -inf at q = 1 (harmless)
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(acc.get_epsilon(delta=delta))

@@ -12,7 +12,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
 from common.clinical import mean_interval, with_interval
-from common.metrics import weighted_mean
+from common.metrics import released_sites, weighted_mean
 
 
 def segmentation_metrics(
@@ -60,18 +60,27 @@ def segmentation_metrics(
 
 
 def pool_segmentation(per_site: list[dict[str, float]]) -> dict[str, float]:
-    """Case-weighted Dice and HD95, exact voxel Dice from summed counts, example-weighted loss."""
-    sites = [s for s in per_site if s.get("num-examples", 0) > 0]
+    """Case-weighted Dice and HD95, exact voxel Dice from summed counts, example-weighted loss.
+
+    Means a site withheld (NaN, common/disclosure.py) are left out; `sites-suppressed` counts the
+    sites left out of Dice (a small case count or the whole evaluation withheld)."""
+    sites, suppressed = released_sites(per_site)
     tp, fp, fn = (sum(float(s[k]) for s in sites) for k in ("seg-tp", "seg-fp", "seg-fn"))
+    dice_sites = [s for s in sites if not math.isnan(float(s.get("dice-cases", math.nan)))]
     return {
         "dice": weighted_mean(sites, "dice", "dice-cases"),
         "hd95": weighted_mean(sites, "hd95", "hd95-cases"),
         "dice-voxels": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan,
         "loss": weighted_mean(sites, "loss"),
         "num-examples": float(sum(float(s["num-examples"]) for s in sites)),
-        "dice-cases": float(sum(float(s["dice-cases"]) for s in sites)),
-        "hd95-cases": float(sum(float(s["hd95-cases"]) for s in sites)),
+        "dice-cases": _finite_sum(sites, "dice-cases"),
+        "hd95-cases": _finite_sum(sites, "hd95-cases"),
         "seg-tp": tp,
         "seg-fp": fp,
         "seg-fn": fn,
+        "sites-suppressed": float(suppressed + len(sites) - len(dice_sites)),
     }
+
+
+def _finite_sum(sites: list[dict[str, float]], key: str) -> float:
+    return float(sum(v for s in sites if not math.isnan(v := float(s.get(key, math.nan)))))

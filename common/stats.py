@@ -1,4 +1,13 @@
-"""Federated feature statistics: each site sends counts, sums and sums of squares, never rows."""
+"""Federated feature statistics: bounded per-patient contributions, summed at the site (with DP noise when
+the run is private), pooled by the server into the imputation and scaling every site applies.
+
+Each patient contributes one vector: [1, o_j, o_j·z_j, o_j·z_j²] over the features j, where o_j says the
+value was observed and z_j = clip((x_j − c_j) / s_j, −W, W) / W ∈ [−1, 1] is the value against a public
+clinical reference (centre c_j, scale s_j; never fitted to a site). Every coordinate lies in [−1, 1], so a
+patient's vector has L2 norm at most √(1 + 3d): the sensitivity of the sums, whatever the data. The
+server turns the pooled (noisy) sums into means and deviations, falling back on the reference where
+the noise leaves too little to go on.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +16,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+WINSOR = 3.0  # W: values further than W reference scales from the centre count as W
+SCALE_RANGE = (0.5, 2.0)  # a pooled deviation stays within these multiples of the reference scale
+
 
 @dataclass(frozen=True)
-class FeatureMoments:
-    """Per-feature count of observed values, their sum and sum of squares (missing values skipped)."""
+class Reference:
+    """Public per-feature centre and scale the contributions are measured against."""
 
-    count: np.ndarray
-    total: np.ndarray
-    total_sq: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
 
-    @classmethod
-    def of(cls, x: np.ndarray) -> FeatureMoments:
-        """Moments of a (n, d) array with NaN for missing values."""
+    @property
+    def bound(self) -> float:
+        """L2 norm bound of one patient's contribution vector."""
+        return float(np.sqrt(1 + 3 * len(self.center)))
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """Per-patient vectors (n, 1 + 3d) of a (n, d) array with NaN for missing values."""
         x = np.asarray(x, dtype=np.float64)
         observed = ~np.isnan(x)
-        filled = np.where(observed, x, 0.0)
-        return cls(observed.sum(axis=0).astype(np.float64), filled.sum(axis=0), (filled**2).sum(axis=0))
-
-    def __add__(self, other: FeatureMoments) -> FeatureMoments:
-        return FeatureMoments(
-            self.count + other.count, self.total + other.total, self.total_sq + other.total_sq
-        )
-
-    def to_lists(self) -> dict[str, list[float]]:
-        """Plain lists, for a Flower MetricRecord."""
-        return {"count": self.count.tolist(), "sum": self.total.tolist(), "sum-sq": self.total_sq.tolist()}
-
-    @classmethod
-    def from_lists(cls, record: dict) -> FeatureMoments:
-        """Inverse of `to_lists`."""
-        return cls(*(np.asarray(record[k], dtype=np.float64) for k in ("count", "sum", "sum-sq")))
+        z = np.clip((np.where(observed, x, self.center) - self.center) / self.scale, -WINSOR, WINSOR) / WINSOR
+        z = np.where(observed, z, 0.0)
+        ones = np.ones((len(x), 1))
+        return np.hstack([ones, observed.astype(np.float64), z, z**2])
 
 
 @dataclass(frozen=True)
@@ -47,21 +50,30 @@ class Standardiser:
     std: np.ndarray
 
     @classmethod
-    def combine(cls, site_moments: Iterable[FeatureMoments]) -> Standardiser:
-        """Pool the sites' moments into population mean and standard deviation per feature."""
-        moments = list(site_moments)
-        if not moments:
+    def combine(
+        cls, site_sums: Iterable[np.ndarray], reference: Reference, noise_std: float = 0.0
+    ) -> Standardiser:
+        """Pool the sites' summed contributions into a mean and deviation per feature.
+
+        `noise_std` is the standard deviation of the noise on each pooled sum (0 for exact sums): a
+        feature observed in fewer than three times that many patients keeps the reference.
+        """
+        sums = [np.asarray(s, dtype=np.float64) for s in site_sums]
+        if not sums:
             raise ValueError("no site statistics to combine")
-        pooled = moments[0]
-        for m in moments[1:]:
-            pooled = pooled + m
-        count = np.maximum(pooled.count, 1.0)
-        mean = pooled.total / count
-        var = np.maximum(pooled.total_sq / count - mean**2, 0.0)
-        std = np.sqrt(var)
-        std = np.where(std > 1e-8, std, 1.0)
-        mean = np.where(pooled.count > 0, mean, 0.0)
-        return cls(mean, std)
+        pooled = np.sum(sums, axis=0)
+        d = len(reference.center)
+        count, total, total_sq = pooled[1 : 1 + d], pooled[1 + d : 1 + 2 * d], pooled[1 + 2 * d :]
+        enough = count > max(3 * noise_std, 0.5)
+        denom = np.where(enough, count, 1.0)
+        mean_z = np.clip(total / denom, -1.0, 1.0)
+        var_z = np.maximum(total_sq / denom - mean_z**2, 0.0)
+        low, high = SCALE_RANGE
+        std = np.clip(
+            WINSOR * np.sqrt(var_z) * reference.scale, low * reference.scale, high * reference.scale
+        )
+        mean = reference.center + WINSOR * reference.scale * mean_z
+        return cls(np.where(enough, mean, reference.center), np.where(enough, std, reference.scale))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Impute and scale a (n, d) array; returns float32."""

@@ -19,7 +19,7 @@ from server.export import finalise_run
 from server.rounds import RoundRecorder, RunStopped
 from server.rundir import RunDirectory, default_run_name
 from server.signing import resolve_signing_key
-from server.statistics import collect_statistics, wait_for_sites
+from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
 from strategies.registry import StrategySettings, build_strategy
@@ -31,11 +31,13 @@ log = logging.getLogger("fedward.server")
 
 
 def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Example-weighted train loss; the largest ε of any site."""
+    """Example-weighted train loss (sites training without DP only: private sites do not send it); the
+    largest ε of any site."""
     metrics = [c["metrics"] for c in contents]
     total = sum(float(m[weighted_by_key]) for m in metrics)
-    losses = [(float(m["train-loss"]), float(m[weighted_by_key])) for m in metrics]
-    loss = sum(v * w for v, w in losses if not math.isnan(v)) / total if total else math.nan
+    losses = [(float(m["train-loss"]), float(m[weighted_by_key])) for m in metrics if "train-loss" in m]
+    weight = sum(w for v, w in losses if not math.isnan(v))
+    loss = sum(v * w for v, w in losses if not math.isnan(v)) / weight if weight else math.nan
     return MetricRecord(
         {"train-loss": loss, "epsilon-max": max(float(m["epsilon"]) for m in metrics), weighted_by_key: total}
     )
@@ -47,6 +49,25 @@ def _central_privacy(strategy) -> dict | None:
     if spent is None:
         return None
     return {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
+
+
+def _lifetime(local: dict | None) -> dict:
+    """The lifetime budget after local-only training, which comes after the last federated round."""
+    if not local or "epsilon-lifetime" not in local:
+        return {}
+    lifetime, cap = local["epsilon-lifetime"], local.get("epsilon-cap", math.inf)
+    return {"epsilon-lifetime": lifetime, "epsilon-cap": cap, "epsilon-left": cap - lifetime}
+
+
+def _statistics_release(sites: list, site_id: str) -> dict:
+    """ε of the site's statistics release alone, and whether this run drew (and paid for) it."""
+    release = next(s for s in sites if s.site_id == site_id).statistics
+    if "epsilon" not in release:
+        return {}
+    return {
+        "statistics-epsilon": float(release["epsilon"]),
+        "statistics-drawn-now": bool(release.get("drawn-now")),
+    }
 
 
 def _run_uid(run: RunDirectory, config: RunConfig, checkpoint: RoundCheckpoint | None) -> str:
@@ -72,6 +93,12 @@ def main(grid: Grid, context: Context) -> None:
     run_uid = _run_uid(run, config, checkpoint)
     signing_key = resolve_signing_key(None)  # a bad key fails now, not after training
 
+    if config.dp_seeded_noise:
+        print(
+            "fedward: WARNING dp-seeded-noise is on: DP noise is replayable from the run seed, so this run "
+            "has NO privacy guarantee (research switch; sites with their own data or policy refuse it)",
+            flush=True,
+        )
     if config.hostile_sites:
         print(
             f"fedward: HOSTILE simulated sites (partitions {config.hostile_sites}): {config.hostile_mode} "
@@ -81,8 +108,9 @@ def main(grid: Grid, context: Context) -> None:
     if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s
         grid.pull_interval = min(float(grid.pull_interval), SIMULATION_PULL_INTERVAL)
     node_ids = wait_for_sites(grid, config.min_sites)
-    sites = collect_statistics(grid, node_ids)
-    shared = {**task.combine_statistics([s.statistics for s in sites]), "run-uid": run_uid}
+    sites = collect_statistics(grid, node_ids, run_uid)
+    preprocessing = task.combine_statistics([s.sums for s in sites], pooled_noise_std(sites))
+    shared = {**preprocessing, "run-uid": run_uid}
     run.write_json(
         "config.json",
         {
@@ -117,7 +145,9 @@ def main(grid: Grid, context: Context) -> None:
             noise_multiplier=config.central_dp_noise_multiplier,
             clipping_norm=config.central_dp_clipping_norm,
             num_sites=len(sites),
-            delta=config.central_dp_delta or 1 / (10 * len(sites)),
+            delta=config.central_dp_delta,
+            max_epsilon=config.central_dp_max_epsilon or None,
+            clipping=config.central_dp_clipping,
         )
     validated = ValidatedStrategy(
         aggregation,
@@ -125,7 +155,7 @@ def main(grid: Grid, context: Context) -> None:
         norm_factor=config.update_norm_factor,
         on_reject=recorder.on_rejections,
     )
-    seed_everything(config.seed)  # node sampling order, central-DP noise, initial weights
+    seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
     done = 0
     if checkpoint is not None:
@@ -171,6 +201,7 @@ def main(grid: Grid, context: Context) -> None:
         cross = cross_site_matrix(grid, sites, config, shared, global_rows, initial)
         run.write_json(CROSS_SITE, cross)
     spent = {**recorder.epsilon, **((cross or {}).get("local-epsilon") or {})}  # local-only training too
+    local_privacy = (cross or {}).get("local-privacy") or {}
     summary = {
         "task": config.task,
         "strategy": config.strategy,
@@ -179,6 +210,7 @@ def main(grid: Grid, context: Context) -> None:
         "run-uid": run_uid,
         "resumed-after-round": checkpoint.server_round if checkpoint else None,
         "dp": config.dp,
+        "dp-seeded-noise": config.dp_seeded_noise,
         "stopped": recorder.stop_reason,
         "central-dp": _central_privacy(aggregation),
         "overall": last.get("overall", {}),
@@ -187,10 +219,14 @@ def main(grid: Grid, context: Context) -> None:
                 "evaluate": (last.get("sites", {}).get(site) or {}).get("evaluate"),
                 "epsilon": spent.get(site),
                 **recorder.budget.get(site, {}),
+                **_lifetime(local_privacy.get(site)),
+                **_statistics_release(sites, site),
                 "refused": recorder.refusals.get(site),
                 "updates-rejected": recorder.rejection_counts.get(site, 0),
                 "delta": (recorder.train.get(site) or {}).get("delta"),
-                "privacy-steps": (recorder.train.get(site) or {}).get("privacy-steps"),
+                "privacy-steps": (local_privacy.get(site) or recorder.train.get(site) or {}).get(
+                    "privacy-steps"
+                ),
                 "data": next(s.report for s in sites if s.site_id == site),
             }
             for site in sorted(s.site_id for s in sites)

@@ -2,9 +2,13 @@
 
 `checkpoint.pt` in the run directory holds the last completed round, the global arrays, the state of the
 whole strategy chain (FedAdam/FedYogi/FedAdagrad moments, FedAvgM momentum, SCAFFOLD's control variate,
-the central-DP accountant), the recorder's per-site bookkeeping and the server's random generators, so a
-resumed run continues exactly where the last completed round ended. The file is the coordinator's own
-trusted state (it is unpickled on resume): never resume from a checkpoint received from elsewhere.
+the central-DP accountant and adaptive clipping norm), the recorder's per-site bookkeeping and the state of
+the server's *public* random generators (Python's: node order; torch's: initial weights), so a resumed
+non-private run continues exactly where the last completed round ended. Privacy randomness is never in it:
+central-DP noise comes from OS entropy (strategies/central_dp.py), numpy's global generator is neither
+seeded from the run seed nor saved, and generator objects on a strategy are not saved. The file is the
+coordinator's own trusted state (it is unpickled on resume): never resume from a checkpoint received from
+elsewhere.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
 _WRAPPED = ("inner", "strategy")  # how fedward's and Flower's wrappers hold the strategy they wrap
+_GENERATORS = (random.Random, np.random.Generator, np.random.RandomState, torch.Generator)
 
 
 def strategy_chain(strategy: Strategy) -> list[Strategy]:
@@ -47,10 +52,11 @@ class _Stateful:
 
 def _state_of(obj: Strategy) -> dict[str, Any]:
     """An object's data attributes: not the wrapped strategy, not callables (metric functions, observers);
-    objects with `state_dict` / `load_state_dict` (Flower's accountant) as their state dict."""
+    objects with `state_dict` / `load_state_dict` (Flower's accountant) as their state dict; never a
+    random generator (its state would let a reader replay noise drawn from it)."""
     out: dict[str, Any] = {}
     for k, v in vars(obj).items():
-        if (k in _WRAPPED and isinstance(v, Strategy)) or callable(v):
+        if (k in _WRAPPED and isinstance(v, Strategy)) or callable(v) or isinstance(v, _GENERATORS):
             continue
         saves_itself = hasattr(v, "state_dict") and hasattr(v, "load_state_dict")
         out[k] = _Stateful(v.state_dict()) if saves_itself else v
@@ -77,9 +83,12 @@ def restore_strategy_state(strategy: Strategy, state: list[dict[str, Any]]) -> N
 
 
 def seed_everything(seed: int) -> None:
-    """Seed the server's generators (Python, NumPy, torch) so a run is reproducible from its seed."""
+    """Seed the server's public randomness (Python: node order; torch: initial weights) from the run seed.
+
+    NumPy's global generator is reseeded from OS entropy instead: Flower's DP helpers draw from it, so it
+    must never follow a seed that config.json records."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed()  # OS entropy
     torch.manual_seed(seed)
 
 
@@ -109,7 +118,7 @@ class RoundCheckpoint:
         recorder: dict[str, Any],
     ) -> RoundCheckpoint:
         """Snapshot the server after a completed round."""
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}  # public generators only
         return cls(
             server_round,
             run_uid,
@@ -139,9 +148,9 @@ class RoundCheckpoint:
         return cls(**payload)
 
     def restore_rng(self) -> None:
-        """Put the server's random generators back (node sampling order, central-DP noise)."""
+        """Put the server's public generators back (node sampling order); a numpy state that an older
+        checkpoint holds is ignored."""
         random.setstate(self.rng["python"])
-        np.random.set_state(self.rng["numpy"])
         torch.set_rng_state(self.rng["torch"])
 
     def array_record(self) -> ArrayRecord:

@@ -19,6 +19,8 @@ from server.statistics import SiteInfo
 
 CROSS_SITE = "cross-site.json"
 
+PRIVACY_KEYS = ("epsilon", "epsilon-lifetime", "epsilon-cap", "delta", "privacy-steps")
+
 
 def headline_metric(task: str) -> str:
     """The metric the matrix shows first: Dice for segmentation, accuracy otherwise."""
@@ -66,13 +68,18 @@ def cross_site_matrix(
     local: dict[str, dict[str, dict[str, float] | None]] = {}
     refused: dict[str, str] = {}
     epsilon: dict[str, float] = {}
+    privacy: dict[str, dict[str, float]] = {}  # the site's whole spend after local-only training too
     for site in sites:
         reply = trained.get(site.site_id)
         if reply is None or reply.has_error():
             refused[site.site_id] = reply.error.reason if reply is not None else "no reply"
             continue
-        epsilon[site.site_id] = float(reply.content["metrics"]["epsilon"])
+        metrics = reply.content["metrics"]
+        epsilon[site.site_id] = float(metrics["epsilon"])
+        privacy[site.site_id] = {k: float(metrics[k]) for k in PRIVACY_KEYS if k in metrics}
         evaluated = _send(grid, sites, reply.content["arrays"], evaluate_config, "evaluate", timeout)
         local[site.site_id] = {s.site_id: _metrics(evaluated.get(s.site_id)) for s in sites}
-    result.update({"local": local, "local-refused": refused, "local-epsilon": epsilon})
+    result.update(
+        {"local": local, "local-refused": refused, "local-epsilon": epsilon, "local-privacy": privacy}
+    )
     return result

@@ -85,14 +85,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _cells(evaluate: dict[str, Any], keys: list[str]) -> list[float] | None:
+    """The counts under `keys`; None when the site withheld any (NaN or null, common/disclosure.py)."""
+    values = [v for k in keys if (v := _finite(evaluate.get(k))) is not None and not math.isnan(v)]
+    return values if len(values) == len(keys) else None
+
+
 def class_counts(evaluate: dict[str, Any] | None) -> list[float] | None:
     """Test cases per true class from a site's confusion counts (binary: [negative, positive])."""
     if not evaluate:
         return None
     if all(k in evaluate for k in ("tp", "fn", "tn", "fp")):
-        return [float(evaluate["tn"]) + float(evaluate["fp"]), float(evaluate["tp"]) + float(evaluate["fn"])]
+        binary = _cells(evaluate, ["tn", "fp", "fn", "tp"])
+        return None if binary is None else [binary[0] + binary[1], binary[2] + binary[3]]
     cells = [tuple(map(int, k[3:].split("-"))) for k in evaluate if k.startswith("cm-")]
-    if not cells:
+    if not cells or _cells(evaluate, [f"cm-{i}-{j}" for i, j in cells]) is None:
         return None
     size = max(max(c) for c in cells) + 1
     return [sum(float(evaluate.get(f"cm-{i}-{j}", 0)) for j in range(size)) for i in range(size)]

@@ -19,7 +19,8 @@ from server.rundir import read_rounds
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
 UNBOUNDED = ("loss", "hd95")
 _COUNT = re.compile(
-    r"^(tp|fp|tn|fn|seg-tp|seg-fp|seg-fn|site-weight|(cm|confusion)-\d+-\d+|cal-\d+-(n|conf|hit)|.*-ci-(low|high))$"
+    r"^(tp|fp|tn|fn|seg-tp|seg-fp|seg-fn|site-weight|sites-suppressed|(cm|confusion)-\d+-\d+|cal-\d+-(n|conf|hit)"
+    r"|.*-ci-(low|high))$"
 )
 _CELL = re.compile(r"^(?:cm|confusion)-(\d+)-(\d+)$")
 
@@ -195,16 +196,18 @@ def _matrix_of(metrics: dict[str, Any]) -> np.ndarray | None:
     size = max(max(i, j) for i, j in cells) + 1
     matrix = np.zeros((size, size))
     for (i, j), value in cells.items():
-        matrix[i, j] = 0.0 if math.isnan(value) else value
+        matrix[i, j] = value  # NaN: a cell the site withheld (common/disclosure.py)
     return matrix
 
 
 def pooled_confusion(run: RunData) -> tuple[np.ndarray, list[str]] | None:
-    """The final round's confusion matrix summed over sites (else the overall counts), with class names."""
-    matrices = [m for m in map(_matrix_of, run.final_evaluations().values()) if m is not None]
+    """The final round's confusion matrix summed over the sites that sent all cells (else the overall
+    counts), with class names."""
+    found = map(_matrix_of, run.final_evaluations().values())
+    matrices = [m for m in found if m is not None and not np.isnan(m).any()]
     if not matrices:
         overall = _matrix_of(run.final_overall())
-        matrices = [overall] if overall is not None else []
+        matrices = [overall] if overall is not None and np.nansum(overall) > 0 else []
     if not matrices:
         return None
     size = max(m.shape[0] for m in matrices)

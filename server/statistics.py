@@ -1,10 +1,12 @@
-"""The federated statistics step: ask every site for aggregate feature moments before training."""
+"""The federated statistics step: every site's (noisy) per-patient sums, pooled before training."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -13,13 +15,28 @@ from common.errors import FedwardError
 
 @dataclass
 class SiteInfo:
-    """What the server knows about a site: its name, statistics and data report (counts only)."""
+    """What the server knows about a site: its name, statistics release and data report (counts only)."""
 
     node_id: int
     site_id: str
     statistics: dict
     report: dict
-    fingerprint: str | None = None  # hash of the site's data manifest (names and sizes), when it sends one
+    fingerprint: str | None = None  # keyed hash of the site's patients (for provenance), when it sends one
+
+    @property
+    def sums(self) -> np.ndarray:
+        """The site's (noisy) per-patient sums."""
+        return np.asarray(self.statistics["sums"], dtype=np.float64)
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise on each of the site's sums (0: exact)."""
+        return float(self.statistics.get("noise-multiplier", 0.0)) * float(self.statistics.get("bound", 0.0))
+
+
+def pooled_noise_std(sites: list[SiteInfo]) -> float:
+    """Standard deviation of the noise on each pooled sum."""
+    return math.sqrt(sum(s.noise_std**2 for s in sites))
 
 
 def wait_for_sites(grid: Grid, min_sites: int, timeout: float = 300.0) -> list[int]:
@@ -37,10 +54,13 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float = 300.0) -> list[i
         time.sleep(1.0)
 
 
-def collect_statistics(grid: Grid, node_ids: list[int], timeout: float = 600.0) -> list[SiteInfo]:
-    """Query each site's statistics; a site that fails is named in the error."""
+def collect_statistics(
+    grid: Grid, node_ids: list[int], run_uid: str, timeout: float = 600.0
+) -> list[SiteInfo]:
+    """Query each site's statistics release (charged to the run `run_uid`); a site that fails is named."""
+    query = ConfigRecord({"run-uid": run_uid})
     messages = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=nid, message_type="query.statistics")
+        Message(RecordDict({"config": query}), dst_node_id=nid, message_type="query.statistics")
         for nid in node_ids
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))

@@ -291,12 +291,17 @@ def generate_site(
     skew: float = 2.0,
     seed: int = 0,
     with_phi: bool = False,
+    studies: int = 1,
 ) -> Path:
     """Write site `site` (`patients` cases) to `out_dir` in format `fmt` with its manifest.csv.
 
-    DICOM headers are de-identified unless `with_phi` (identifying attributes, for tests of the gate)."""
+    DICOM headers are de-identified unless `with_phi` (identifying attributes, for tests of the gate).
+    `studies` > 1 (DICOM only) gives patient p 1 + p % `studies` studies (`<patient>/study-<s>`): follow-up
+    scans of the same tumour class, each its own sample; `studies` = 1 writes exactly what it always did."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if studies < 1 or (studies > 1 and fmt != "dicom"):
+        raise ValueError(f"studies must be 1, or more for DICOM sites only; got {studies} for {fmt}")
     spec = spec or PhantomSpec()
     rng = np.random.default_rng([seed, site])
     scan = scanner(site, seed)
@@ -306,14 +311,19 @@ def generate_site(
         patient = f"S{site}P{p:03d}"
         case = render(rng, label, spec, scan)
         if fmt == "dicom":
-            study = _uid(seed, site, patient)
-            write_dicom(out_dir / patient / "study-1", case, patient, study, spec, scan, with_phi=with_phi)
-            mask = Path("masks") / f"{patient}_seg.nii.gz"
-            (out_dir / "masks").mkdir(exist_ok=True)
-            nib.save(nib.Nifti1Image(case.mask, case.affine), out_dir / mask)
-            rows.append(
-                {"patient_id": patient, "study_id": study, "label": CLASSES[label], "mask": str(mask)}
-            )
+            for s in range(1 + p % studies):
+                if s:  # a follow-up scan: the same class, a new rendering
+                    case = render(rng, label, spec, scan)
+                study = _uid(seed, site, patient, *([s] if s else []))
+                write_dicom(
+                    out_dir / patient / f"study-{s + 1}", case, patient, study, spec, scan, with_phi=with_phi
+                )
+                mask = Path("masks") / (f"{patient}_{s + 1}_seg.nii.gz" if s else f"{patient}_seg.nii.gz")
+                (out_dir / "masks").mkdir(exist_ok=True)
+                nib.save(nib.Nifti1Image(case.mask, case.affine), out_dir / mask)
+                rows.append(
+                    {"patient_id": patient, "study_id": study, "label": CLASSES[label], "mask": str(mask)}
+                )
         elif fmt == "nifti":
             write_nifti(out_dir / patient, case, patient, spec)
             rows.append({"patient_id": patient, "label": CLASSES[label]})

@@ -10,6 +10,8 @@ SPEC = PhantomSpec(size=32, slices=8, contrasts=("t1ce", "flair"))
 CONTRASTS = SPEC.contrasts
 
 
-def make_site(root: Path, fmt: str, site: int = 1, patients: int = 6) -> Path:
-    """`root/<fmt>-<site>` with `patients` phantom cases (site 1: reversed instance numbers, slope 0.5)."""
-    return generate_site(root / f"{fmt}-{site}", site, patients, fmt=fmt, spec=SPEC, seed=3)
+def make_site(root: Path, fmt: str, site: int = 1, patients: int = 6, studies: int = 1) -> Path:
+    """`root/<fmt>-<site>` with `patients` phantom cases (site 1: reversed instance numbers, slope 0.5);
+    `studies` > 1 (DICOM): patient p has 1 + p % `studies` studies."""
+    folder = root / f"{fmt}-{site}" if studies == 1 else root / f"{fmt}-{site}-studies-{studies}"
+    return generate_site(folder, site, patients, fmt=fmt, spec=SPEC, seed=3, studies=studies)

@@ -55,11 +55,11 @@ def test_site_out_of_budget_is_refused_and_the_others_finish(tmp_path: Path) -> 
         assert 2.5 < first["sites"][other]["epsilon"] <= 3.01
     rounds = [json.loads(line) for line in (tmp_path / "runs" / "first" / "metrics.jsonl").open()]
     assert any("site-1" in failure for r in rounds for failure in r["failures"])
-    steps_after_first = PrivacyLedger(tmp_path / "sites" / "site-1" / "state").datasets()[0].steps
+    steps_after_first = PrivacyLedger(tmp_path / "sites" / "site-1").datasets()[0].steps
 
     second = _run(tmp_path, "second", min_sites=3)
     assert second["stopped"] is not None and "fewer than min-sites = 3" in second["stopped"]
     assert second["rounds-completed"] == 1
     assert "cap" in second["sites"]["site-1"]["refused"]
     # the refused site took no step in the second run
-    assert PrivacyLedger(tmp_path / "sites" / "site-1" / "state").datasets()[0].steps == steps_after_first
+    assert PrivacyLedger(tmp_path / "sites" / "site-1").datasets()[0].steps == steps_after_first

@@ -89,7 +89,7 @@ def test_prepare_node_stops_on_bad_data_policy_or_address(
     (tmp_path / "empty" / "b.csv").write_text("x\n")
     with pytest.raises(DataValidationError, match=r"expected train\.csv and test\.csv"):
         prepare(tmp_path / "empty")
-    with pytest.raises(PrivacyError, match="exceeds 1/n"):
+    with pytest.raises(PrivacyError, match="not below 1/n"):
         prepare(policy=_policy(tmp_path, delta=0.05))  # 100 training rows: δ must be <= 0.01
     with pytest.raises(ConfigError, match=r"site policy .* does not exist"):
         prepare(policy=tmp_path / "nope.toml")

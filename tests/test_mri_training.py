@@ -44,7 +44,8 @@ def test_split_keeps_each_patient_on_one_side() -> None:
 def test_image_folder_site_splits_by_patient(root) -> None:
     config = _config("tumour", image_size=32, image_depth=0)
     site = get_task("tumour").load_site(SiteSource("s", root / "png-1"), config)
-    assert site.num_train + site.num_test == site.report["samples"] > site.report["patients"] == 8
+    assert len(site.train) + site.num_test == site.report["samples"] > site.report["patients"] == 8
+    assert site.num_train == site.report["train-patients"]  # n counts patients (the DP unit)
     assert not set(site.train.patients) & set(site.test.patients)
     assert site.train.images.shape[1:] == (2, 32, 32)  # grey-level image fills both channels
 
@@ -72,7 +73,7 @@ def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
     assert metrics["num-examples"] == site.num_test
     pooled = t.pool([metrics, metrics])
     assert pooled["num-examples"] == 2 * site.num_test
-    empty = t.loss(net(train_set.tensors[0][:0]), train_set.tensors[1][:0])
+    empty = t.loss(net(test_set.tensors[0][:0]), test_set.tensors[1][:0])
     assert float(empty.detach()) == 0.0  # an empty Poisson batch
 
 

@@ -1,10 +1,11 @@
-"""Proof that only model arrays and aggregate numbers leave a site.
+"""Proof that only model arrays and listed aggregate numbers leave a site.
 
 Every message the sites send during a federation (statistics, training, evaluation) is recorded as the
-server receives it, after Flower's serialisation, and checked: arrays carry exactly the global model's
-keys and shapes (SCAFFOLD's control variates too), metrics are scalars or per-feature aggregates, the only
-strings are the site id and the data-set fingerprint, and no value taken from a patient record (a row of
-lab values, a patient id, a file name, an image) appears anywhere.
+server receives it, after Flower's serialisation, and checked: every field is in docs/privacy.md's table of
+what a site sends (with its protection), arrays carry exactly the global model's keys and shapes
+(SCAFFOLD's control variates too), the only list is the statistics release, the only strings are the site
+id and the keyed data-set fingerprint, and no value taken from a patient record (a row of lab values, a
+patient id, a file name, an image) appears anywhere.
 """
 
 from __future__ import annotations
@@ -33,6 +34,50 @@ from simulations.prepare import prepare_ckd_sites
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3
 HEX64 = re.compile(r"[0-9a-f]{64}")
+PRIVACY_DOC = Path(__file__).resolve().parents[1] / "docs" / "privacy.md"
+PROTECTIONS = {"DP", "cells", "public"}
+PLACEHOLDERS = {"<n>": r"\d+", "<category>": r"[a-z]+(?:-[a-z]+)*"}
+
+
+def _listed_fields() -> dict[tuple[str, str], list[re.Pattern]]:
+    """(message type, record) -> field patterns, from the table of docs/privacy.md."""
+    listed: dict[tuple[str, str], list[re.Pattern]] = {}
+    section = PRIVACY_DOC.read_text().split("## What leaves a hospital", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] in ("message", "---"):
+            continue
+        messages, records, fields, _, protection = cells
+        assert protection in PROTECTIONS, line
+        names = re.findall(r"`([^`]+)`", fields)
+        patterns = [re.compile(re.escape(n).replace(re.escape("<n>"), PLACEHOLDERS["<n>"]).replace(
+            re.escape("<category>"), PLACEHOLDERS["<category>"])) for n in names]  # fmt: skip
+        for message in messages.split(", "):
+            for record in records.split(", "):
+                listed.setdefault((message, record), []).extend(patterns)
+    return listed
+
+
+def _check_listed(reply: Message, listed: dict[tuple[str, str], list[re.Pattern]]) -> None:
+    """Every field of every metric/config record of the reply is in the docs' table."""
+    kind = reply.metadata.message_type
+    records = {**reply.content.metric_records, **reply.content.config_records}
+    for name, record in records.items():
+        patterns = listed.get((kind, name)) or listed.get(("train" if kind == "train.local" else kind, name))
+        assert patterns, f"{kind} sends a record {name!r} that docs/privacy.md does not list"
+        for field in record:
+            assert any(p.fullmatch(field) for p in patterns), (
+                f"{kind} / {name} sends {field!r}, which docs/privacy.md does not list"
+            )
+    for name in reply.content.array_records:
+        assert (kind, name) in listed or ("train", name) in listed, f"unlisted array record {name!r}"
+
+
+def test_the_docs_table_lists_every_message_kind() -> None:
+    listed = _listed_fields()
+    assert {m for m, _ in listed} >= {"query.statistics", "train", "evaluate"}
+    assert any(p.fullmatch("cal-3-hit") for p in listed[("evaluate", "metrics")])
+    assert not any(p.fullmatch("train-patients") for p in listed[("query.statistics", "report")])
 
 
 def _model_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -54,8 +99,8 @@ def _strings_and_numbers(reply: Message) -> tuple[list[str], list[float]]:
         for key, value in record.items():
             values = value if isinstance(value, list) else [value]
             assert all(isinstance(v, int | float) for v in values), key
-            # lists are per-feature aggregates (24 features), never per-patient values
-            assert not isinstance(value, list) or len(value) == NUM_FEATURES, (key, len(value))
+            # the one list is the statistics release: a fixed number of sums, never per-patient values
+            assert not isinstance(value, list) or (key == "sums" and len(value) in (1, 1 + 3 * NUM_FEATURES))
             numbers += [float(v) for v in values]
     return strings, numbers
 
@@ -90,6 +135,11 @@ def test_ckd_federation_sends_only_model_arrays_and_aggregates(tmp_path: Path) -
     kinds = {r.metadata.message_type for r in grid.replies}
     assert kinds == {"query.statistics", "train", "evaluate"}
     assert not any(r.has_error() for r in grid.replies)
+    listed = _listed_fields()
+    for reply in grid.replies:
+        _check_listed(reply, listed)
+    train = [r for r in grid.replies if r.metadata.message_type == "train"]
+    assert all("train-loss" not in r.content["metrics"] for r in train)  # unnoised under DP: never sent
     shapes = _model_shapes(config)
     rows = []
     raw_cells: set[str] = set()
@@ -112,9 +162,15 @@ def test_ckd_federation_sends_only_model_arrays_and_aggregates(tmp_path: Path) -
                     windows = np.lib.stride_tricks.sliding_window_view(vector, len(known))
                     assert not np.any(np.all(np.isclose(windows, known, rtol=0, atol=1e-6), axis=1))
     statistics = [r for r in grid.replies if r.metadata.message_type == "query.statistics"]
-    for reply in statistics:  # the statistics are sums over a site's rows: counts are whole sites
-        counts = reply.content["statistics"]["count"]
-        assert min(counts) >= 0 and max(counts) == reply.content["statistics"]["num-examples"]
+    for reply in statistics:  # noisy sums: the exact training size does not come back
+        release = reply.content["statistics"]
+        assert release["noise-multiplier"] > 0 and release["drawn-now"] == 1
+        assert reply.content["report"]["num-train"] == release["num-examples"]
+        assert all(float(r.content["metrics"]["num-examples"]) == release["num-examples"] for r in train
+                   if r.metadata.src_node_id == reply.metadata.src_node_id)  # fmt: skip
+        assert "rows-read" not in reply.content["report"]
+    noisy = [r.content["statistics"]["num-examples"] for r in statistics]
+    assert noisy != [len(load_ckd_csv(sites / f"site-{i}" / "train.csv", strict=False)) for i in range(SITES)]
 
 
 def test_tumour_federation_sends_no_image_no_patient_id_no_file_name(tmp_path: Path) -> None:
@@ -130,6 +186,9 @@ def test_tumour_federation_sends_no_image_no_patient_id_no_file_name(tmp_path: P
     run_server(grid, config)
 
     assert not any(r.has_error() for r in grid.replies)
+    listed = _listed_fields()
+    for reply in grid.replies:
+        _check_listed(reply, listed)
     shapes = _model_shapes(config)
     manifest_ids = set()
     for manifest in root.glob("site-*/manifest.csv"):

@@ -86,9 +86,10 @@ def test_missing_or_malformed_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_policy_delta_above_one_over_n_is_rejected(policy: SitePolicy) -> None:
-    validate_policy_for(policy, 10_000)  # 1e-4 == 1/n is allowed
-    with pytest.raises(PrivacyError, match="exceeds 1/n"):
-        validate_policy_for(policy, 20_000)
+    validate_policy_for(policy, 9_999)  # δ = 1e-4 < 1/n
+    for n in (10_000, 20_000):  # δ = 1/n is refused too: it may amount to leaking one patient
+        with pytest.raises(PrivacyError, match="not below 1/n"):
+            validate_policy_for(policy, n)
 
 
 def test_round_delta_above_one_over_n_or_policy_is_refused(policy: SitePolicy) -> None:
@@ -118,6 +119,7 @@ def test_other_rules_are_refused_and_all_reasons_reported(policy: SitePolicy) ->
     )
     assert reason is not None
     assert "'brain-mri' is not allowed" in reason
-    assert "50 training samples" in reason and "minimum of 100" in reason
+    assert "fewer training patients" in reason and "minimum of 100" in reason
+    assert "50" not in reason  # the reason goes to the coordinator: never the site's exact size
     assert "10" in reason and "[0.1, 5]" in reason
     assert reason.count(";") == 2

@@ -74,11 +74,14 @@ def test_noise_from_target_epsilon_spends_the_target_over_the_planned_rounds() -
     assert math.isclose(spent, compose_epsilon(history.entries, delta, "rdp"))
 
 
-def test_delta_above_one_over_n_is_refused() -> None:
-    assert resolve_delta(0, 80) == pytest.approx(1 / 800)
+def test_delta_at_or_above_one_over_n_is_refused() -> None:
+    assert resolve_delta(0, 80) == pytest.approx(1e-3)  # a power of ten <= 1/(10 n): δ does not give n away
+    assert resolve_delta(0, 81) == resolve_delta(0, 99) == resolve_delta(0, 100)
     assert resolve_delta(1e-3, 80) == 1e-3
-    with pytest.raises(PrivacyError, match="exceeds 1/n"):
+    with pytest.raises(PrivacyError, match="not below 1/n"):
         resolve_delta(0.05, 80)
+    with pytest.raises(PrivacyError, match="not below 1/n"):
+        resolve_delta(1 / 80, 80)
 
 
 def test_dp_config_rejects_nonsense() -> None:

@@ -115,16 +115,20 @@ def test_steps_of_the_lost_round_count_towards_epsilon(
 
 
 def test_central_dp_accountant_resumes_with_the_run(sites: Path, tmp_path: Path) -> None:
-    settings = {"num-server-rounds": 3, "dp": False, "min-sites": SITES, "central-dp": True,
-                "central-dp-noise-multiplier": 0.5}  # fmt: skip
+    """Central-DP noise is secret (OS entropy), so the weights differ from an uninterrupted run's; the
+    resumed run completes and its accountant and adaptive clipping norm continue from the checkpoint."""
+    settings = {"num-server-rounds": 3, "dp": False, "min-sites": SITES, "central-dp": True}
     _run(ckd_run_config(sites, tmp_path, **{"run-name": "whole", **settings}))
     _interrupted_and_resumed(sites, tmp_path, "resumed", **settings)
-    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["central-dp"]
-    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())["central-dp"]
-    assert resumed["releases"] == whole["releases"] == 3  # the lost round was never released
-    assert resumed["epsilon"] == pytest.approx(whole["epsilon"], rel=1e-9)
-    for key, value in _weights(tmp_path / "whole").items():
-        assert torch.equal(value, _weights(tmp_path / "resumed")[key])
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert resumed["rounds-completed"] == 3 and resumed["stopped"] is None
+    assert resumed["central-dp"]["releases"] == whole["central-dp"]["releases"] == 3  # lost round: no release
+    assert resumed["central-dp"]["epsilon"] == pytest.approx(whole["central-dp"]["epsilon"], rel=1e-9)
+    checkpoint = RoundCheckpoint.load(tmp_path / "resumed")
+    assert set(checkpoint.rng) == {"python", "torch"}  # no state of a generator that drew noise
+    central = checkpoint.strategy[1]  # ValidatedStrategy, then the central-DP layer
+    assert central["adaptive"] and central["clipping_norm"] != 1.0  # C moved over three releases
 
 
 def test_resume_needs_a_run_name(sites: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client.ledger import PrivacyLedger, dataset_fingerprint
+from client.ledger import PrivacyLedger, dataset_identity
 from common.privacy import compose_epsilon
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
@@ -32,8 +32,8 @@ def test_budget_shows_spent_and_left(tmp_path: Path) -> None:
     data.write_text("x\n")
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
-    fp = dataset_fingerprint([data])
-    PrivacyLedger(tmp_path / "state").record(fp, "run-1", 1, [(1.2, 0.25, 40)], 1e-3, "rdp", "ckd")
+    fp = dataset_identity(["patient-1"])  # a site with a policy keeps its ledger beside it (no ledger-dir)
+    PrivacyLedger(tmp_path).record(fp, "run-1", 1, [(1.2, 0.25, 40)], 1e-3, "rdp", "ckd", keys=["patient-1"])
     result = _fedward("site", "budget", "--state-dir", str(tmp_path / "state"), "--policy", str(policy),
                       "--accountant", "rdp", "--history")  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -41,6 +42,9 @@ class SiteData:
     report: dict[str, float] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)  # per-file/per-cell reasons; stay at the site
     files: list[Path] = field(default_factory=list)  # the data files read (for the data-set fingerprint)
+    # one hex SHA-256 per patient (train and test), from content as loaded (common/data/patient_keys.py);
+    # the privacy ledger is keyed on these
+    patient_keys: list[str] = field(default_factory=list)
 
 
 class Task(ABC):
@@ -52,12 +56,16 @@ class Task(ABC):
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
         """Load, validate and split a site's data."""
 
-    def statistics(self, site: SiteData) -> dict[str, list[float]] | None:
-        """Aggregate statistics the server needs before training (None: no such step)."""
-        return None
+    def statistics(self, site: SiteData) -> tuple[np.ndarray, float]:
+        """Per-patient contribution vectors (one row per training patient) whose sums the server needs
+        before training, and their L2 bound (the sensitivity of the sums). The first column counts
+        patients; by default it is the only one."""
+        return np.ones((site.num_train, 1)), 1.0
 
-    def combine_statistics(self, per_site: list[Mapping[str, Any]]) -> dict[str, list[float]]:
-        """Server side: turn the sites' statistics into the preprocessing every site applies."""
+    def combine_statistics(
+        self, per_site: list[np.ndarray], noise_std: float = 0.0
+    ) -> dict[str, list[float]]:
+        """Server side: turn the sites' (noisy) sums into the preprocessing every site applies."""
         return {}
 
     @abstractmethod

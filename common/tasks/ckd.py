@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,13 +15,15 @@ from torch.utils.data import Dataset, TensorDataset
 from common.config import RunConfig
 from common.data.ckd import CkdTable, find_site_csv, load_ckd_csv
 from common.data.ckd_mapping import find_site_mapping, load_mapping
+from common.data.ckd_reference import CKD_REFERENCE
 from common.data.ckd_schema import NUM_FEATURES
 from common.data.partition import partition_indices
+from common.data.patient_keys import ckd_row_keys
 from common.data.split import stratified_split
 from common.datasets import ckd_csv_path
 from common.metrics import binary_metrics, pool_binary
 from common.models import build_tabular_model
-from common.stats import FeatureMoments, Standardiser
+from common.stats import Standardiser
 from common.tasks.base import SiteData, SiteSource, Task
 from common.training import predict_proba
 
@@ -75,20 +78,24 @@ class CkdTask(Task):
         # it holds, so editing it must not make a new data set with a fresh privacy budget.
         files = sorted({Path(t.file) for t in tables})
         details = [line for t in tables for line in t.harmonisation] + [str(i) for i in issues]
-        return SiteData(source.site_id, train, test, len(train), len(test), report, details, files)
+        keys = ckd_row_keys(train.x, train.y) + ckd_row_keys(test.x, test.y)
+        return SiteData(source.site_id, train, test, len(train), len(test), report, details, files, keys)
 
     @staticmethod
     def _split(table: CkdTable, config: RunConfig) -> tuple[CkdTable, CkdTable]:
         train_idx, test_idx = stratified_split(table.source_rows, table.y, config.test_fraction, config.seed)
         return table.subset(train_idx), table.subset(test_idx)
 
-    def statistics(self, site: SiteData) -> dict[str, list[float]]:
-        """Counts, sums and sums of squares of each feature over the site's training rows."""
-        return FeatureMoments.of(site.train.x).to_lists()
+    def statistics(self, site: SiteData) -> tuple[np.ndarray, float]:
+        """Each training patient's bounded vector of counts, values and squares against the public
+        clinical reference (common/stats.py), and the vectors' L2 bound."""
+        return CKD_REFERENCE.contributions(site.train.x), CKD_REFERENCE.bound
 
-    def combine_statistics(self, per_site: list[Mapping[str, Any]]) -> dict[str, list[float]]:
+    def combine_statistics(
+        self, per_site: list[np.ndarray], noise_std: float = 0.0
+    ) -> dict[str, list[float]]:
         """Federated imputation means and scaling deviations."""
-        return Standardiser.combine(FeatureMoments.from_lists(s) for s in per_site).to_config()
+        return Standardiser.combine(per_site, CKD_REFERENCE, noise_std).to_config()
 
     def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
         """Standardised tensors; missing values take the federated mean."""
@@ -118,4 +125,4 @@ class CkdTask(Task):
 
     def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
         """Exact pooled threshold metrics; example-weighted AUC and loss."""
-        return pool_binary([s for s in per_site if s.get("num-examples", 0) > 0])
+        return pool_binary(per_site)  # skips empty splits, counts suppressed sites

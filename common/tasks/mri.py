@@ -12,9 +12,11 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from common.config import RunConfig
+from common.data.mri.patients import PatientSampled
 from common.data.mri.preprocess import model_input
 from common.data.mri.sample import MriSample, SkipFile, Skipped, parse_contrasts
 from common.data.mri.site import scan_site
+from common.data.patient_keys import mri_patient_keys
 from common.data.split import split_by_patient
 from common.errors import ConfigError, DataValidationError
 from common.tasks.base import SiteData, SiteSource, Task
@@ -120,8 +122,13 @@ class MriTask(Task):
             "test-patients": float(len(set(test.patients))),
         }
         details = [str(s) for s in skipped]
-        return SiteData(source.site_id, train, test, len(train), len(test), report, details, scan.files)
+        num_train = len(set(train.patients))  # the DP unit is the patient: n, q and δ count patients
+        keys = mri_patient_keys(patients)
+        return SiteData(source.site_id, train, test, num_train, len(test), report, details, scan.files, keys)
 
     def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
-        """Tensors were prepared at load time (per-sample normalisation needs no shared statistics)."""
-        return MriDataset(site.train), MriDataset(site.test)
+        """Train: one item per patient, a random one of their studies at each access (a patient gives at
+        most one clipped gradient per DP-SGD step; without DP an epoch visits each patient once). Test:
+        every study. Tensors were prepared at load time (per-sample normalisation needs no shared statistics).
+        """
+        return PatientSampled(MriDataset(site.train), site.train.patients), MriDataset(site.test)

@@ -71,7 +71,7 @@ class TumourTask(MriTask):
 
     def pool(self, per_site: list[dict[str, float]]) -> dict[str, float]:
         """Exact pooled confusion-based metrics; example-weighted AUC and loss."""
-        sites = [s for s in per_site if s.get("num-examples", 0) > 0]
+        sites = [s for s in per_site if s.get("num-examples", 0) != 0]  # NaN: suppressed, counted
         if not sites:
             return {"num-examples": 0.0}
         return pool_binary(sites) if "tp" in sites[0] else pool_multiclass(sites)
