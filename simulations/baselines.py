@@ -128,9 +128,8 @@ def site_mean(per_site: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 def _shared(task: Task, sites: Sequence[SiteData]) -> dict[str, Any]:
-    """The preprocessing `sites` would agree on (CKD: pooled feature moments)."""
-    stats = [task.statistics(site) for site in sites]
-    return task.combine_statistics([s for s in stats if s is not None]) if any(stats) else {}
+    """The preprocessing `sites` would agree on, from their exact sums (baselines run where the data is)."""
+    return task.combine_statistics([task.statistics(site)[0].sum(axis=0) for site in sites])
 
 
 def _initial_model(task: Task, config: RunConfig) -> nn.Module:

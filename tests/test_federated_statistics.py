@@ -6,26 +6,63 @@ import numpy as np
 import pytest
 
 from common.data.ckd import load_ckd_csv
+from common.data.ckd_reference import CKD_REFERENCE
+from common.data.ckd_schema import NUM_FEATURES
 from common.data.partition import partition_indices
 from common.data.split import stratified_split
-from common.stats import FeatureMoments, Standardiser
+from common.dp_release import release_sum
+from common.stats import Standardiser
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
 def test_federated_statistics_equal_pooled(ckd_csv, scheme: str) -> None:
     table = load_ckd_csv(ckd_csv, strict=False)
     parts = partition_indices(table.y, 4, scheme, alpha=0.5, seed=3)
-    federated = Standardiser.combine(FeatureMoments.of(table.x[p]) for p in parts)
-    np.testing.assert_allclose(federated.mean, np.nanmean(table.x.astype(np.float64), axis=0), rtol=1e-10)
-    np.testing.assert_allclose(federated.std, np.nanstd(table.x.astype(np.float64), axis=0), rtol=1e-8)
+    federated = Standardiser.combine(
+        [CKD_REFERENCE.contributions(table.x[p]).sum(axis=0) for p in parts], CKD_REFERENCE
+    )
+    pooled = Standardiser.combine([CKD_REFERENCE.contributions(table.x).sum(axis=0)], CKD_REFERENCE)
+    np.testing.assert_allclose(federated.mean, pooled.mean, rtol=1e-10)
+    np.testing.assert_allclose(federated.std, pooled.std, rtol=1e-10)
+    # against the plain moments: the mean is close (values beyond 3 reference scales count as 3)
+    plain = np.nanmean(table.x.astype(np.float64), axis=0)
+    assert np.median(np.abs(pooled.mean - plain) / CKD_REFERENCE.scale) < 0.05
+
+
+def test_a_patient_contributes_a_bounded_vector_whatever_the_values() -> None:
+    x = np.full((3, NUM_FEATURES), np.nan)
+    x[0] = 1e9  # absurd values
+    x[1] = -1e9
+    rows = CKD_REFERENCE.contributions(x)
+    assert rows.shape == (3, 1 + 3 * NUM_FEATURES)
+    assert np.all(np.linalg.norm(rows, axis=1) <= CKD_REFERENCE.bound + 1e-12)
+    assert rows[2, 0] == 1 and not rows[2, 1:].any()  # all missing: counted as a patient, nothing else
+
+
+def test_noisy_sums_too_small_to_trust_keep_the_reference() -> None:
+    x = np.array([[60.0] + [np.nan] * (NUM_FEATURES - 1)] * 5)
+    sums = release_sum(CKD_REFERENCE.contributions(x), CKD_REFERENCE.bound, 0.0)
+    scaler = Standardiser.combine([sums], CKD_REFERENCE, noise_std=6 * CKD_REFERENCE.bound)
+    np.testing.assert_array_equal(scaler.mean, CKD_REFERENCE.center)  # 5 patients under noise 51
+    exact = Standardiser.combine([sums], CKD_REFERENCE)
+    assert exact.mean[0] == pytest.approx(60.0) and exact.std[0] == 0.5 * CKD_REFERENCE.scale[0]
+
+
+def test_release_noise_has_the_calibrated_scale_and_is_fresh() -> None:
+    rows = np.ones((50, 4)) / 2  # norm 1
+    draws = np.stack([release_sum(rows, 1.0, 3.0) for _ in range(400)])
+    assert np.allclose(draws.mean(axis=0), 25.0, atol=0.6)
+    assert np.allclose(draws.std(axis=0), 3.0, rtol=0.15)
+    assert np.array_equal(release_sum(rows, 1.0, 3.0, seed=5), release_sum(rows, 1.0, 3.0, seed=5))
 
 
 def test_standardiser_imputes_the_federated_mean() -> None:
-    x = np.array([[1.0, np.nan], [3.0, 4.0], [np.nan, 8.0]])
-    scaler = Standardiser.combine([FeatureMoments.of(x[:1]), FeatureMoments.of(x[1:])])
+    x = np.full((3, NUM_FEATURES), np.nan)
+    x[:, 0] = [40.0, 60.0, np.nan]
+    scaler = Standardiser.combine([CKD_REFERENCE.contributions(x).sum(axis=0)], CKD_REFERENCE)
     out = scaler.apply(x)
+    assert scaler.mean[0] == pytest.approx(50.0)
     assert out[2, 0] == 0.0 and out[0, 1] == 0.0  # missing -> mean -> 0 after centring
-    assert np.isclose(out[1, 0], (3.0 - 2.0) / 1.0)
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])

@@ -57,7 +57,7 @@ def _start(config: RunConfig, context: Context) -> tuple[ArrayRecord, ConfigReco
     site = load_site(site_source(context, config), config)
     torch.manual_seed(config.seed)
     return ArrayRecord(task.build_model(config).state_dict()), ConfigRecord(
-        task.combine_statistics([task.statistics(site)])
+        task.combine_statistics([task.statistics(site)[0].sum(axis=0)])
     )
 
 

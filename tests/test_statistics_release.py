@@ -1,0 +1,82 @@
+"""The federated statistics are a DP release: charged to the run and the ledger once per data set, kept
+and re-sent at no new cost, inside the run's target ε; the seeded research switch stays in simulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flower_fakes import flower_identity  # noqa: F401 (fixture)
+from flwr.app import Context, RecordDict
+from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+
+from client.budget import SitePrivacy
+from client.ledger import PrivacyLedger
+from client.site import seeded_noise_refusal
+from common.config import RunConfig
+from simulations.prepare import prepare_ckd_sites
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+SITES = 2
+TARGET = 3.0
+
+
+def _run(sites: Path, runs: Path, name: str) -> tuple[InProcessGrid, dict]:
+    config = ckd_run_config(
+        sites,
+        runs,
+        **{"num-server-rounds": 2, "min-sites": SITES, "dp-target-epsilon": TARGET, "run-name": name},
+    )
+    grid = InProcessGrid(config, SITES)
+    run_server(grid, config)
+    return grid, json.loads((runs / name / "summary.json").read_text())
+
+
+def _releases(grid: InProcessGrid) -> dict[int, dict]:
+    return {
+        r.metadata.src_node_id: dict(r.content["statistics"])
+        for r in grid.replies
+        if r.metadata.message_type == "query.statistics"
+    }
+
+
+def test_statistics_are_paid_once_per_data_set_and_inside_the_run_target(tmp_path: Path) -> None:
+    sites, runs = tmp_path / "sites", tmp_path / "runs"
+    prepare_ckd_sites(sites, SITES, "iid")
+
+    first, summary = _run(sites, runs, "first")
+    drawn = _releases(first)
+    assert all(r["drawn-now"] == 1 and r["noise-multiplier"] > 0 for r in drawn.values())
+    for site in summary["sites"].values():
+        assert site["statistics-drawn-now"] is True and 0 < site["statistics-epsilon"] < 1
+        assert site["epsilon"] <= TARGET + 0.02  # statistics and training together within the target
+    ledger = PrivacyLedger(sites / "site-0" / "state")
+    (dataset,) = ledger.datasets()
+    releases = [r for r in ledger.rows(dataset.fingerprint) if r.sample_rate == 1.0 and r.steps == 1]
+    assert len(releases) == 1  # the statistics release, in the lifetime ledger beside the steps
+
+    second, summary = _run(sites, runs, "second")
+    kept = _releases(second)
+    for node, release in kept.items():  # the same noisy answer, not a fresh draw to average away
+        assert release["drawn-now"] == 0 and release["sums"] == drawn[node]["sums"]
+    assert all(site["statistics-drawn-now"] is False for site in summary["sites"].values())
+    again = [r for r in ledger.rows(dataset.fingerprint) if r.sample_rate == 1.0 and r.steps == 1]
+    assert len(again) == 1  # no new cost
+    assert np.all(np.isfinite([site["epsilon-lifetime"] for site in summary["sites"].values()]))
+
+
+def _context(node_config: dict) -> Context:
+    return Context(run_id=1, node_id=2, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_the_seeded_switch_is_refused_by_sites_with_their_own_data_or_policy(tmp_path: Path) -> None:
+    seeded = RunConfig(dp_seeded_noise=True)
+    simulated = _context({"partition-id": 0})
+    assert seeded_noise_refusal(simulated, seeded, SitePrivacy()) is None
+    assert seeded_noise_refusal(simulated, RunConfig(), SitePrivacy()) is None
+    hospital = _context({"data-dir": str(tmp_path)})
+    assert "simulation-only" in seeded_noise_refusal(hospital, seeded, SitePrivacy())
+    policy = tmp_path / "policy.toml"
+    assert "simulation-only" in seeded_noise_refusal(simulated, seeded, SitePrivacy(policy_file=policy))
