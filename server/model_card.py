@@ -205,8 +205,17 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
             "Local differential privacy at every site: DP-SGD (Opacus), per-sample clipping norm "
             f"{_num(rc.get('dp-max-grad-norm'), 'g')}, target ε {_num(rc.get('dp-target-epsilon'), 'g')} "
             f"per site for the run, accountant `{rc.get('dp-accountant')}`. ε is composed over every step "
-            "the site took."
+            "the site took and every release it made: the federated statistics (a Gaussian release drawn "
+            "once per data set, its ε shown on its own below) and, with cross-site evaluation, the "
+            'local-only model. "ε lifetime" covers every run on the site\'s data set.'
         )
+    if summary.get("dp-seeded-noise"):
+        lines += [
+            "",
+            "**WARNING: research switch `dp-seeded-noise` was on.** The DP noise was drawn from the run's "
+            "seed, so anyone who knows the run configuration can subtract it: this model has **no** "
+            "privacy guarantee, whatever ε says.",
+        ]
     else:
         lines.append(
             "**No differential privacy** (`dp = false`): the weights carry no formal privacy guarantee and "
@@ -216,6 +225,7 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
         [
             site,
             _num((e or {}).get("epsilon")),
+            _num((e or {}).get("statistics-epsilon")),
             _num((e or {}).get("delta"), ".3g"),
             _num((e or {}).get("epsilon-lifetime")),
             _num((e or {}).get("epsilon-cap")),
@@ -223,7 +233,11 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
         ]
         for site, e in sorted(sites.items())
     ]
-    lines += ["", *_table(["site", "ε (this run)", "δ", "ε lifetime", "ε cap", "private steps"], rows), ""]
+    lines += [
+        "",
+        *_table(["site", "ε (this run)", "ε statistics", "δ", "ε lifetime", "ε cap", "private steps"], rows),
+        "",
+    ]
     central = summary.get("central-dp")
     if central:
         lines += [

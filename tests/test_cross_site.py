@@ -52,6 +52,16 @@ def test_matrix_has_a_finite_cell_per_site_pair_and_local_training_is_accounted(
     for site in names:
         assert cross["local-epsilon"][site] > last_round["epsilon"][site]
         assert summary["sites"][site]["epsilon"] == cross["local-epsilon"][site]
+        # the lifetime figure too (the review found "ε lifetime 0.998" while the ledger said 1.431)
+        lifetime = summary["sites"][site]["epsilon-lifetime"]
+        assert (
+            lifetime
+            == cross["local-privacy"][site]["epsilon-lifetime"]
+            > last_round["budget"][site]["epsilon-lifetime"]
+        )
+        assert summary["sites"][site]["privacy-steps"] == cross["local-privacy"][site]["privacy-steps"]
+    card = (run / "MODEL_CARD.md").read_text()
+    assert all(f"{summary['sites'][s]['epsilon-lifetime']:.3f}"[:4] in card for s in names)
     local_messages = [r for r in grid.replies if r.metadata.message_type == "train.local"]
     assert len(local_messages) == SITES
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mri_helpers import CONTRASTS, make_site
 
 from client.budget import SiteBudget, SitePrivacy
 from client.ledger import LEDGER_FILE, PrivacyLedger, dataset_identity
 from common.config import RunConfig
 from common.privacy import PrivacyHistory
+from common.tasks import get_task
 from common.tasks.base import SiteData, SiteSource
 from common.tasks.ckd import CkdTask
 
@@ -127,3 +130,14 @@ def test_ledger_groups_patients_by_the_data_sets_they_belong_to(tmp_path: Path) 
         compose_epsilon([(1.0, 0.5, 10)], 1e-5, "rdp")
     )
     assert ledger.spent(dataset_identity(["p9"]), 1e-5, "rdp", keys=["p9"]) == 0.0
+
+
+def test_mri_keys_are_one_per_pseudonymous_patient_whatever_the_folder(tmp_path: Path) -> None:
+    config = RunConfig(task="tumour", mri_contrasts=",".join(CONTRASTS), image_size=32, image_depth=8)
+    folder = make_site(tmp_path, "dicom", patients=4, studies=2)
+    site = get_task("tumour").load_site(SiteSource("s", folder), config)
+    patients = set(site.train.patients) | set(site.test.patients)
+    assert len(site.patient_keys) == len(patients) == 4  # patients with two studies: one key
+    moved = shutil.copytree(folder, tmp_path / "renamed-export")
+    again = get_task("tumour").load_site(SiteSource("s", moved), config)
+    assert again.patient_keys == site.patient_keys
