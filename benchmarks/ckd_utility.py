@@ -59,18 +59,26 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[
         "seconds": local["seconds"],
     }
 
-    arms = [("federated", False, 0.0)] + [(f"federated-dp-eps{e:g}", True, e) for e in args.epsilons]
-    for name, dp, eps in arms:
+    default_sigma = RunConfig().dp_statistics_noise_multiplier
+    arms = [("federated", False, 0.0, default_sigma)] + [
+        (f"federated-dp-eps{e:g}" + ("" if s == default_sigma else f"-stats-sigma{s:g}"), True, e, s)
+        for e in args.epsilons
+        for s in args.statistics_noise
+    ]
+    for name, dp, eps, stats_sigma in arms:
         run_name = f"{name}-seed{seed}"
-        config = base.model_copy(update={"dp": dp, "dp_target_epsilon": eps or 3.0, "run_name": run_name})
+        update = {"dp": dp, "dp_target_epsilon": eps or 3.0, "dp_statistics_noise_multiplier": stats_sigma}
+        config = base.model_copy(update={**update, "run_name": run_name})
         t0 = time.perf_counter()
         run_simulation(config.to_flower(), args.sites, log_file=work / f"{run_name}.log")
         summary = json.loads((work / "runs" / run_name / "summary.json").read_text())
         eps_spent = [s["epsilon"] for s in summary["sites"].values()]
+        eps_stats = [s.get("statistics-epsilon") or 0.0 for s in summary["sites"].values()]
         out[name] = {
             "accuracy": summary["overall"]["accuracy"],
             "roc-auc": summary["overall"]["roc-auc"],
             "epsilon-max": max(eps_spent) if dp else None,
+            "statistics-epsilon": max(eps_stats) if dp else None,
             "seconds": time.perf_counter() - t0,
             "server-seconds": summary["wall-seconds"],
         }
@@ -83,8 +91,10 @@ def summarise(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
     table = {}
     for arm in per_seed[0]:
         row = {}
-        for key in ("accuracy", "roc-auc", "seconds"):
+        for key in ("accuracy", "roc-auc", "seconds", "epsilon-max", "statistics-epsilon"):
             values = [s[arm][key] for s in per_seed if s[arm].get(key) is not None]
+            if not values:
+                continue
             row[f"{key}-mean"] = statistics.fmean(values)
             row[f"{key}-sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table[arm] = row
@@ -97,13 +107,16 @@ def markdown(table: dict[str, dict[str, float]], args: argparse.Namespace, seeds
         f"CKD, {args.sites} sites, Dirichlet α = {args.alpha}, {args.rounds} rounds, model {args.model}, "
         f"lr {args.lr}, batch {args.batch_size}, {seeds} seeds (mean ± sd)",
         "",
-        "| arm | accuracy | ROC AUC | wall s |",
-        "|---|---|---|---|",
+        "| arm | accuracy | ROC AUC | ε run (max) | ε statistics | wall s |",
+        "|---|---|---|---|---|---|",
     ]
     for arm, row in table.items():
+        eps = f"{row['epsilon-max-mean']:.2f}" if "epsilon-max-mean" in row else "–"
+        stats = f"{row['statistics-epsilon-mean']:.3f}" if "statistics-epsilon-mean" in row else "–"
         lines.append(
             f"| {arm} | {row['accuracy-mean']:.4f} ± {row['accuracy-sd']:.4f} "
-            f"| {row['roc-auc-mean']:.4f} ± {row['roc-auc-sd']:.4f} | {row['seconds-mean']:.1f} |"
+            f"| {row['roc-auc-mean']:.4f} ± {row['roc-auc-sd']:.4f} | {eps} | {stats} "
+            f"| {row['seconds-mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -119,6 +132,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=RunConfig().lr)
     parser.add_argument("--batch-size", type=int, default=RunConfig().batch_size)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument(
+        "--statistics-noise",
+        type=float,
+        nargs="+",
+        default=[RunConfig().dp_statistics_noise_multiplier],
+        help="σ of the statistics release, one DP arm each (e.g. 6 1000: 1000 ≈ the public reference alone)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ckd_utility.json"))
     args = parser.parse_args()
     started = time.perf_counter()

@@ -100,6 +100,9 @@ def train(msg: Message, context: Context) -> Message:
     run_state = SiteRunState(privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
     if run_state.restore(context.state, server_round):
         log.info("site %s: run state restored from %s (resumed run)", source.site_id, run_state.folder)
+    fault = simulated_fault(context, config, source.partition_index, server_round)
+    if fault.dropped:  # a simulated drop-out before any step: nothing reserved, nothing spent
+        return Message(Error(code=DROPPED, reason=f"site {source.site_id}: {fault.reason}"), reply_to=msg)
     budget = SiteBudget(privacy, site)
     history = _history(context)
     plan = budget.plan(config, site.num_train, spent=_releases(context))
@@ -109,9 +112,6 @@ def train(msg: Message, context: Context) -> Message:
     if reason is not None:
         log.warning("site %s refuses round %d: %s", source.site_id, server_round, reason)
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
-    fault = simulated_fault(context, config, source.partition_index, server_round)
-    if fault.dropped:
-        return Message(Error(code=DROPPED, reason=f"site {source.site_id}: {fault.reason}"), reply_to=msg)
     fault.wait()
 
     device = pick_device(config.device)

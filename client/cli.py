@@ -151,7 +151,7 @@ KitOption = Annotated[Path, typer.Option(help="This site's kit folder (from the 
 DataOption = Annotated[Path, typer.Option(help="Folder with this site's data (read only).")]
 StateOption = Annotated[
     Path | None,
-    typer.Option(help="Writable folder for the ledger and Flower files (default: kit's state-dir)."),
+    typer.Option(help="Writable folder for per-run state and Flower files (default: kit's state-dir)."),
 ]
 PolicyOption = Annotated[Path | None, typer.Option(help="Site policy TOML (default: the kit's policy-file).")]
 SuperlinkOption = Annotated[

@@ -1,7 +1,7 @@
 """The part of a site's data report that may leave it: data-quality counts, small ones suppressed.
 
-Sizes that would give the exact number of training patients away (rows read, samples, patients) stay at
-the site (the number of files read is one per study and contrast); the coordinator gets the noisy patient count of the statistics release instead. Every other
+Sizes that would give the exact number of training patients away (rows or files read, samples, patients)
+stay at the site; the coordinator gets the noisy patient count of the statistics release instead. Every other
 count is about the files (rows dropped, cells blanked, files skipped, PHI findings) and goes out only
 when it is 0 or at least the site's minimum cell count.
 """

@@ -166,8 +166,9 @@ def _data(rc: dict, config: dict, sites: dict) -> list[str]:
     lines += [
         "",
         "Patient data never left the sites: the coordinator received counts, aggregate feature statistics, "
-        "model updates and metrics. The fingerprint is a hash of a site's file list (names and sizes), not "
-        "of its contents.",
+        "model updates and metrics. The fingerprint is a keyed hash (HMAC) of the site's patients under a "
+        "secret that never leaves the site: it shows whether two runs used the same data, and cannot be "
+        "recomputed by anyone else.",
         "",
     ]
     if config.get("preprocessing"):
