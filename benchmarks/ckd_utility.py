@@ -67,7 +67,12 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[
     ]
     for name, dp, eps, stats_sigma in arms:
         run_name = f"{name}-seed{seed}"
+        # each arm on fresh site folders: a site keeps its statistics release per data set, and a later
+        # arm would otherwise reuse it at no cost (and with the earlier arm's σ)
+        arm_root = work / f"seed-{seed}" / name
+        prepare_ckd_sites(arm_root, args.sites, "dirichlet", alpha=args.alpha, seed=seed)
         update = {"dp": dp, "dp_target_epsilon": eps or 3.0, "dp_statistics_noise_multiplier": stats_sigma}
+        update["data_root"] = str(arm_root)
         config = base.model_copy(update={**update, "run_name": run_name})
         t0 = time.perf_counter()
         run_simulation(config.to_flower(), args.sites, log_file=work / f"{run_name}.log")
