@@ -131,7 +131,9 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         return ArrayRecord(
             {
                 key: Array(np.asarray(a + rng.normal(0.0, std, a.shape).astype(a.dtype)))
-                for key, a in zip(aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True)
+                for key, a in zip(
+                    aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True
+                )
             }
         )
 

@@ -32,6 +32,7 @@ from strategies.registry import StrategySettings, build_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3
+FEDERATION = {"dp": False, "min-sites": SITES, "central-dp": True}  # central DP only, all sites every round
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +54,8 @@ def _fedavg(num_sites: int):
 
 
 def _central(num_sites: int, clipping: str, z: float = 1.0, **kw) -> CentralDP:
-    return with_central_dp(
-        _fedavg(num_sites), noise_multiplier=z, clipping_norm=1.0, num_sites=num_sites, delta=1e-5,
-        clipping=clipping, **kw,
-    )  # fmt: skip
+    settings = {"noise_multiplier": z, "clipping_norm": 1.0, "delta": 1e-5, "clipping": clipping, **kw}
+    return with_central_dp(_fedavg(num_sites), num_sites=num_sites, **settings)
 
 
 def _round(strategy, server_round: int, norms: list[float], size: int = 4) -> np.ndarray:
@@ -118,7 +117,9 @@ def _clipped_mean(replies, initial: dict[str, np.ndarray], clip: float) -> dict[
     """The noiseless aggregate: the mean of the sites' clipped updates."""
     updates = []
     for reply in replies:
-        delta = {k: a.numpy() - initial[k] for k, a in next(iter(reply.content.array_records.values())).items()}
+        delta = {
+            k: a.numpy() - initial[k] for k, a in next(iter(reply.content.array_records.values())).items()
+        }
         norm = float(np.sqrt(sum(float(np.sum(d.astype(np.float64) ** 2)) for d in delta.values())))
         updates.append({k: d * min(1.0, clip / norm) for k, d in delta.items()})
     return {k: initial[k] + sum(u[k] for u in updates) / len(updates) for k in initial}
@@ -126,10 +127,13 @@ def _clipped_mean(replies, initial: dict[str, np.ndarray], clip: float) -> dict[
 
 def test_attacker_with_seed_and_checkpoint_cannot_remove_the_noise(sites: Path, tmp_path: Path) -> None:
     z, clip = 1.0, 1.0
+    settings = {
+        "central-dp-noise-multiplier": z,
+        "central-dp-clipping": "fixed",
+        "central-dp-clipping-norm": clip,
+    }
     config = ckd_run_config(
-        sites, tmp_path, **{"run-name": "attacked", "num-server-rounds": 1, "dp": False, "min-sites": SITES,
-                            "central-dp": True, "central-dp-noise-multiplier": z, "central-dp-clipping": "fixed",
-                            "central-dp-clipping-norm": clip}  # fmt: skip
+        sites, tmp_path, **FEDERATION, **settings, **{"run-name": "attacked", "num-server-rounds": 1}
     )
     grid = InProcessGrid(config, SITES)
     run_server(grid, config)
@@ -157,10 +161,9 @@ def test_attacker_with_seed_and_checkpoint_cannot_remove_the_noise(sites: Path, 
 
 def test_epsilon_cap_stops_the_run_before_a_release_above_it(sites: Path, tmp_path: Path) -> None:
     # z = 2, δ = 1e-5: ε 2.17, 3.19, 4.01 after 1, 2, 3 releases; a cap of 4 allows two
+    settings = {"central-dp-noise-multiplier": 2.0, "central-dp-max-epsilon": 4.0}
     config = ckd_run_config(
-        sites, tmp_path, **{"run-name": "capped", "num-server-rounds": 5, "dp": False, "min-sites": SITES,
-                            "central-dp": True, "central-dp-noise-multiplier": 2.0,
-                            "central-dp-max-epsilon": 4.0}  # fmt: skip
+        sites, tmp_path, **FEDERATION, **settings, **{"run-name": "capped", "num-server-rounds": 5}
     )
     run_server(InProcessGrid(config, SITES), config)
     run = tmp_path / "capped"
@@ -173,7 +176,7 @@ def test_epsilon_cap_stops_the_run_before_a_release_above_it(sites: Path, tmp_pa
     assert checkpoint.server_round == 2
     for key, value in checkpoint.arrays.items():  # the model kept is the last one released within the cap
         assert np.array_equal(model[key].numpy(), value)
-    assert not any(isinstance(v, np.random.Generator) for layer in checkpoint.strategy for v in layer.values())
+    assert not any(isinstance(v, np.random.Generator) for s in checkpoint.strategy for v in s.values())
 
 
 def test_strategy_state_never_holds_a_generator() -> None:

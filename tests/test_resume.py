@@ -92,13 +92,24 @@ def test_steps_of_the_lost_round_count_towards_epsilon(
     sites: Path,
     tmp_path: Path,
 ) -> None:
-    """Same weights with DP too, but the site that trained the lost round spent those steps: its ε grows."""
-    settings = {"num-server-rounds": ROUNDS, "min-sites": SITES, "dp-noise-multiplier": 1.2}
-    for i in range(SITES):  # site ledgers and run state live beside the data; start each run clean
-        for old in (sites / f"site-{i}" / "state").glob("**/*"):
-            old.unlink() if old.is_file() else None
+    """Same weights with DP under the seeded research switch (with secret noise only ε is comparable), but
+    the site that trained the lost round spent those steps: its ε grows."""
+    settings = {
+        "num-server-rounds": ROUNDS,
+        "min-sites": SITES,
+        "dp-noise-multiplier": 1.2,
+        "dp-seeded-noise": True,
+    }
+
+    def clean_sites() -> None:  # ledgers, kept statistics releases and run state live beside the data
+        for i in range(SITES):
+            for old in sorted((sites / f"site-{i}" / "state").glob("**/*"), reverse=True):
+                old.unlink() if old.is_file() else old.rmdir()
+
+    clean_sites()
     _run(ckd_run_config(sites, tmp_path, **{"run-name": "whole", **settings}))
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["sites"]
+    clean_sites()  # the resumed run pays for its own statistics release, as the whole run did
     sent = _interrupted_and_resumed(sites, tmp_path, "resumed", **settings)
     resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())["sites"]
 
