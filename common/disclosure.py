@@ -48,6 +48,8 @@ _SEG_COUNTS = ("seg-tp", "seg-fp", "seg-fn", "dice-voxels")
 _PUBLIC = ("site-weight", "site-seconds")  # not about patients: a weight and a duration
 _DICE = ("dice", "dice-cases", "dice-ci-low", "dice-ci-high")
 _HD95 = ("hd95", "hd95-cases", "hd95-ci-low", "hd95-ci-high")
+_KNOWN = {"num-examples", "loss", "roc-auc", "ece", *BINARY_CELLS, *CELL_DERIVED, *_SEG_COUNTS, *_PUBLIC}
+_KNOWN |= {*_DICE, *_HD95} | {m + ci for m in (*CELL_DERIVED, "roc-auc") for ci in _CI}
 
 
 def release_evaluation(metrics: dict[str, float], min_cell: int) -> dict[str, float]:
@@ -82,10 +84,6 @@ def withheld_cells(cells: dict[str, float], min_cell: int) -> set[str]:
     while others and (len(hidden) < 2 or sum(cells[key] for key in hidden) < min_cell):
         hidden.add(others.pop(0)[1])
     return hidden
-
-
-_KNOWN = {"num-examples", "loss", "roc-auc", "ece", *BINARY_CELLS, *CELL_DERIVED, *_SEG_COUNTS, *_PUBLIC}
-_KNOWN |= {*_DICE, *_HD95} | {m + ci for m in (*CELL_DERIVED, "roc-auc") for ci in _CI}
 
 
 def _known(key: str) -> bool:

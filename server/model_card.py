@@ -192,11 +192,22 @@ def _metrics(summary: dict, sites: dict) -> list[str]:
         "",
         f"The final global model after round {summary.get('rounds-completed')}, evaluated by each site on "
         "its held-out test split; overall accuracy, sensitivity, specificity and F1 pool the sites' "
-        "confusion counts, ROC AUC and loss are example-weighted means.",
+        "confusion counts, ROC AUC and loss are example-weighted means." + _suppressed_note(overall),
         "",
         *_table(["site", "test cases", *columns], rows),
         "",
     ]
+
+
+def _suppressed_note(overall: dict) -> str:
+    """Says how many sites the pooled threshold metrics leave out (small cells, common/disclosure.py)."""
+    left_out = _finite(overall.get("sites-suppressed"))
+    if not left_out:
+        return ""
+    return (
+        f" {left_out:.0f} site(s) withheld small cells (minimum cell count), so the pooled threshold "
+        "metrics leave them out; a dash is a value a site withheld or that is undefined."
+    )
 
 
 def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:

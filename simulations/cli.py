@@ -398,7 +398,7 @@ def print_summary(run_dir: Path, columns: tuple[str, ...] = CLASSIFICATION_COLUM
         ev = info.get("evaluate") or {}
         eps = info.get("epsilon")
         table.add_row(
-            site, f"{int(ev.get('num-examples', 0))}",
+            site, "–" if ev.get("num-examples") is None else f"{int(ev['num-examples'])}",  # null: suppressed
             *(cell(ev.get(k)) for k in columns),
             "∞" if not summary["dp"] else cell(eps),
         )  # fmt: skip

@@ -283,7 +283,9 @@ def test_a_federation_with_small_cells_runs_and_reports_the_sites_left_out(tmp_p
     evaluations = [r for r in grid.replies if r.metadata.message_type == "evaluate"]
     assert len(evaluations) == 3 and not any(r.has_error() for r in evaluations)
     assert len({tuple(sorted(r.content["metrics"].keys())) for r in evaluations}) == 1
-    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    run = next((tmp_path / "runs").glob("*/"))
+    summary = json.loads((run / "summary.json").read_text())
     sent = [dict(r.content["metrics"]) for r in evaluations]
     suppressed = sum(1 for m in sent if any(math.isnan(m[c]) for c in BINARY_CELLS))
     assert suppressed > 0 and summary["overall"]["sites-suppressed"] == suppressed
+    assert f"{suppressed} site(s) withheld small cells" in (run / "MODEL_CARD.md").read_text()
