@@ -5,8 +5,8 @@ Each patient contributes one vector: [1, o_j, o_j·z_j, o_j·z_j²] over the fea
 value was observed and z_j = clip((x_j − c_j) / s_j, −W, W) / W ∈ [−1, 1] is the value against a public
 clinical reference (centre c_j, scale s_j; never fitted to a site). Every coordinate lies in [−1, 1], so a
 patient's vector has L2 norm at most √(1 + 3d): the sensitivity of the sums, whatever the data. The
-server turns the pooled (noisy) sums into means and deviations, falling back on the reference where
-the noise leaves too little to go on.
+server turns the pooled (noisy) sums into means and deviations, each shrunk towards the reference by as
+much as the noise leaves uncertain.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 WINSOR = 3.0  # W: values further than W reference scales from the centre count as W
 SCALE_RANGE = (0.5, 2.0)  # a pooled deviation stays within these multiples of the reference scale
+PRIOR_SPREAD = 0.25  # τ: expected |federation mean − reference| in contribution units (0.75 reference scales)
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class Standardiser:
     ) -> Standardiser:
         """Pool the sites' summed contributions into a mean and deviation per feature.
 
-        `noise_std` is the standard deviation of the noise on each pooled sum (0 for exact sums): a
-        feature observed in fewer than three times that many patients keeps the reference.
+        `noise_std` is the standard deviation of the noise on each pooled sum (0 for exact sums). Each
+        estimate is shrunk towards the public reference by how much the noise leaves of it: with weight
+        w = τ² / (τ² + se²), where se is the noise's standard error on the feature's mean and τ = PRIOR_SPREAD
+        the spread expected between a federation's mean and the reference. Exact sums give w = 1.
         """
         sums = [np.asarray(s, dtype=np.float64) for s in site_sums]
         if not sums:
@@ -64,16 +67,16 @@ class Standardiser:
         pooled = np.sum(sums, axis=0)
         d = len(reference.center)
         count, total, total_sq = pooled[1 : 1 + d], pooled[1 + d : 1 + 2 * d], pooled[1 + 2 * d :]
-        enough = count > max(3 * noise_std, 0.5)
-        denom = np.where(enough, count, 1.0)
-        mean_z = np.clip(total / denom, -1.0, 1.0)
-        var_z = np.maximum(total_sq / denom - mean_z**2, 0.0)
+        count = np.maximum(count, 1.0)
+        mean_z = np.clip(total / count, -1.0, 1.0)
+        var_z = np.maximum(total_sq / count - mean_z**2, 0.0)
         low, high = SCALE_RANGE
-        std = np.clip(
-            WINSOR * np.sqrt(var_z) * reference.scale, low * reference.scale, high * reference.scale
-        )
-        mean = reference.center + WINSOR * reference.scale * mean_z
-        return cls(np.where(enough, mean, reference.center), np.where(enough, std, reference.scale))
+        ratio = np.clip(WINSOR * np.sqrt(var_z), low, high)  # deviation in reference scales
+        standard_error = noise_std / count
+        weight = PRIOR_SPREAD**2 / (PRIOR_SPREAD**2 + standard_error**2)
+        mean = reference.center + WINSOR * reference.scale * weight * mean_z
+        std = reference.scale * (1.0 + weight * (ratio - 1.0))
+        return cls(mean, std)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Impute and scale a (n, d) array; returns float32."""

@@ -39,13 +39,17 @@ def test_a_patient_contributes_a_bounded_vector_whatever_the_values() -> None:
     assert rows[2, 0] == 1 and not rows[2, 1:].any()  # all missing: counted as a patient, nothing else
 
 
-def test_noisy_sums_too_small_to_trust_keep_the_reference() -> None:
-    x = np.array([[60.0] + [np.nan] * (NUM_FEATURES - 1)] * 5)
+def test_noisy_sums_are_shrunk_towards_the_reference_by_their_uncertainty() -> None:
+    x = np.array([[80.0] + [np.nan] * (NUM_FEATURES - 1)] * 5)
     sums = release_sum(CKD_REFERENCE.contributions(x), CKD_REFERENCE.bound, 0.0)
-    scaler = Standardiser.combine([sums], CKD_REFERENCE, noise_std=6 * CKD_REFERENCE.bound)
-    np.testing.assert_array_equal(scaler.mean, CKD_REFERENCE.center)  # 5 patients under noise 51
     exact = Standardiser.combine([sums], CKD_REFERENCE)
-    assert exact.mean[0] == pytest.approx(60.0) and exact.std[0] == 0.5 * CKD_REFERENCE.scale[0]
+    assert exact.mean[0] == pytest.approx(80.0)  # exact sums: the data's own mean
+    assert exact.std[0] == 0.5 * CKD_REFERENCE.scale[0]  # deviation floored at half the reference scale
+    noisy = Standardiser.combine([sums], CKD_REFERENCE, noise_std=6 * CKD_REFERENCE.bound)
+    assert abs(noisy.mean[0] - CKD_REFERENCE.center[0]) < 1.0  # 5 patients under noise 51: the reference
+    assert abs(noisy.std[0] - CKD_REFERENCE.scale[0]) < 0.01 * CKD_REFERENCE.scale[0]
+    many = Standardiser.combine([sums * 1000], CKD_REFERENCE, noise_std=6 * CKD_REFERENCE.bound)
+    assert many.mean[0] == pytest.approx(80.0, abs=0.5)  # 5000 patients: the noise hardly matters
 
 
 def test_release_noise_has_the_calibrated_scale_and_is_fresh() -> None:
