@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
+from client.mods import safe_errors_mod
 from client.policy import load_policy, min_cell_count
 from client.run_state import SiteRunState
 from client.simulated_faults import DROPPED, simulated_fault
@@ -33,7 +34,7 @@ from common.privacy import PrivacyHistory
 from common.tasks import get_task
 from common.training import TrainOutcome, train_model
 
-app = ClientApp()
+app = ClientApp(mods=[safe_errors_mod])
 log = logging.getLogger("fedward.client")
 
 PRIVACY_STATE = "privacy"

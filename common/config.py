@@ -56,6 +56,8 @@ class RunConfig(BaseModel):
     # update validation on the server, before any aggregation
     max_update_norm: float = Field(0.0, ge=0)
     update_norm_factor: float = Field(10.0, ge=0)
+    max_site_share: float = Field(0.5, gt=0, le=1)  # most of the weighted average one site may have
+    examples_tolerance: float = Field(0.1, ge=0)  # num-examples may exceed the statistics count by this
     # hostile sites, honoured only in simulation (no node config data-dir)
     hostile_sites: str = ""
     hostile_mode: Literal["sign-flip", "scale", "random", "label-flip"] = "sign-flip"

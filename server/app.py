@@ -6,12 +6,13 @@ import logging
 import math
 import time
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
 from common.tasks import get_task
 from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from server.cross_site import CROSS_SITE, cross_site_matrix
@@ -23,7 +24,8 @@ from server.statistics import collect_statistics, pooled_noise_std, wait_for_sit
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
 from strategies.registry import StrategySettings, build_strategy
-from strategies.validation import ValidatedStrategy
+from strategies.reply_checks import SiteLimits, site_limits
+from strategies.validation import ValidatedStrategy, non_finite_entry
 
 app = ServerApp()
 SIMULATION_PULL_INTERVAL = 0.005  # seconds between reply polls in a simulation (Flower's default: 0.1)
@@ -41,6 +43,21 @@ def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRe
     return MetricRecord(
         {"train-loss": loss, "epsilon-max": max(float(m["epsilon"]) for m in metrics), weighted_by_key: total}
     )
+
+
+def _site_limits(config: RunConfig, sites: list, model: ArrayRecord) -> dict[int, SiteLimits]:
+    """Each site's limits (examples it may claim, its DP-SGD update bound) from its statistics release."""
+    dim = sum(a.numpy().size for a in model.values() if np.issubdtype(a.numpy().dtype, np.floating))
+    return {
+        s.node_id: site_limits(
+            config,
+            count=float(s.statistics.get("num-examples", s.sums[0])),
+            count_noise_std=s.noise_std,
+            num_test=float(s.report.get("num-test", math.nan)),
+            dim=dim,
+        )
+        for s in sites
+    }
 
 
 def _central_privacy(strategy) -> dict | None:
@@ -89,9 +106,9 @@ def main(grid: Grid, context: Context) -> None:
         raise ConfigError("resume = true needs run-name: the run directory to continue")
     run = RunDirectory.create(config.runs_dir, config.run_name or default_run_name(config.task))
     print(f"fedward: run directory {run.path}", flush=True)
-    checkpoint = RoundCheckpoint.load(run.path) if config.resume else None
-    run_uid = _run_uid(run, config, checkpoint)
     signing_key = resolve_signing_key(None)  # a bad key fails now, not after training
+    checkpoint = RoundCheckpoint.load(run.path, signing_key) if config.resume else None  # verified first
+    run_uid = _run_uid(run, config, checkpoint)
 
     if config.dp_seeded_noise:
         print(
@@ -149,14 +166,21 @@ def main(grid: Grid, context: Context) -> None:
             max_epsilon=config.central_dp_max_epsilon or None,
             clipping=config.central_dp_clipping,
         )
+    limits: dict[int, SiteLimits] = {}  # filled once the model is built (the DP bound needs its size)
     validated = ValidatedStrategy(
         aggregation,
         max_update_norm=config.max_update_norm,
         norm_factor=config.update_norm_factor,
         on_reject=recorder.on_rejections,
+        on_reject_evaluate=recorder.on_evaluation_rejections,
+        limits=limits.get,
+        weight_key="site-weight" if config.central_dp else "num-examples",
+        max_site_share=config.max_site_share,
+        required_metrics=("epsilon", "epsilon-lifetime", "epsilon-cap"),
     )
     seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
+    limits.update(_site_limits(config, sites, initial))
     done = 0
     if checkpoint is not None:
         done = checkpoint.server_round
@@ -172,11 +196,13 @@ def main(grid: Grid, context: Context) -> None:
     strategy = ObservedStrategy(
         validated, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate, first_round=done + 1
     )
+    recorder.node_of = strategy.destination_of
     start_arrays = final
 
     def save_checkpoint(server_round: int) -> None:
         arrays = recorder.arrays or start_arrays
-        RoundCheckpoint.capture(server_round, run_uid, arrays, validated, recorder.snapshot()).save(run.path)
+        snapshot = RoundCheckpoint.capture(server_round, run_uid, arrays, validated, recorder.snapshot())
+        snapshot.save(run.path, signing_key)  # signed with the run's key, checked on resume
 
     recorder.after_round = save_checkpoint
     try:
@@ -193,6 +219,8 @@ def main(grid: Grid, context: Context) -> None:
         recorder.stop_reason = recorder.stop_reason or str(stop)
         print(f"fedward: run stopped: {stop}", flush=True)
         final = recorder.arrays or final
+    if (bad := non_finite_entry(final)) is not None:  # never saved, signed or sent
+        raise FedwardError(f"the final model has non-finite values in {bad!r}; nothing was saved")
     run.save_model(final.to_torch_state_dict())
     last = recorder.last
     global_rows = {s.site_id: (last.get("sites", {}).get(s.site_id) or {}).get("evaluate") for s in sites}

@@ -1,14 +1,15 @@
 """Round checkpoints: the global model and all server-side state, saved after every completed round.
 
-`checkpoint.pt` in the run directory holds the last completed round, the global arrays, the state of the
-whole strategy chain (FedAdam/FedYogi/FedAdagrad moments, FedAvgM momentum, SCAFFOLD's control variate,
-the central-DP accountant and adaptive clipping norm), the recorder's per-site bookkeeping and the state of
-the server's *public* random generators (Python's: node order; torch's: initial weights), so a resumed
-non-private run continues exactly where the last completed round ended. Privacy randomness is never in it:
-central-DP noise comes from OS entropy (strategies/central_dp.py), numpy's global generator is neither
-seeded from the run seed nor saved, and generator objects on a strategy are not saved. The file is the
-coordinator's own trusted state (it is unpickled on resume): never resume from a checkpoint received from
-elsewhere.
+`checkpoint.json` + `checkpoint-round-NNNN.safetensors` in the run directory (server/checkpoint_store.py)
+hold the last completed round, the global arrays, the state of the whole strategy chain
+(FedAdam/FedYogi/FedAdagrad moments, FedAvgM momentum, SCAFFOLD's control variate, the central-DP
+accountant and adaptive clipping norm), the recorder's per-site bookkeeping and the state of the server's
+*public* random generators (Python's: node order; torch's: initial weights), so a resumed non-private run
+continues exactly where the last completed round ended. Arrays go to safetensors, everything else to JSON
+(server/checkpoint_codec.py); nothing is pickled. Each checkpoint is signed with the federation's
+provenance key and checked before resuming. Privacy randomness is never in it: central-DP noise comes from
+OS entropy (strategies/central_dp.py), numpy's global generator is neither seeded from the run seed nor
+saved, and generator objects on a strategy are not saved.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-CHECKPOINT = "checkpoint.pt"
-FORMAT = 1
+from server.checkpoint_codec import CheckpointError, decode, encode
+from server.checkpoint_store import CHECKPOINT_JSON, read_checkpoint, write_checkpoint
+from server.signing import load_private_key, resolve_signing_key
+
+CHECKPOINT = CHECKPOINT_JSON
+_FIELDS = ("arrays", "strategy", "recorder", "rng")  # encoded into `state`; round and run uid stay plain
 _WRAPPED = ("inner", "strategy")  # how fedward's and Flower's wrappers hold the strategy they wrap
 _GENERATORS = (random.Random, np.random.Generator, np.random.RandomState, torch.Generator)
 
@@ -128,24 +133,31 @@ class RoundCheckpoint:
             rng,
         )
 
-    def save(self, run_dir: Path) -> Path:
-        """Write `checkpoint.pt` atomically (a crash mid-write leaves the previous checkpoint)."""
-        target = run_dir / CHECKPOINT
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save({"format": FORMAT, **vars(self)}, tmp)
-        tmp.replace(target)
-        return target
+    def save(self, run_dir: Path, key: Path | str | None = None) -> Path:
+        """Write the checkpoint signed with `key` (default: the run's signing key, server/signing.py);
+        a crash mid-write leaves the previous checkpoint. CheckpointError naming a state that cannot be
+        saved."""
+        state, arrays = encode({name: getattr(self, name) for name in _FIELDS})
+        state = {"round": self.server_round, "run-uid": self.run_uid, **state}
+        private = load_private_key(resolve_signing_key(key))
+        return write_checkpoint(Path(run_dir), self.server_round, state, arrays, private)
 
     @classmethod
-    def load(cls, run_dir: Path) -> RoundCheckpoint | None:
-        """The run's last checkpoint, or None when no round completed yet."""
-        path = run_dir / CHECKPOINT
-        if not path.is_file():
+    def load(cls, run_dir: Path, key: Path | str | None = None) -> RoundCheckpoint | None:
+        """The run's last checkpoint, or None when no round completed yet; CheckpointError when its
+        signature (by `key`, default the run's signing key) or content does not check, or when only a
+        pickle `checkpoint.pt` of an older fedward is there."""
+        public = load_private_key(resolve_signing_key(key)).public_key()
+        found = read_checkpoint(Path(run_dir), public)
+        if found is None:
             return None
-        payload = torch.load(path, weights_only=False)  # our own file; see the module docstring
-        if payload.pop("format", None) != FORMAT:
-            raise ValueError(f"{path}: unknown checkpoint format (expected {FORMAT})")
-        return cls(**payload)
+        document, arrays = found
+        state = decode(document["state"], arrays, where=f"{Path(run_dir) / CHECKPOINT}: state")
+        if not isinstance(state, dict) or set(state) != {"round", "run-uid", *_FIELDS}:
+            raise CheckpointError(f"{Path(run_dir) / CHECKPOINT}: state must hold round, run-uid, {_FIELDS}")
+        if state["round"] != document["round"] or not isinstance(state["run-uid"], str):
+            raise CheckpointError(f"{Path(run_dir) / CHECKPOINT}: round or run-uid malformed")
+        return cls(state["round"], state["run-uid"], *(state[name] for name in _FIELDS))
 
     def restore_rng(self) -> None:
         """Put the server's public generators back (node sampling order); a numpy state that an older

@@ -29,6 +29,7 @@ from typing import Any
 from cryptography import x509
 
 from common.errors import ConfigError, FedwardError
+from server.provision import writable_by_others
 
 ALREADY_REGISTERED = "Public key already in use"
 """What the SuperLink answers (error code 23) when a key is registered a second time."""
@@ -83,6 +84,9 @@ def load_federation(folder: Path) -> CoordinatorFiles:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{paths['superlink.crt']}: not issued by {paths['ca.crt']} ({exc})") from exc
     keys = sorted((coordinator / "site-public-keys").glob("*.pub"))
+    for path in (coordinator, coordinator / "site-public-keys", *keys):  # keys that get registered
+        if (problem := writable_by_others(path)) and path.exists():
+            raise ConfigError(f"{problem}: refusing to register site keys from it")
     return CoordinatorFiles(
         root=root,
         name=name,

@@ -5,7 +5,9 @@ took part in each round, ε per site, data-set fingerprints (hashes, never data)
 sha256 of every artifact of the run directory. `provenance.sig` is the base64 Ed25519 signature over the
 manifest's canonical JSON bytes: `json.dumps(manifest, sort_keys=True, separators=(",", ":"))`.
 `provenance.json` holds the same object indented by 2 (sorted keys, trailing newline); any other
-rendering of the file counts as an edit.
+rendering of the file counts as an edit. The round checkpoint (`checkpoint.json`, its arrays file) is an
+artifact too; verifying also checks the checkpoint's own signature with the manifest's key, and refuses a
+checkpoint file the manifest does not list or a pickle `checkpoint.pt`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.errors import ConfigError
+from server.checkpoint_store import checkpoint_files, checkpoint_problems, legacy_problem
 from server.rundir import json_safe, read_rounds
 from server.signing import (
     key_fingerprint,
@@ -143,13 +146,13 @@ def _privacy(run_config: dict[str, Any], summary: dict[str, Any]) -> dict[str, A
 
 
 def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """sha256 and size of the run's weights, model card and records; ConfigError when the weights,
-    config.json or summary.json are missing."""
+    """sha256 and size of the run's weights, model card, records and round checkpoint; ConfigError when
+    the weights, config.json or summary.json are missing."""
     weights = [n for n in WEIGHT_FILES if (run_dir / n).is_file()]
     if not weights:
         raise ConfigError(f"{run_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
     optional = [n for n in (CARD_FILE, ROUNDS_FILE) if (run_dir / n).is_file()]
-    names = [*weights, *optional, *RECORD_FILES]
+    names = [*weights, *optional, *RECORD_FILES, *checkpoint_files(run_dir)]
     out = {}
     for name in names:
         path = run_dir / name
@@ -315,6 +318,19 @@ def _check_artifacts(run: Path, manifest: dict[str, Any], result: VerifyResult) 
             )
         else:
             result.artifacts.append(name)
+    unlisted = [n for n in checkpoint_files(run) if n not in artifacts]
+    if unlisted:
+        result.problems.append(
+            f"{', '.join(unlisted)}: checkpoint file(s) not in {MANIFEST_FILE} (added after signing)"
+        )
+    if problem := legacy_problem(run):
+        result.problems.append(problem)
+
+
+def _check_checkpoint(run: Path, key: ed25519.Ed25519PublicKey | None, result: VerifyResult) -> None:
+    """The round checkpoint's own signature (the run's key signs it too) and its arrays' sha256."""
+    if key is not None and checkpoint_files(run):
+        result.problems.extend(checkpoint_problems(run, key))
 
 
 def verify_run(run_dir: Path, public_key: Path | ed25519.Ed25519PublicKey | None = None) -> VerifyResult:
@@ -348,4 +364,5 @@ def verify_run(run_dir: Path, public_key: Path | ed25519.Ed25519PublicKey | None
         elif text != rendered(manifest):
             result.problems.append(f"{MANIFEST_FILE}: the file differs from its signed rendering (edited)")
     _check_artifacts(run, manifest, result)
+    _check_checkpoint(run, key, result)
     return result

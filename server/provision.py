@@ -10,7 +10,9 @@ Everything is made in-process with `cryptography` (no openssl or ssh-keygen). La
     sites/<site>/ca.crt, <site>.key, <site>.pub   what the hospital receives
     sites/<site>/node-config.toml, README.md
 
-Private keys are written with mode 0600 and are never replaced unless `force=True`.
+Private keys are written with mode 0600 and are never replaced unless `force=True`. Folders get exact
+modes whatever the umask: `coordinator/`, `site-public-keys/` and each kit 0700, the federation folder
+and `sites/` 0750; public files 0644.
 """
 
 from __future__ import annotations
@@ -167,6 +169,34 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
         os.replace(tmp, path)
 
 
+PRIVATE_DIR_MODE = 0o700
+SHARED_DIR_MODE = 0o750
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    """Create `path` (and missing parents, made with `mode` too) and set its mode exactly: the umask
+    may have left group/other bits (umask 000 gives 0777)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    for folder in (path, *missing):
+        folder.chmod(mode)
+
+
+def writable_by_others(path: Path) -> str | None:
+    """Why `path` (file or folder) cannot be trusted as the coordinator's own: writable by group or
+    others, or a symbolic link; None when it is not."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return f"{path}: a symbolic link; expected the file itself"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        return f"{path}: writable by other accounts (mode {mode:04o}); run `chmod go-w` on it"
+    return None
+
+
 def _write_public(path: Path, data: bytes | str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -276,7 +306,8 @@ def _make_server_cert(
 def write_provenance_key(folder: Path, *, force: bool = False) -> Path:
     """A fresh Ed25519 signing key: `<folder>/provenance-ed25519.key` (PEM PKCS8, mode 0600) and the
     public key `provenance-ed25519.pub` (PEM). An existing key is never replaced unless `force`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.exists():
+        _make_dir(folder, PRIVATE_DIR_MODE)
     path = folder / PROVENANCE_KEY
     key = ed25519.Ed25519PrivateKey.generate()
     private = key.private_bytes(
@@ -447,8 +478,13 @@ def provision(
         listed = ", ".join(str(p) for p in existing)
         raise ConfigError(f"private key(s) already exist: {listed}; pass --force to replace them")
 
+    if root.exists():  # the operator's own folder: only take away write access for other accounts
+        root.chmod(stat.S_IMODE(root.stat().st_mode) & ~0o022)
+    else:
+        _make_dir(root, SHARED_DIR_MODE)
+    _make_dir(root / "sites", SHARED_DIR_MODE)
     for folder in (coordinator, pub_dir, *kit_dirs.values()):
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_dir(folder, PRIVATE_DIR_MODE)
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     ca_key = _new_key()

@@ -13,7 +13,7 @@ from common.tasks import Task
 from server.report_tensorboard import TensorBoardLog
 from server.rundir import RunDirectory, json_safe
 from server.statistics import SiteInfo
-from strategies.validation import Rejection
+from strategies.validation import Rejection, non_finite_entry
 
 
 class RunStopped(Exception):
@@ -37,6 +37,8 @@ class RoundRecorder:
         self.train: dict[str, dict[str, float]] = {}
         self.train_failed: list[str] = []
         self.rejected: dict[str, str] = {}  # this round's excluded updates: site -> reason
+        self.evaluation_rejected: dict[str, str] = {}  # this round's excluded evaluations
+        self.node_of: Callable[[Message], int] = lambda reply: reply.metadata.src_node_id
         self.rejection_counts: dict[str, int] = {}  # over the run
         self.stop_reason: str | None = None
         self.epsilon: dict[str, float] = {}
@@ -62,23 +64,31 @@ class RoundRecorder:
         self.started = time.monotonic() - float(saved["elapsed"])
         self.round_started = time.monotonic()
 
-    def _by_site(self, replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    def _by_site(
+        self, replies: list[Message], rejected: dict[str, str] | None = None
+    ) -> tuple[dict[str, dict[str, float]], list[str]]:
+        """Metrics of the usable replies by site, and the failures (error replies; `rejected` replies
+        are left out, and named as failures only when they carry no metrics)."""
         ok, failed = {}, []
         for reply in replies:
-            site = self.site(reply.metadata.src_node_id)
+            site = self.site(self.node_of(reply))
+            metrics = None if reply.has_error() else reply.content.metric_records.get("metrics")
             if reply.has_error():
                 failed.append(f"{site}: {reply.error.reason}")
-            else:
-                ok[site] = dict(reply.content["metrics"])
+            elif rejected is not None and site in rejected:
+                failed.append(f"{site}: rejected: {rejected[site]}")
+            elif metrics is not None:
+                ok[site] = dict(metrics)
         return ok, failed
 
     @staticmethod
     def _slowest(replies: dict[str, dict[str, float]]) -> float:
-        return max((float(m.get("site-seconds", 0.0)) for m in replies.values()), default=0.0)
+        seconds = [m.get("site-seconds", 0.0) for m in replies.values()]
+        return max((float(s) for s in seconds if _is_number(s) and math.isfinite(s)), default=0.0)
 
     def site(self, node_id: int) -> str:
-        """The site id of a node."""
-        return self.site_of.get(node_id, f"node-{node_id}")
+        """The site id of a node (a node that is no site of this run: `node <id>`)."""
+        return self.site_of.get(node_id, f"node {node_id} (no site of this run)")
 
     def on_rejections(self, server_round: int, rejections: list[Rejection]) -> None:
         """Keep and print the updates the server excluded from this round's aggregation."""
@@ -87,14 +97,30 @@ class RoundRecorder:
             self.rejection_counts[site] = self.rejection_counts.get(site, 0) + 1
             print(f"fedward: update of {site} rejected in round {server_round}: {reason}", flush=True)
 
+    def on_evaluation_rejections(self, server_round: int, rejections: list[Rejection]) -> None:
+        """Keep and print the evaluation replies the server left out of this round's pooled metrics."""
+        self.evaluation_rejected = {self.site(r.node_id): r.reason for r in rejections}
+        for site, reason in self.evaluation_rejected.items():
+            print(f"fedward: evaluation of {site} rejected in round {server_round}: {reason}", flush=True)
+
     def on_train(
         self, server_round: int, replies: list[Message], arrays: ArrayRecord | None, _agg: MetricRecord | None
     ) -> None:
         """Keep the round's training metrics, each site's ε (run, lifetime, cap, left) and refusals."""
         self.train, self.train_failed = self._by_site(replies)
+        trained = sum(not r.has_error() for r in replies)  # rejected updates count, as sites that trained
+        if arrays is not None and (bad := non_finite_entry(arrays)) is not None:
+            self.stop_reason = (
+                f"round {server_round}: the aggregated model has non-finite values in {bad!r}; "
+                "the last finite model is kept"
+            )
+            self.on_evaluate(server_round, [], None)
+            raise RunStopped(self.stop_reason)
         if arrays is not None:
             self.arrays = arrays
         for site, metrics in self.train.items():
+            if not all(_is_number(metrics.get(k)) for k in ("epsilon", "epsilon-lifetime", "epsilon-cap")):
+                continue  # a rejected reply without its privacy metrics
             self.epsilon[site] = float(metrics["epsilon"])
             lifetime, cap = float(metrics["epsilon-lifetime"]), float(metrics["epsilon-cap"])
             self.budget[site] = {
@@ -106,9 +132,9 @@ class RoundRecorder:
             site, _, reason = failure.partition(": ")
             self.refusals.setdefault(site, f"round {server_round}: {reason}")
             print(f"fedward: {site} did not train in round {server_round}: {reason}", flush=True)
-        if len(self.train) < self.min_sites:
+        if trained < self.min_sites:
             self.stop_reason = (
-                f"round {server_round}: only {len(self.train)} site(s) trained, fewer than "
+                f"round {server_round}: only {trained} site(s) trained, fewer than "
                 f"min-sites = {self.min_sites}"
             )
             self.on_evaluate(server_round, [], None)
@@ -116,7 +142,8 @@ class RoundRecorder:
 
     def on_evaluate(self, server_round: int, replies: list[Message], _agg: MetricRecord | None) -> None:
         """Write the round record and print one progress line."""
-        per_site, failed = self._by_site(replies)
+        per_site, failed = self._by_site(replies, self.evaluation_rejected)
+        self.evaluation_rejected = {}
         overall = self.task.pool(list(per_site.values())) if per_site else {}
         now = time.monotonic()
         record = {
@@ -148,6 +175,10 @@ class RoundRecorder:
         print(progress_line(server_round, self.num_rounds, overall, self.epsilon), flush=True)
         if self.after_round is not None:
             self.after_round(server_round)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def progress_line(server_round: int, num_rounds: int, overall: dict, epsilon: dict[str, float]) -> str:

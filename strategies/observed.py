@@ -31,12 +31,26 @@ class ObservedStrategy(Strategy):
         self.on_train = on_train
         self.on_evaluate = on_evaluate
         self.offset = first_round - 1
+        self.sent: list[Message] = []  # the current step's instructions, to name who an error reply is for
+
+    def destination_of(self, reply: Message) -> int:
+        """The node a reply answers for: the destination of the instruction it replies to (the SuperLink
+        sends an unavailable node's error reply from its own node id), else its source."""
+        wanted = reply.metadata.reply_to_message_id
+        for message in self.sent:
+            if wanted and message.metadata.message_id == wanted:
+                return message.metadata.dst_node_id
+        return reply.metadata.src_node_id
+
+    def _remember(self, messages: Iterable[Message]) -> list[Message]:
+        self.sent = list(messages)
+        return self.sent
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As the wrapped strategy."""
-        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+        return self._remember(self.inner.configure_train(server_round + self.offset, arrays, config, grid))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -52,7 +66,7 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """As the wrapped strategy."""
-        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+        return self._remember(self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate with the wrapped strategy, then report the replies."""

@@ -1,9 +1,13 @@
-"""Check every site's update before any aggregation; drop the bad ones, aggregate the rest.
+"""Check every site's reply before any aggregation; drop the bad ones, aggregate the rest.
 
 A train reply is rejected when its model record is missing, has other keys, shapes or dtypes than the
-global model, holds a NaN or infinity (in any of its ArrayRecords), or its update w - w_global has an
-L2 norm above `max_update_norm` or above `norm_factor` × the median update norm of the round. Built
-like `observed.py`: a wrapper that delegates every step, so it fits any strategy.
+global model, holds a NaN or infinity (in any of its ArrayRecords), its metrics fail `metrics.py`'s
+checks (record present, `num-examples` a positive integer within the site's limit, values finite), or
+its update w - w_global has an L2 norm above the absolute bound (`max_update_norm`, the site's own
+bound in its `SiteLimits`, or `norm_factor` × the median norm of the first round) or, with three or more
+updates, above `norm_factor` × the round's median. The kept updates' weights are capped so that no site
+has more than `max_site_share` of the average. Evaluation replies are checked likewise. Built like
+`observed.py`: a wrapper that delegates every step, so it fits any strategy.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.reply_checks import (
+    SiteLimits,
+    cap_shares,
+    evaluate_metrics_problem,
+    majority_keys,
+    train_metrics_problem,
+)
+
 log = logging.getLogger("fedward.server")
 
 
@@ -29,6 +41,7 @@ class Rejection:
 
 
 RejectionObserver = Callable[[int, list[Rejection]], None]
+LimitsOf = Callable[[int], SiteLimits | None]  # node id -> the site's limits (None: not a site of the run)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,11 @@ def _non_finite(arrays: Mapping[str, np.ndarray]) -> str | None:
     return None
 
 
+def non_finite_entry(arrays: ArrayRecord) -> str | None:
+    """The first floating-point entry of `arrays` holding a NaN or infinity, or None."""
+    return _non_finite({k: a.numpy() for k, a in arrays.items()})
+
+
 def _check(reply: Message, reference: Reference, key: str) -> tuple[str | None, dict[str, np.ndarray]]:
     """(why the reply is unusable or None, its model arrays)."""
     record = reply.content.get(key)
@@ -97,6 +115,16 @@ def _check(reply: Message, reference: Reference, key: str) -> tuple[str | None, 
     return None, arrays
 
 
+@dataclass
+class Screening:
+    """One round's train replies split: those to aggregate (errors pass through), the rejections, and the
+    update norms of the kept ones."""
+
+    kept: list[Message]
+    rejections: list[Rejection]
+    norms: list[float]
+
+
 def screen_updates(
     replies: list[Message],
     reference: Reference,
@@ -104,35 +132,112 @@ def screen_updates(
     arrayrecord_key: str = "arrays",
     max_update_norm: float = 0.0,
     norm_factor: float = 0.0,
-) -> tuple[list[Message], list[Rejection]]:
-    """Split train replies into those to aggregate (errors pass through untouched) and rejections."""
+    limits: LimitsOf | None = None,
+    weight_key: str = "num-examples",
+    required_metrics: tuple[str, ...] = (),
+) -> Screening:
+    """Check each train reply's arrays, metrics and update norm (see the module docstring)."""
     rejections: list[Rejection] = []
     norms: dict[int, float] = {}  # index in replies -> update norm, for the updates still in
     for i, reply in enumerate(replies):
         if reply.has_error():
             continue
+        node = reply.metadata.src_node_id
+        site = limits(node) if limits is not None else SiteLimits()
         reason, arrays = _check(reply, reference, arrayrecord_key)
+        if site is None:
+            reason = "the node took no part in this run's statistics step"
+        reason = reason or train_metrics_problem(reply, site or SiteLimits(), weight_key, required_metrics)
         if reason is None:
             norm = reference.update_norm(arrays)
-            if max_update_norm > 0 and norm > max_update_norm:
-                reason = f"update norm {norm:.4g} > max-update-norm {max_update_norm:g}"
+            bound, what = _absolute_bound(max_update_norm, site)
+            if bound > 0 and norm > bound:
+                reason = f"update norm {norm:.4g} > {what} {bound:.4g}"
             else:
                 norms[i] = norm
         if reason is not None:
-            rejections.append(Rejection(reply.metadata.src_node_id, reason))
-    if norm_factor > 0 and norms:
+            rejections.append(Rejection(node, reason))
+    if norm_factor > 0 and len(norms) >= 3:  # the median of two norms is their mean: never rejects
         median = float(np.median(list(norms.values())))
         for i, norm in list(norms.items()):
             if median > 0 and norm > norm_factor * median:
                 reason = f"update norm {norm:.4g} > {norm_factor:g} x round median {median:.4g}"
                 rejections.append(Rejection(replies[i].metadata.src_node_id, reason))
                 del norms[i]
+    _reject_odd_metric_keys(replies, norms, rejections)
     kept = [r for i, r in enumerate(replies) if r.has_error() or i in norms]
-    return kept, rejections
+    return Screening(kept, rejections, list(norms.values()))
+
+
+def _absolute_bound(configured: float, site: SiteLimits | None) -> tuple[float, str]:
+    """The tighter of the configured bound and the site's own (0 = none), and its name."""
+    bounds = [(configured, "max-update-norm")] if configured > 0 else []
+    if site is not None and site.max_update_norm > 0:
+        bounds.append((site.max_update_norm, site.norm_source))
+    return min(bounds) if bounds else (0.0, "")
+
+
+def _reject_odd_metric_keys(
+    replies: list[Message], kept: dict[int, float] | set[int], out: list[Rejection]
+) -> None:
+    """Flower aggregates only replies whose metrics have the same keys: reject those unlike the most."""
+    keys = {i: frozenset(replies[i].content["metrics"].keys()) for i in kept}
+    common = majority_keys(keys)
+    for i, own in keys.items():
+        if own != common:
+            odd = sorted(own ^ common) if common is not None else []
+            out.append(
+                Rejection(
+                    replies[i].metadata.src_node_id,
+                    f"metric keys differ from the other sites' in {_few(odd)}",
+                )
+            )
+            if isinstance(kept, dict):
+                del kept[i]
+            else:
+                kept.discard(i)
+
+
+def screen_evaluations(
+    replies: list[Message], limits: LimitsOf | None = None
+) -> tuple[list[Message], list[Rejection]]:
+    """Split evaluation replies into those to pool (errors pass through) and rejections."""
+    rejections: list[Rejection] = []
+    good: set[int] = set()
+    for i, reply in enumerate(replies):
+        if reply.has_error():
+            continue
+        node = reply.metadata.src_node_id
+        site = limits(node) if limits is not None else SiteLimits()
+        reason = "the node took no part in this run's statistics step" if site is None else None
+        reason = reason or evaluate_metrics_problem(reply, site or SiteLimits())
+        if reason is None:
+            good.add(i)
+        else:
+            rejections.append(Rejection(node, reason))
+    _reject_odd_metric_keys(replies, good, rejections)
+    return [r for i, r in enumerate(replies) if r.has_error() or i in good], rejections
+
+
+def cap_weights(replies: list[Message], weight_key: str, max_share: float) -> None:
+    """Lower the weights of the replies to be aggregated so that no site exceeds `max_share` of the
+    average (in place: the one place the weights the aggregation sees are set)."""
+    ok = [r for r in replies if not r.has_error()]
+    weights = [float(r.content["metrics"][weight_key]) for r in ok]
+    for reply, before, after in zip(ok, weights, cap_shares(weights, max_share), strict=True):
+        if after != before:
+            reply.content["metrics"][weight_key] = after
 
 
 class ValidatedStrategy(Strategy):
-    """Delegates to `inner`; screens each round's train replies first and reports the rejections."""
+    """Delegates to `inner`; screens each round's train and evaluation replies first and reports the
+    rejections.
+
+    `limits(node_id)` gives a site's `SiteLimits` (None: not a site of this run, rejected); without it
+    no per-site limits apply. `max_site_share` caps each site's share of the weighted average.
+    Without a configured or per-site absolute bound, the first round's median update norm ×
+    `norm_factor` becomes one (`learned_norm_bound`, kept in checkpoints).
+    """
 
     def __init__(
         self,
@@ -142,12 +247,23 @@ class ValidatedStrategy(Strategy):
         norm_factor: float = 0.0,
         arrayrecord_key: str = "arrays",
         on_reject: RejectionObserver | None = None,
+        on_reject_evaluate: RejectionObserver | None = None,
+        limits: LimitsOf | None = None,
+        weight_key: str = "num-examples",
+        max_site_share: float = 1.0,
+        required_metrics: tuple[str, ...] = (),
     ) -> None:
         self.inner = inner
         self.max_update_norm = max_update_norm
         self.norm_factor = norm_factor
         self.arrayrecord_key = arrayrecord_key
         self.on_reject = on_reject
+        self.on_reject_evaluate = on_reject_evaluate
+        self.limits = limits
+        self.weight_key = weight_key
+        self.max_site_share = max_site_share
+        self.required_metrics = required_metrics
+        self.learned_norm_bound = 0.0
         self.reference: Reference | None = None
         self.rejections: dict[int, list[Rejection]] = {}
 
@@ -163,25 +279,32 @@ class ValidatedStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the replies that pass the checks with the wrapped strategy."""
+        """Aggregate the replies that pass the checks with the wrapped strategy, weights capped."""
         replies = list(replies)
         if self.reference is None:
             raise RuntimeError("aggregate_train before configure_train: no global model to check against")
-        kept, rejected = screen_updates(
+        configured = self.max_update_norm or self.learned_norm_bound
+        screening = screen_updates(
             replies,
             self.reference,
             arrayrecord_key=self.arrayrecord_key,
-            max_update_norm=self.max_update_norm,
+            max_update_norm=configured,
             norm_factor=self.norm_factor,
+            limits=self.limits,
+            weight_key=self.weight_key,
+            required_metrics=self.required_metrics,
         )
-        for rejection in rejected:
-            log.warning(
-                "round %d: update of node %d rejected: %s", server_round, rejection.node_id, rejection.reason
-            )
-        self.rejections[server_round] = rejected
-        if self.on_reject is not None:
-            self.on_reject(server_round, rejected)
-        return self.inner.aggregate_train(server_round, kept)  # none left: the model stays as it is
+        if not configured and self.norm_factor > 0 and screening.norms and not self._own_bounds(screening):
+            self.learned_norm_bound = self.norm_factor * float(np.median(screening.norms))
+        self._report(server_round, "update", screening.rejections, self.on_reject)
+        self.rejections[server_round] = screening.rejections
+        cap_weights(screening.kept, self.weight_key, self.max_site_share)
+        return self.inner.aggregate_train(server_round, screening.kept)  # none left: the model stays
+
+    def _own_bounds(self, screening: Screening) -> bool:
+        """Whether a kept update was checked against a per-site bound (then none is learned)."""
+        limits = [self.limits(r.metadata.src_node_id) for r in screening.kept] if self.limits else []
+        return any(site is not None and site.max_update_norm > 0 for site in limits)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -190,8 +313,25 @@ class ValidatedStrategy(Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """As the wrapped strategy."""
-        return self.inner.aggregate_evaluate(server_round, replies)
+        """Pool the evaluation replies that pass the checks with the wrapped strategy."""
+        kept, rejected = screen_evaluations(list(replies), self.limits)
+        self._report(server_round, "evaluation", rejected, self.on_reject_evaluate)
+        return self.inner.aggregate_evaluate(server_round, kept)
+
+    @staticmethod
+    def _report(
+        server_round: int, what: str, rejected: list[Rejection], observer: RejectionObserver | None
+    ) -> None:
+        for rejection in rejected:
+            log.warning(
+                "round %d: %s of node %d rejected: %s",
+                server_round,
+                what,
+                rejection.node_id,
+                rejection.reason,
+            )
+        if observer is not None:
+            observer(server_round, rejected)
 
     def summary(self) -> None:
         """As the wrapped strategy."""

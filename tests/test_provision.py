@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,61 @@ def test_load_site_kit_rejects_unsafe_or_mismatched_keys(fed: Federation) -> Non
     kit.public_key.write_bytes(fed.sites["site_2"].public_key.read_bytes())
     with pytest.raises(ConfigError, match="does not match"):
         load_site_kit(kit.dir)
+
+
+@pytest.fixture()
+def open_umask() -> Iterator[None]:
+    """umask 000: every file and folder would be made world-writable unless its mode is set exactly."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    fed = provision(tmp_path / "new" / "fed", ["H1", "H2"])
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (fed.root, fed.root / "sites")}
+    assert modes == {fed.root: 0o750, fed.root / "sites": 0o750}
+    for folder in (
+        fed.coordinator,
+        fed.coordinator / "site-public-keys",
+        *(k.dir for k in fed.sites.values()),
+    ):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for path in fed.root.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert not mode & 0o022, f"{path} {mode:04o}"
+        if path.suffix == ".key":
+            assert mode == 0o600, path
+
+
+def test_an_existing_folder_loses_write_access_for_others(tmp_path: Path) -> None:
+    root = tmp_path / "fed"
+    root.mkdir()
+    root.chmod(0o777)
+    provision(root, ["H1"])
+    assert stat.S_IMODE(root.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    "loosened", ["coordinator", "coordinator/site-public-keys", "coordinator/site-public-keys/H1.pub"]
+)
+def test_coordinator_refuses_keys_others_could_have_written(fed: Federation, loosened: str) -> None:
+    from server.deploy import load_federation
+
+    target = fed.root / loosened
+    target.chmod(stat.S_IMODE(target.stat().st_mode) | 0o002)
+    with pytest.raises(ConfigError, match=f"{target}: writable by other accounts.*refusing to register"):
+        load_federation(fed.root)
+
+
+def test_coordinator_refuses_a_symlinked_site_key(fed: Federation, tmp_path: Path) -> None:
+    from server.deploy import load_federation
+
+    key = fed.coordinator / "site-public-keys" / "H1.pub"
+    elsewhere = tmp_path / "planted.pub"
+    elsewhere.write_bytes(key.read_bytes())
+    key.unlink()
+    key.symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        load_federation(fed.root)
