@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -211,9 +212,13 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
         host: Annotated[
             str, typer.Option(help="Runtime API interface (0.0.0.0 for a SuperExec container).")
         ] = ("127.0.0.1"),
-        isolation: Annotated[str, typer.Option(help="subprocess, or process with a separate SuperExec.")] = (
-            "subprocess"
-        ),
+        superexec: Annotated[
+            bool,
+            typer.Option(
+                help="Run fedward's app-checking SuperExec beside the SuperNode (--no-superexec: one "
+                "runs elsewhere, `fedward site superexec`, e.g. in another container)."
+            ),
+        ] = True,
         max_retries: Annotated[
             int | None, typer.Option(help="Reconnection attempts before giving up (default: unlimited).")
         ] = None,
@@ -223,9 +228,8 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
         ] = None,
         connect_timeout: Annotated[float, typer.Option(help="Seconds for the first TLS check.")] = 10.0,
     ) -> None:
-        """Check everything, then run this site's SuperNode until Ctrl-C / SIGTERM."""
-        if isolation not in ("subprocess", "process"):
-            raise ConfigError(f"--isolation {isolation!r}: expected subprocess or process")
+        """Check everything, then run this site's SuperNode and its app-checking SuperExec until
+        Ctrl-C / SIGTERM."""
         plan = node.prepare_node(kit, data, load_kit, state=state, policy=policy, superlink=superlink)
         node.check_coordinator(plan.superlink, plan.kit.ca_cert, timeout=connect_timeout)
         _print_plan(plan, connected=True)
@@ -233,14 +237,50 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
             plan,
             host=host,
             port=port,
-            isolation=isolation,
             max_retries=max_retries,
             max_wait_time=max_wait_time,
         )
-        code, output = node.run_supernode(command, node.node_env(plan))
+        gate = node.superexec_command(plan, port=port, parent_pid=os.getpid()) if superexec else None
+        code, output = node.run_supernode(command, node.node_env(plan), superexec=gate)
         problem = node.explain_exit(code, output, plan)
         if problem:
             raise FedwardError(problem)
+
+
+@app.command("superexec")
+def superexec(
+    app_key: Annotated[Path, typer.Option(help="The kit's app-signing-ed25519.pub.")],
+    runtime_api_address: Annotated[
+        str, typer.Option(help="The SuperNode's Runtime API, HOST:PORT (e.g. 127.0.0.1:9094).")
+    ],
+    policy: Annotated[
+        Path | None, typer.Option(help="Site policy TOML: its allowed-apps, if any, also apply.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Plain HTTP to the Runtime API (loopback or an internal network only).")
+    ] = False,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA certificate of the Runtime API's TLS certificate.")
+    ] = None,
+    parent_pid: Annotated[int | None, typer.Option(help="Stop when this process exits.")] = None,
+) -> None:
+    """Run ClientApps for a SuperNode in process isolation, each only after its app bundle is verified
+    against the kit's app-signing key and the policy's allowed-apps (refusals are logged here)."""
+    from client.app_gate import Gate, run_gated_superexec
+    from common.app_signature import load_public_key
+
+    load_public_key(app_key)  # a missing or bad key stops here, not at the first task
+    if policy is not None:
+        load_policy(policy)
+    if insecure == (root_certificates is not None):
+        raise ConfigError("give exactly one of --insecure and --root-certificates for the Runtime API")
+    run_gated_superexec(
+        runtime_api_address,
+        Gate(app_key.expanduser().resolve(), policy.expanduser().resolve() if policy else None),
+        insecure=insecure,
+        root_certificates=str(root_certificates) if root_certificates else None,
+        parent_pid=parent_pid,
+    )
 
 
 def _print_plan(plan: node.NodePlan, *, connected: bool) -> None:

@@ -1,4 +1,6 @@
-"""Running a hospital's SuperNode from its site kit: checks first, then `flower-supernode`.
+"""Running a hospital's SuperNode from its site kit: checks first, then `flower-supernode` in process
+isolation beside fedward's SuperExec, which runs only app bundles signed by the federation
+(client/app_gate.py).
 
 Before anything connects, the data folder, the site policy, the state folder and a TLS handshake with
 the coordinator (verified against the kit's CA) are checked, so the usual mistakes end in one clear
@@ -56,6 +58,8 @@ class Kit(Protocol):
     def public_key(self) -> Path: ...
     @property
     def node_config(self) -> Path: ...
+    @property
+    def app_key(self) -> Path: ...
 
 
 KitLoader = Callable[[Path], Kit]
@@ -234,18 +238,19 @@ def supernode_command(
     *,
     host: str = "127.0.0.1",
     port: int = RUNTIME_PORT,
-    isolation: str = "subprocess",
     max_retries: int | None = None,
     max_wait_time: float | None = None,
 ) -> list[str]:
-    """`flower-supernode` with the kit's CA and key and the checked node config."""
+    """`flower-supernode` with the kit's CA and key and the checked node config, in process isolation:
+    it runs no app itself and starts no SuperExec of its own (Flower's would run any bundle); fedward's
+    gated SuperExec (`superexec_command`) runs the ClientApps."""
     command = [
         flower_tool("flower-supernode"),
         "--root-certificates", str(plan.kit.ca_cert),
         "--auth-supernode-private-key", str(plan.kit.private_key),
         "--superlink", plan.superlink,
         "--node-config", str(plan.node_config_file),
-        "--isolation", isolation,
+        "--isolation", "process",
         "--host", host,
         "--port", str(port),
     ]  # fmt: skip
@@ -253,6 +258,24 @@ def supernode_command(
         command += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         command += ["--max-wait-time", f"{max_wait_time:g}"]
+    return command
+
+
+def superexec_command(
+    plan: NodePlan, *, port: int = RUNTIME_PORT, parent_pid: int | None = None
+) -> list[str]:
+    """`fedward site superexec` for the SuperNode's Runtime API on 127.0.0.1:`port` (plain HTTP on the
+    loopback, as Flower's own SuperExec in subprocess isolation), gated by the kit's app-signing key
+    and the site policy; it stops when `parent_pid` (this `site start`) does."""
+    command = [
+        flower_tool("fedward"), "site", "superexec",
+        "--app-key", str(plan.kit.app_key),
+        "--policy", str(plan.policy_file),
+        "--runtime-api-address", f"127.0.0.1:{port}",
+        "--insecure",
+    ]  # fmt: skip
+    if parent_pid is not None:
+        command += ["--parent-pid", str(parent_pid)]
     return command
 
 
@@ -268,14 +291,18 @@ def node_env(plan: NodePlan) -> dict[str, str]:
     }
 
 
-def run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """Run the SuperNode (same process group), echo its output, forward SIGTERM/SIGINT once.
+def run_supernode(
+    command: list[str], env: dict[str, str], superexec: list[str] | None = None
+) -> tuple[int, list[str]]:
+    """Run the SuperNode (same process group), echo its output, forward SIGTERM/SIGINT once; with
+    `superexec`, also run that beside it (its output goes straight to ours) and stop it afterwards.
 
-    Returns the exit code and the last lines of output.
+    Returns the SuperNode's exit code and the last lines of its output.
     """
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
     )
+    gate = subprocess.Popen(superexec, env=env) if superexec else None
     tail: collections.deque[str] = collections.deque(maxlen=60)
     forwarded = False
 
@@ -284,6 +311,8 @@ def run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, list[st
         if not forwarded and proc.poll() is None:
             forwarded = True
             proc.send_signal(signal.SIGTERM)
+            if gate is not None and gate.poll() is None:
+                gate.send_signal(signal.SIGTERM)
 
     def echo() -> None:
         assert proc.stdout is not None
@@ -292,8 +321,7 @@ def run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, list[st
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    # The SuperNode's own SuperExec inherits the pipe and only exits once its parent is reaped, so
-    # wait for the SuperNode first (that reaps it), then for the rest of the output.
+    # Wait for the SuperNode first, then for the rest of its output (a child of it may hold the pipe).
     reader = threading.Thread(target=echo, daemon=True)
     reader.start()
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -304,10 +332,15 @@ def run_supernode(command: list[str], env: dict[str, str]) -> tuple[int, list[st
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if proc.poll() is None:
-            proc.kill()
+        if gate is not None and gate.poll() is None:
+            gate.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+                gate.wait(timeout=10)
+        for child in (proc, gate):
+            if child is not None and child.poll() is None:
+                child.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=5)
 
 
 def explain_exit(code: int, output: list[str], plan: NodePlan) -> str | None:

@@ -16,13 +16,16 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
                                  # file's folder (default: this file's folder); see client/ledger.py
     min-cell-count = 10          # optional, default 10: no evaluation count the site sends describes
                                  # 1..k-1 patients (common/disclosure.py)
+    allowed-apps = ["fedward==0.1.0"]  # optional: only these signed apps run here, as
+                                 # "name==version" or "sha256:<app digest or FAB hash>"
+                                 # (common/app_signature.py; client/app_gate.py)
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -34,6 +37,7 @@ if TYPE_CHECKING:  # the policy module stays light (no torch) for `fedward site 
     from common.config import RunConfig
 
 POLICY_TABLE = "policy"
+ALLOWED_APP_ENTRY = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+)$"
 
 
 class SitePolicy(BaseModel):
@@ -57,6 +61,7 @@ class SitePolicy(BaseModel):
     phi_gate: Literal["block", "warn"] = "block"
     ledger_dir: str | None = Field(None, min_length=1)
     min_cell_count: int = Field(10, ge=1)
+    allowed_apps: list[Annotated[str, Field(pattern=ALLOWED_APP_ENTRY)]] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _clipping_range(self) -> SitePolicy:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from common.errors import ConfigError, FedwardError
-from server import deploy, launch
+from server import deploy, launch, proxy
 from server.provision import PROVENANCE_KEY, numbered_sites, provision
 from server.signing import SIGNING_KEY_ENV
 
@@ -57,9 +57,15 @@ SuperlinkOption = Annotated[
 @coordinator_app.command("start")
 def coordinator_start(
     federation: FederationOption,
-    host: Annotated[str, typer.Option(help="Interface the SuperLink listens on.")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(help="Interface the public HTTPS port (the TLS proxy) listens on.")
+    ] = "0.0.0.0",
     port: Annotated[
-        int | None, typer.Option(help="The SuperLink's HTTPS port (default: the provisioned one, 8000).")
+        int | None, typer.Option(help="The public HTTPS port (default: the provisioned one, 8000).")
+    ] = None,
+    superlink_port: Annotated[
+        int | None,
+        typer.Option(help="The SuperLink's own port, on 127.0.0.1 only (default: a free one)."),
     ] = None,
     state: Annotated[
         Path | None,
@@ -69,29 +75,46 @@ def coordinator_start(
         bool, typer.Option(help="Register every provisioned site's key once serving.")
     ] = True,
 ) -> None:
-    """Run the SuperLink: TLS, SuperNode authentication, state database on disk. Stops on Ctrl-C/SIGTERM."""
+    """Run the SuperLink (TLS, SuperNode authentication, state database on disk) on 127.0.0.1 behind
+    nginx, which serves the public port: the Fleet API to everyone, the Control API only to the operator's
+    client certificate (server/proxy.py). Stops on Ctrl-C/SIGTERM."""
     fed = deploy.load_federation(federation)
     port = port or fed.port
     state_dir = (state or fed.root / "coordinator" / "state").expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / "flwr-home").mkdir(exist_ok=True)
     deploy.check_port_free(host, port)
-    command = deploy.superlink_command(fed, host=host, port=port, state_dir=state_dir)
-    local = deploy.local_address(host, port)
+    internal = superlink_port or deploy.free_loopback_port()
+    deploy.check_port_free("127.0.0.1", internal)
+    command = deploy.superlink_command(fed, host="127.0.0.1", port=internal, state_dir=state_dir)
+    local = deploy.local_address("127.0.0.1", internal)
+    front = proxy.ProxyConfig(
+        listen_host=host,
+        listen_port=port,
+        upstream_port=internal,
+        server_cert=fed.server_cert,
+        server_key=fed.server_key,
+        ca_cert=fed.ca_cert,
+        state_dir=state_dir,
+    )
+    conf = proxy.write_nginx_config(front)
+    proxy.check_nginx_config(conf)
 
     def when_serving(proc: subprocess.Popen) -> None:
         deploy.wait_until_serving(local, fed.ca_cert, proc)
-        _say(f"fedward: SuperLink of {fed.name} serving on {host}:{port} (state {state_dir})")
+        _say(f"fedward: SuperLink of {fed.name} serving on {local} only (state {state_dir})")
         if register:
             with deploy.cli_home(fed, local) as home:
                 _print_registrations(deploy.register_sites(fed, home))
+        deploy.wait_until_serving(deploy.local_address(host, port), fed.ca_cert)
+        _say(f"fedward: TLS proxy on {host}:{port}: Fleet API for sites, Control API for the operator only")
         _say("fedward: coordinator ready")
 
     env = deploy.flower_env(state_dir / "flwr-home")
     key = fed.root / "coordinator" / PROVENANCE_KEY
     if key.is_file():  # the ServerApp (a child of the SuperLink) signs each run's provenance with it
         env.setdefault(SIGNING_KEY_ENV, str(key))
-    code = deploy.supervise(command, env, when_serving)
+    code = deploy.supervise(command, env, when_serving, companions=[proxy.nginx_command(conf)])
     if code > 3:  # 0-3: Flower's success and graceful exits on SIGINT/SIGQUIT/SIGTERM; < 0: a signal
         raise FedwardError(f"flower-superlink exited with code {code}")
 
@@ -106,13 +129,18 @@ def coordinator_register(
     fed = deploy.load_federation(federation)
     if wait:
         deploy.wait_until_serving(superlink or fed.address, fed.ca_cert, timeout=wait)
-    with deploy.cli_home(fed, superlink) as home:
+    with deploy.operator_home(fed, superlink) as home:
         _print_registrations(deploy.register_sites(fed, home))
 
 
 def _print_registrations(done: list[deploy.Registration]) -> None:
     for item in done:
         what = f"registered as node {item.node_id}" if item.new else "key already known to the SuperLink"
+        if item.rekeyed is not None:
+            what += (
+                f" with a NEW key (its old key was unregistered, and Flower never re-admits one):"
+                f" send {item.rekeyed} to the site"
+            )
         _say(f"fedward: site {item.site}: {what}")
 
 
@@ -177,8 +205,10 @@ def run_command(
         raise ConfigError(f"{run_dir} already holds a summary.json; choose another run-name")
     if resume is not None:
         (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
-    with deploy.cli_home(fed, superlink) as home:
-        run_id = launch.submit_run(fed, home, launch.app_dir(app), overrides)
+    with deploy.operator_home(fed, superlink) as home:
+        signed = launch.sign_for_run(fed, launch.app_dir(app), home / "signed-app")
+        _say(f"fedward: app {signed.identity} signed with the federation's app-signing key")
+        run_id = launch.submit_run(fed, home, signed.dir, overrides)
         _say(f"fedward: run {run_id} submitted; run directory {run_dir}")
         stream = launch.LogStream(fed, home, run_id, echo=_echo if verbose else _echo_progress)
         try:

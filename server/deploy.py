@@ -3,7 +3,8 @@
 Everything goes through Flower's own programs (`flower-superlink`, `flwr`), with a Flower CLI home
 (`FLWR_HOME`) that holds only the federation's profile, written afresh from the provisioned folder.
 `flwr` with `--format json` exits 0 even when it fails, so every answer's "success" is checked.
-Launching runs is in server/launch.py.
+The SuperLink listens on 127.0.0.1 only; the public address is nginx's (server/proxy.py), which serves
+the Control API only to the operator's client certificate. Launching runs is in server/launch.py.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from common.errors import ConfigError, FedwardError
-from server.provision import writable_by_others
+from server import proxy
+from server.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
 
 ALREADY_REGISTERED = "Public key already in use"
 """What the SuperLink answers (error code 23) when a key is registered a second time."""
@@ -46,6 +49,8 @@ class CoordinatorFiles:
     server_cert: Path
     server_key: Path
     public_keys: dict[str, Path]
+    operator_cert: Path | None = None
+    operator_key: Path | None = None
 
     @property
     def port(self) -> int:
@@ -65,11 +70,12 @@ def load_federation(folder: Path) -> CoordinatorFiles:
     for path in paths.values():
         if not path.is_file():
             raise ConfigError(f"{path}: missing from the federation folder")
-    mode = stat.S_IMODE(paths["superlink.key"].stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{paths['superlink.key']}: readable by other accounts (mode {mode:04o}); chmod 600 it"
-        )
+    for key in (paths["superlink.key"], coordinator / OPERATOR_KEY):
+        mode = stat.S_IMODE(key.stat().st_mode) if key.is_file() else 0
+        if mode & 0o077:
+            raise ConfigError(f"{key}: readable by other accounts (mode {mode:04o}); chmod 600 it")
+    operator = coordinator / OPERATOR_CERT, coordinator / OPERATOR_KEY
+    has_operator = all(p.is_file() for p in operator)
     try:
         profiles = tomllib.loads(paths["flwr-config.toml"].read_text(encoding="utf-8")).get("superlink", {})
     except tomllib.TOMLDecodeError as exc:
@@ -95,6 +101,8 @@ def load_federation(folder: Path) -> CoordinatorFiles:
         server_cert=paths["superlink.crt"],
         server_key=paths["superlink.key"],
         public_keys={p.stem: p for p in keys},
+        operator_cert=operator[0] if has_operator else None,
+        operator_key=operator[1] if has_operator else None,
     )
 
 
@@ -147,6 +155,13 @@ def superlink_command(
         "--host", host,
         "--port", str(port),
     ]  # fmt: skip
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -206,6 +221,30 @@ def cli_home(fed: CoordinatorFiles, address: str | None = None) -> Iterator[Path
         yield home
 
 
+@contextlib.contextmanager
+def operator_home(fed: CoordinatorFiles, address: str | None = None) -> Iterator[Path]:
+    """A FLWR_HOME from which `flwr` reaches the Control API as the operator: through an
+    `proxy.OperatorTunnel` carrying the operator's client certificate to `address` (default: the
+    provisioned one). A federation without an operator certificate gets `cli_home` as is."""
+    if fed.operator_cert is None or fed.operator_key is None:
+        with cli_home(fed, address) as home:
+            yield home
+        return
+    target = address or fed.address
+    with (
+        proxy.operator_tunnel(target, fed.ca_cert, fed.operator_cert, fed.operator_key) as local,
+        tempfile.TemporaryDirectory(prefix="fedward-flwr-") as tmp,
+    ):
+        home = Path(tmp)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{fed.name}"\n\n'
+            f"[superlink.{fed.name}]\n"
+            f"address = {json.dumps(local)}\n"
+            "insecure = true  # plain HTTP to this process on 127.0.0.1; TLS + operator certificate beyond\n"
+        )
+        yield home
+
+
 class NoJsonAnswer(FedwardError):
     """`flwr ... --format json` printed no JSON (it crashed or could not start)."""
 
@@ -246,26 +285,79 @@ class Registration:
     site: str
     node_id: str | None  # None when it was registered before (the SuperLink does not repeat the id)
     new: bool
+    rekeyed: Path | None = None
+    """The site's new private key when its old key had been unregistered (send it to the site)."""
 
 
-def register_sites(fed: CoordinatorFiles, home: Path) -> list[Registration]:
-    """Register every key in coordinator/site-public-keys with `flwr supernode register` (idempotent)."""
+KeyIsRevoked = Callable[[Path], bool]
+"""Whether the SuperLink holds this public key (file) only as unregistered nodes."""
+
+
+def register_sites(
+    fed: CoordinatorFiles, home: Path, is_revoked: KeyIsRevoked | None = None
+) -> list[Registration]:
+    """Register every key in coordinator/site-public-keys with `flwr supernode register` (idempotent).
+
+    Flower 1.42 keeps an unregistered node's key for good (a unique column; no API removes or reactivates
+    it), so a site whose key was unregistered is re-admitted with a fresh key pair (`rotate_site_key`,
+    written into its kit folder) whose public half is registered; `is_revoked` tells the two cases of
+    "Public key already in use" apart (default: `revoked_keys` through the Control API).
+    """
     if not fed.public_keys:
         raise ConfigError(f"{fed.root / 'coordinator' / 'site-public-keys'}: no site public keys (*.pub)")
     done: list[Registration] = []
     for site, key in fed.public_keys.items():
-        reply = retrying(
-            lambda key=key, site=site: flwr_json(
-                ["supernode", "register", str(key), fed.name, "--name", site], home
-            )
-        )
+        reply = _register(fed, home, site, key)
         if reply.get("success") is True:
             done.append(Registration(site, str(reply.get("node-id")), new=True))
-        elif ALREADY_REGISTERED in str(reply.get("error-message", "")):
-            done.append(Registration(site, None, new=False))
-        else:
+            continue
+        if ALREADY_REGISTERED not in str(reply.get("error-message", "")):
             raise FedwardError(f"registering site {site} ({key}) failed: {failure(reply)}")
+        revoked = is_revoked or (lambda path: path in revoked_keys(fed, home))
+        if not revoked(key):
+            done.append(Registration(site, None, new=False))
+            continue
+        private = rotate_site_key(fed.root, site, fed.name)
+        reply = _register(fed, home, site, key)
+        if reply.get("success") is not True:
+            raise FedwardError(f"registering the new key of site {site} ({key}) failed: {failure(reply)}")
+        done.append(Registration(site, str(reply.get("node-id")), new=True, rekeyed=private))
     return done
+
+
+def _register(fed: CoordinatorFiles, home: Path, site: str, key: Path) -> dict[str, Any]:
+    return retrying(lambda: flwr_json(["supernode", "register", str(key), fed.name, "--name", site], home))
+
+
+def revoked_keys(fed: CoordinatorFiles, home: Path) -> set[Path]:
+    """The site public key files the SuperLink knows only as unregistered nodes, read with Flower's own
+    Control API client (`flwr supernode list --format json` leaves out the keys) at the address of
+    `home`'s profile, as the operator."""
+    from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=no-name-in-module
+    from flwr.supercore.control import ControlHttpClient
+
+    profile = tomllib.loads((home / "config.toml").read_text())["superlink"][fed.name]
+    insecure = bool(profile.get("insecure"))
+    verify: ssl.SSLContext | bool = False
+    if not insecure:
+        verify = ssl.create_default_context(cafile=str(fed.ca_cert))
+    scheme = "http" if insecure else "https"
+    client = ControlHttpClient(f"{scheme}://{profile['address']}", verify=verify)
+    try:
+        nodes = client.ListNodes(ListNodesRequest()).nodes_info
+    except Exception as exc:  # httpx errors; Flower's own error types
+        raise FedwardError(f"cannot list the SuperLink's nodes at {profile['address']}: {exc}") from exc
+    finally:
+        client.close()
+    live = {bytes(n.public_key) for n in nodes if n.status != "unregistered"}
+    dead = {bytes(n.public_key) for n in nodes if n.status == "unregistered"} - live
+    return {path for path in fed.public_keys.values() if _flower_key_bytes(path) in dead}
+
+
+def _flower_key_bytes(path: Path) -> bytes:
+    """A site's OpenSSH public key file as the SuperLink stores it (PEM SubjectPublicKeyInfo)."""
+    key = serialization.load_ssh_public_key(path.read_bytes())
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def retrying(call: Callable[[], dict[str, Any]], attempts: int = 3, pause: float = 2.0) -> dict[str, Any]:
@@ -284,34 +376,58 @@ def retrying(call: Callable[[], dict[str, Any]], attempts: int = 3, pause: float
 
 
 def supervise(
-    command: list[str], env: dict[str, str], after_start: Callable[[subprocess.Popen], None]
+    command: list[str],
+    env: dict[str, str],
+    after_start: Callable[[subprocess.Popen], None],
+    companions: Sequence[list[str]] = (),
 ) -> int:
-    """Run `command` in this process group; SIGTERM/SIGINT reach it once; return its exit code.
+    """Run `command` and its `companions` (e.g. the TLS proxy in front of the SuperLink) in this process
+    group; SIGTERM/SIGINT reach each once; when one of them exits, the others are stopped. Returns the
+    exit code of `command` (a companion that exited first is reported as a FedwardError).
 
-    `after_start` runs while the program runs (e.g. readiness and registration); if it raises, the
-    program is stopped and the error propagates.
+    `after_start` runs while the programs run (e.g. readiness and registration); if it raises, they are
+    stopped and the error propagates.
     """
-    proc = subprocess.Popen(command, env=env)
+    procs = [subprocess.Popen(command, env=env)]
     forwarded = False
 
     def forward(_signum: int, _frame: Any) -> None:
         nonlocal forwarded
-        if not forwarded and proc.poll() is None:
+        if not forwarded:
             forwarded = True
-            proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            after_start(proc)
+            procs += [subprocess.Popen(c, env=env) for c in companions]
+            after_start(procs[0])
+            while all(proc.poll() is None for proc in procs):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    procs[0].wait(timeout=0.5)
         except BaseException:
             forward(signal.SIGTERM, None)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=15)
-            if proc.poll() is None:
-                proc.kill()
+            _reap(procs)
             raise
-        return proc.wait()
+        ended = next(proc for proc in procs if proc.poll() is not None)
+        asked = forwarded  # the programs were told to stop (SIGTERM/SIGINT to this process)
+        forward(signal.SIGTERM, None)
+        _reap(procs)
+        if ended is not procs[0] and not asked:
+            raise FedwardError(f"{Path(str(ended.args[0])).name} exited with code {ended.returncode}")
+        return procs[0].returncode
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _reap(procs: list[subprocess.Popen], grace: float = 15.0) -> None:
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.app_signature import APP_SIGNING_KEY, SignedApp, load_private_key, sign_app
 from common.errors import ConfigError, FedwardError
 from server.deploy import CoordinatorFiles, failure, flower_env, flower_tool, flwr_json, retrying
 
@@ -83,6 +84,19 @@ def toml_file(values: dict[str, Any], path: Path) -> Path:
         lines.append(f"{json.dumps(key)} = {text}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def sign_for_run(fed: CoordinatorFiles, app: Path, staging: Path) -> SignedApp:
+    """A copy of the app folder under `staging`, signed with the federation's app-signing key: sites
+    refuse any bundle that is not (client/app_gate.py)."""
+    key_file = fed.root / "coordinator" / APP_SIGNING_KEY
+    if not key_file.is_file():
+        raise ConfigError(
+            f"{key_file}: missing; sites run only app bundles signed with the federation's app-signing "
+            "key (made by `fedward provision` since app signing; re-provision, or write one with "
+            "server.provision.write_app_signing_key and send its .pub to every site)"
+        )
+    return sign_app(app, load_private_key(key_file), staging)
 
 
 def submit_run(fed: CoordinatorFiles, home: Path, app: Path, overrides: dict[str, Any]) -> int:

@@ -7,7 +7,11 @@ Everything is made in-process with `cryptography` (no openssl or ssh-keygen). La
     coordinator/flwr-config.toml                  Flower CLI profile `[superlink.<name>]`
     coordinator/site-public-keys/<site>.pub       keys to `flwr supernode register`
     coordinator/provenance-ed25519.key, .pub      signs each run's provenance manifest (`fedward verify`)
+    coordinator/operator.crt, operator.key        the operator's TLS client certificate: the coordinator's
+                                                  proxy serves the Control API only to it (server/proxy.py)
+    coordinator/app-signing-ed25519.key, .pub     signs the app bundle of every run (`fedward run`)
     sites/<site>/ca.crt, <site>.key, <site>.pub   what the hospital receives
+    sites/<site>/app-signing-ed25519.pub          the site runs only bundles signed with its key
     sites/<site>/node-config.toml, README.md
 
 Private keys are written with mode 0600 and are never replaced unless `force=True`. Folders get exact
@@ -35,7 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.app_signature import APP_PUBLIC_KEY, APP_SIGNING_KEY, load_public_key, public_pem
 from common.errors import ConfigError
+from server.proxy import OPERATOR_OU
 
 SUPERLINK_PORT = 8000
 """The SuperLink's single HTTPS port in Flower 1.42 (Fleet, Control and Runtime APIs)."""
@@ -49,6 +55,9 @@ _CURVE = ec.SECP384R1()
 _HASH = hashes.SHA384()
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 PROVENANCE_KEY = "provenance-ed25519.key"
+OPERATOR_CERT = "operator.crt"
+OPERATOR_KEY = "operator.key"
+"""The operator's TLS client certificate and key in coordinator/ (see server/proxy.py)."""
 """The coordinator's Ed25519 key that signs run provenance manifests (public half: same stem, `.pub`)."""
 
 
@@ -63,6 +72,7 @@ class SiteKit:
     public_key: Path
     node_config: Path
     readme: Path
+    app_key: Path  # the coordinator's app-signing public key (common/app_signature.py)
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,9 @@ class Federation:
     server_expires: dt.datetime
     sans: tuple[str, ...] = field(default=DEFAULT_SANS)
     provenance_key: Path | None = None
+    app_signing_key: Path | None = None
+    operator_cert: Path | None = None
+    operator_key: Path | None = None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -303,6 +316,50 @@ def _make_server_cert(
     )
 
 
+def _make_operator_cert(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    days: int,
+) -> x509.Certificate:
+    """The operator's TLS client certificate (OU `OPERATOR_OU`, client authentication only)."""
+    public = key.public_key()
+    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    usage = dict.fromkeys(
+        ("content_commitment", "key_encipherment", "data_encipherment", "key_agreement", "key_cert_sign"),
+        False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedward"),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, OPERATOR_OU),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "operator"),
+                ]
+            )
+        )
+        .issuer_name(ca.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, crl_sign=False, encipher_only=False, decipher_only=False, **usage
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, _HASH)
+    )
+
+
 def write_provenance_key(folder: Path, *, force: bool = False) -> Path:
     """A fresh Ed25519 signing key: `<folder>/provenance-ed25519.key` (PEM PKCS8, mode 0600) and the
     public key `provenance-ed25519.pub` (PEM). An existing key is never replaced unless `force`."""
@@ -318,6 +375,20 @@ def write_provenance_key(folder: Path, *, force: bool = False) -> Path:
     )
     _write_private(path, private, force=force)
     _write_public(path.with_suffix(".pub"), public)
+    return path
+
+
+def write_app_signing_key(folder: Path, *, force: bool = False) -> Path:
+    """A fresh Ed25519 app-signing key: `<folder>/app-signing-ed25519.key` (PEM PKCS8, mode 0600) and
+    its public key `app-signing-ed25519.pub` (PEM), which every site kit carries. An existing key is
+    never replaced unless `force`."""
+    path = folder / APP_SIGNING_KEY
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_private(path, private, force=force)
+    _write_public(folder / APP_PUBLIC_KEY, public_pem(key))
     return path
 
 
@@ -396,6 +467,8 @@ Patient data never leaves this machine: only model updates are sent, over an enc
 - `ca.crt`: the federation's certificate authority. The node uses it to check that it is talking to the
   real coordinator. Not secret.
 - `node-config.toml`: local settings (site name, data folder, policy file, state folder). Not secret.
+- `app-signing-ed25519.pub`: the coordinator's app-signing key. The node runs only app bundles signed
+  with it (and, if the site policy lists `allowed-apps`, only those). Not secret.
 - `README.md`: this file.
 
 ## Keep the private key secret
@@ -472,6 +545,8 @@ def provision(
     pub_dir = coordinator / "site-public-keys"
     kit_dirs = {s: root / "sites" / s for s in site_names}
     private_paths = [coordinator / "ca.key", coordinator / "superlink.key", coordinator / PROVENANCE_KEY]
+    private_paths.append(coordinator / APP_SIGNING_KEY)
+    private_paths.append(coordinator / OPERATOR_KEY)
     private_paths += [kit_dirs[s] / f"{s}.key" for s in site_names]
     existing = [p for p in private_paths if p.exists() or p.is_symlink()]
     if existing and not force:
@@ -499,6 +574,12 @@ def provision(
     _write_private(coordinator / "superlink.key", _pem_key(server_key), force=force)
     _write_public(coordinator / "superlink.crt", server.public_bytes(serialization.Encoding.PEM))
     provenance_key = write_provenance_key(coordinator, force=force)
+    app_signing_key = write_app_signing_key(coordinator, force=force)
+    app_public = (coordinator / APP_PUBLIC_KEY).read_bytes()
+    operator_key = _new_key()
+    operator = _make_operator_cert(ca, ca_key, operator_key, now, server_days)
+    _write_private(coordinator / OPERATOR_KEY, _pem_key(operator_key), force=force)
+    _write_public(coordinator / OPERATOR_CERT, operator.public_bytes(serialization.Encoding.PEM))
 
     address = _host_port(san_values[0].strip().rstrip("."), port)
     flwr_config = coordinator / "flwr-config.toml"
@@ -514,6 +595,7 @@ def provision(
         _write_public(kit / f"{site}.pub", public)
         _write_public(pub_dir / f"{site}.pub", public)
         _write_public(kit / "ca.crt", ca_pem)
+        _write_public(kit / APP_PUBLIC_KEY, app_public)
         _write_public(kit / "node-config.toml", node_config_template(site))
         readme = _readme(site, fed_name, address, ssh_fingerprint(public), ca.not_valid_after_utc, port)
         _write_public(kit / "README.md", readme)
@@ -536,7 +618,37 @@ def provision(
         server_expires=server.not_valid_after_utc,
         sans=tuple(san_values),
         provenance_key=provenance_key,
+        app_signing_key=app_signing_key,
+        operator_cert=coordinator / OPERATOR_CERT,
+        operator_key=coordinator / OPERATOR_KEY,
     )
+
+
+def rotate_site_key(root: Path, site: str, federation: str) -> Path:
+    """Give `site` a fresh SuperNode key pair: `sites/<site>/<site>.key` (0600) and `.pub`, and
+    `coordinator/site-public-keys/<site>.pub`; the kit's README.md gets the new fingerprint. Returns the
+    new private key, which has to reach the site (its old key stays unusable at the SuperLink)."""
+    site = validate_name(site, "site name")
+    kit = Path(root) / "sites" / site
+    coordinator = Path(root) / "coordinator"
+    if not kit.is_dir():
+        _make_dir(kit, PRIVATE_DIR_MODE)
+    old_public = kit / f"{site}.pub"
+    old_fingerprint = ssh_fingerprint(old_public.read_text()) if old_public.is_file() else None
+    private, public = _site_keys(site, federation)
+    _write_private(kit / f"{site}.key", private, force=True)
+    _write_public(old_public, public)
+    _write_public(coordinator / "site-public-keys" / f"{site}.pub", public)
+    if not (kit / "ca.crt").exists():
+        _write_public(kit / "ca.crt", (coordinator / "ca.crt").read_bytes())
+    if not (kit / "node-config.toml").exists():
+        _write_public(kit / "node-config.toml", node_config_template(site))
+    if (coordinator / APP_PUBLIC_KEY).is_file() and not (kit / APP_PUBLIC_KEY).exists():
+        _write_public(kit / APP_PUBLIC_KEY, (coordinator / APP_PUBLIC_KEY).read_bytes())
+    readme = kit / "README.md"
+    if old_fingerprint and readme.is_file():
+        _write_public(readme, readme.read_text().replace(old_fingerprint, ssh_fingerprint(public)))
+    return kit / f"{site}.key"
 
 
 def _kit_paths(site: str, kit: Path) -> SiteKit:
@@ -548,6 +660,7 @@ def _kit_paths(site: str, kit: Path) -> SiteKit:
         public_key=kit / f"{site}.pub",
         node_config=kit / "node-config.toml",
         readme=kit / "README.md",
+        app_key=kit / APP_PUBLIC_KEY,
     )
 
 
@@ -576,7 +689,7 @@ def load_site_kit(kit_dir: Path) -> SiteKit:
     site = validate_name(str(values["site-id"]), f"{node_config}: site-id")
 
     paths = _kit_paths(site, kit)
-    for path in (paths.ca_cert, paths.private_key, paths.public_key):  # README.md is for people only
+    for path in (paths.ca_cert, paths.private_key, paths.public_key, paths.app_key):  # README: people only
         if not path.is_file():
             raise ConfigError(f"{path}: missing from the site kit")
 
@@ -602,4 +715,5 @@ def load_site_kit(kit_dir: Path) -> SiteKit:
         raise ConfigError(f"{paths.private_key}: expected an EC P-384 (ecdsa-sha2-nistp384) key")
     if key.public_key() != public:
         raise ConfigError(f"{paths.public_key}: does not match {paths.private_key.name}")
+    load_public_key(paths.app_key)  # the site refuses app bundles not signed with it
     return paths

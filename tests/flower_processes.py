@@ -40,3 +40,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Pat
         time.sleep(0.5)
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+
+
+def require_nginx() -> str:
+    """The nginx program the coordinator's TLS proxy runs; missing: fail under CI (.ci/run installs it),
+    skip elsewhere."""
+    from common.errors import ConfigError
+    from server.proxy import nginx_program
+
+    try:
+        return nginx_program()
+    except ConfigError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}; .ci/run must `apt-get install -y nginx`")
+        pytest.skip(f"{exc} (required when CI is set)")

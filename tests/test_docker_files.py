@@ -32,6 +32,7 @@ COMPOSE = sorted(DOCKER.glob("*.yml"))
 BIN = Path(sys.executable).parent
 FLOWER_VERSION = flwr.__version__
 APP_IMAGE = "fedward:"
+PROXY_IMAGE = "fedward-proxy:"
 REMOVED = {
     "--clientappio-api-address", "--serverappio-api-address", "--appio-api-address", "--fleet-api-address",
     "--fleet-api-type", "--control-api-address", "--exec-api-address", "--plugin-type", "--grpc-rere",
@@ -75,6 +76,8 @@ def _program(service: dict[str, Any]) -> str:
         return "flower-superlink"
     if image.startswith("flwr/supernode:"):
         return "flower-supernode"
+    if image.startswith(PROXY_IMAGE):
+        return "nginx"
     assert image.startswith(APP_IMAGE), image
     return "flower-superexec"  # the app image keeps flwr/superexec's entrypoint
 
@@ -137,9 +140,12 @@ def test_superexecs_reach_the_superlink_over_tls_or_their_supernode_on_9094() ->
 
 
 def test_published_ports_and_no_old_ports() -> None:
+    published = set()
     for file, name, service in _services():
         for mapping in service.get("ports", []):
-            assert str(mapping).endswith(":8000") and _program(service) == "flower-superlink", (file, name)
+            assert str(mapping).endswith(":8000") and _program(service) == "nginx", (file, name)
+            published.add(file)
+    assert published == {"coordinator.yml", "demo.yml"}  # only the proxy: never the SuperLink itself
     for path in [*COMPOSE, DOCKER / "Dockerfile"]:
         for port in OLD_PORTS:
             assert not re.search(rf"\b{port}\b", path.read_text()), (path.name, port)
@@ -216,3 +222,21 @@ def test_dockerfile_builds_on_the_pinned_superexec_as_uid_49999() -> None:
     assert any(d.startswith("flwr[simulation,dp]") for d in dependencies)
     ignored = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignored and "**/*.key" in ignored
+
+
+def test_the_proxy_image_runs_nginx_with_the_config_server_proxy_renders() -> None:
+    from server.proxy import DOCKER_CONFIG, render_nginx_config
+
+    assert (DOCKER / "nginx-coordinator.conf").read_text() == render_nginx_config(DOCKER_CONFIG)
+    text = (DOCKER / "Dockerfile.proxy").read_text()
+    assert "FROM debian:bookworm-slim" in text and "apt-get install -y --no-install-recommends nginx" in text
+    assert "COPY nginx-coordinator.conf /etc/nginx/fedward.conf" in text
+    for file in ("coordinator.yml", "demo.yml"):
+        services = yaml.safe_load((DOCKER / file).read_text())["services"]
+        proxy = services["proxy"]
+        assert proxy["build"] == {"context": ".", "dockerfile": "Dockerfile.proxy"}
+        mounted = str(proxy["volumes"])
+        assert "/etc/fedward" in mounted and "operator" not in mounted  # the proxy never holds operator keys
+        assert "ports" not in services["superlink"]
+    hospital = str(yaml.safe_load((DOCKER / "demo.yml").read_text())["services"]["supernode-a"]["command"])
+    assert "proxy:8000" in hospital  # the demo's sites go through the proxy too

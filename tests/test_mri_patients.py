@@ -14,6 +14,7 @@ from mri_helpers import CONTRASTS, make_site
 
 from common.config import RunConfig
 from common.data.mri.patients import PatientSampled
+from common.privacy import resolve_delta
 from common.tasks import SiteData, SiteSource, get_task
 from simulations.baselines import local_baselines
 
@@ -98,7 +99,7 @@ def test_one_private_round_counts_patients(site: SiteData) -> None:
     patients = len(set(site.train.patients))
     assert result["refused"] is None
     assert result["steps"] == math.ceil(patients / 2)  # Opacus' steps = the plan's, per patient
-    assert result["delta"] == pytest.approx(1 / (10 * patients))  # δ = 1/(10 n), n = patients
+    assert result["delta"] == resolve_delta(0, patients)  # δ from n = patients, not studies
     assert 0 < result["epsilon"] < math.inf
     assert result["num-examples"] == len(site.test)  # evaluated per study
 

@@ -30,8 +30,9 @@ def test_tumour_federation_beats_chance_on_held_out_patients(tmp_path: Path) -> 
     assert overall["accuracy"] >= 0.6  # 4 classes: chance 0.25, majority class about 0.4
     for site in summary["sites"].values():
         data = site["data"]
-        assert data["skipped"] == 0 and data["patients"] == 24
-        assert data["train-patients"] + data["test-patients"] == 24
+        assert data["skipped"] == 0 and 0 < data["test-patients"] < 24
+        assert "patients" not in data and "train-patients" not in data  # exact sizes stay at the site
+        assert data["num-train"] >= 1  # the noisy patient count of the statistics release
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert (run / "sites" / "site-0" / "manifest.csv").is_file()
     assert "overall" in result.stdout
