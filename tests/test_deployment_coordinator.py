@@ -78,12 +78,31 @@ def test_register_is_idempotent_and_checks_success(fed: Federation, monkeypatch:
         return answers[args[-1]]
 
     monkeypatch.setattr(deploy, "flwr_json", fake)
-    done = deploy.register_sites(deploy.load_federation(fed.root), Path("."))
+    done = deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda _key: False)
     assert [(r.site, r.node_id, r.new) for r in done] == [("H1", "42", True), ("H2", None, False)]
     assert calls[0] == ["supernode", "register", str(fed.site_public_keys["H1"]), "unitfed", "--name", "H1"]
+
+    # a key the SuperLink holds only as unregistered: the site gets a new key pair, which is registered
+    old_key = fed.site_public_keys["H2"].read_text()
+    registered = dict(answers)
+
+    def fresh_key_registers(args: list[str], home: Path, timeout: float = 0) -> dict[str, Any]:
+        calls.append(args)
+        if args[-1] == "H2" and Path(args[2]).read_text() != old_key:
+            return {"success": True, "node-id": 7}
+        return registered[args[-1]]
+
+    monkeypatch.setattr(deploy, "flwr_json", fresh_key_registers)
+    done = deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda key: key.stem == "H2")
+    assert [(r.site, r.node_id, r.new, r.rekeyed) for r in done] == [
+        ("H1", "42", True, None),
+        ("H2", "7", True, fed.sites["H2"].private_key),
+    ]
+    assert fed.site_public_keys["H2"].read_text() != old_key
+    monkeypatch.setattr(deploy, "flwr_json", fake)
     answers["H2"] = {"success": False, "error-message": "Using SuperLink: x\n\n[code: 5] Unauthenticated."}
     with pytest.raises(FedwardError, match=r"registering site H2 .* failed: \[code: 5\] Unauthenticated"):
-        deploy.register_sites(deploy.load_federation(fed.root), Path("."))
+        deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda _key: False)
 
 
 def test_run_overrides_parse_like_flwr_and_are_validated(tmp_path: Path) -> None:
