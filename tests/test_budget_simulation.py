@@ -1,5 +1,7 @@
-"""A real federation where one hospital's lifetime budget runs out: the others finish, and a later
-run on the same data is refused at once and stops cleanly with the reason."""
+"""A federation where one hospital's lifetime budget runs out: the others finish, and a later run on the
+same data is refused at once and stops cleanly with the reason. The real ServerApp and ClientApp talk
+through Flower's serialisation in one process (tests/inprocess_grid.py); the Ray simulation path itself
+is covered by tests/test_simulation.py."""
 
 from __future__ import annotations
 
@@ -7,13 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from flower_fakes import flower_identity  # noqa: F401 (fixture)
+from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
 from client.ledger import PrivacyLedger
-from common.config import RunConfig
 from simulations.prepare import prepare_ckd_sites
-from simulations.runner import run_simulation
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 POLICY = """
 [policy]
@@ -27,16 +29,9 @@ min-samples = 10
 
 
 def _run(tmp_path: Path, name: str, min_sites: int) -> dict:
-    config = RunConfig(
-        num_server_rounds=4,
-        min_sites=min_sites,
-        dp_target_epsilon=3.0,
-        data_root=str(tmp_path / "sites"),
-        runs_dir=str(tmp_path / "runs"),
-        run_name=name,
-        device="cpu",
-    )
-    run_simulation(config.to_flower(), 3, log_file=tmp_path / f"{name}.log", verbose=False)
+    settings = {"num-server-rounds": 4, "min-sites": min_sites, "dp-target-epsilon": 3.0, "run-name": name}
+    config = ckd_run_config(tmp_path / "sites", tmp_path / "runs", **settings)
+    run_server(InProcessGrid(config, 3), config)
     return json.loads((tmp_path / "runs" / name / "summary.json").read_text())
 
 

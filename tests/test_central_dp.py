@@ -170,7 +170,7 @@ def test_epsilon_cap_stops_the_run_before_a_release_above_it(sites: Path, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert "central-dp-max-epsilon" in summary["stopped"]
     assert summary["central-dp"]["releases"] == summary["rounds-completed"] == 2
-    assert summary["central-dp"]["epsilon"] <= 4.0
+    assert summary["central-dp"]["epsilon"] <= 4.0 and summary["central-dp"]["delta"] == 1e-5
     checkpoint = RoundCheckpoint.load(run)
     model = torch.load(run / "model.pt")
     assert checkpoint.server_round == 2

@@ -51,26 +51,3 @@ def test_federation_with_dp_reports_finite_epsilon_per_site(tmp_path: Path) -> N
     eps = [max(r["epsilon"].values()) for r in rounds]
     assert eps == sorted(eps) and eps[0] < eps[-1]  # ε composes over rounds
     assert math.isfinite(summary["overall"]["roc-auc"])
-
-
-def test_central_dp_reports_site_level_epsilon(tmp_path: Path) -> None:
-    from common.config import RunConfig
-    from simulations.prepare import prepare_ckd_sites
-    from simulations.runner import run_simulation
-
-    prepare_ckd_sites(tmp_path / "sites", 3, "iid", seed=0)
-    config = RunConfig(
-        num_server_rounds=2,
-        min_sites=3,
-        dp=False,
-        central_dp=True,
-        central_dp_noise_multiplier=1.0,
-        data_root=str(tmp_path / "sites"),
-        runs_dir=str(tmp_path / "runs"),
-        run_name="central",
-    )
-    run_simulation(config.to_flower(), 3, log_file=tmp_path / "central.log")
-    summary = json.loads((tmp_path / "runs" / "central" / "summary.json").read_text())
-    central = summary["central-dp"]
-    assert central["releases"] == 2 and central["delta"] == 1e-5
-    assert 0 < central["epsilon"] < math.inf
