@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from common.ed25519_keys import read_private_key, read_public_key
 from common.errors import ConfigError, FedwardError
 
 SIGNATURE_FILE = "fedward-app-signature.json"
@@ -82,31 +83,13 @@ class SignedApp:
 
 
 def load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
-    """The coordinator's app-signing key (PEM PKCS8 Ed25519); ConfigError naming the file otherwise."""
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: app-signing key not found (made by `fedward provision`)") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path}: not a PEM private key ({exc})") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"{path}: expected an Ed25519 private key")
-    return key
+    """The coordinator's app-signing key (Ed25519 PEM, owner-only); ConfigError naming the file otherwise."""
+    return read_private_key(path, "app-signing key not found (made by `fedward provision`)")
 
 
 def load_public_key(path: Path) -> ed25519.Ed25519PublicKey:
     """The app-signing public key of a site kit (PEM); ConfigError naming the file otherwise."""
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: the kit has no app-signing key; ask the coordinator for a current kit"
-        ) from None
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path}: not a PEM public key ({exc})") from exc
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"{path}: expected an Ed25519 public key")
-    return key
+    return read_public_key(path, "the kit has no app-signing key; ask the coordinator for a current kit")
 
 
 def public_pem(key: ed25519.Ed25519PrivateKey) -> bytes:

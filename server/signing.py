@@ -15,13 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from common.ed25519_keys import read_private_key, read_public_key
 from common.errors import ConfigError
 from server.provision import PROVENANCE_KEY, write_provenance_key
 
@@ -56,38 +55,13 @@ def resolve_signing_key(explicit: Path | str | None = None) -> Path:
 
 
 def load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
-    """Read an Ed25519 PEM private key that only its owner can read; ConfigError naming the file."""
-    path = Path(path).expanduser()
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the signing key ({exc.strerror})") from exc
-    if mode & 0o077:
-        raise ConfigError(f"{path}: readable by other accounts (mode {mode:04o}); run `chmod 600` on it")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from exc
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ConfigError(f"{path}: expected an Ed25519 key, got {type(key).__name__}")
-    return key
+    """Read the provenance signing key (Ed25519 PEM, owner-only); ConfigError naming the file."""
+    return read_private_key(path, "signing key not found (made by `fedward provision`)")
 
 
 def load_public_key(path: Path) -> ed25519.Ed25519PublicKey:
     """Read an Ed25519 PEM public key (`provenance-ed25519.pub`); ConfigError naming the file."""
-    path = Path(path).expanduser()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the public key ({exc.strerror})") from exc
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"{path}: not a PEM public key ({exc}); give the `.pub` file") from exc
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"{path}: expected an Ed25519 public key, got {type(key).__name__}")
-    return key
+    return read_public_key(path, "public key not found")
 
 
 def public_key_text(key: ed25519.Ed25519PublicKey) -> str:
