@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from flower_processes import require_nginx, stop_groups, wait_for
+from site_policy import policy_text
 from test_app_signing import tamper, write_app
 
 from common.app_signature import load_private_key, sign_app
@@ -25,14 +26,7 @@ from simulations.prepare import prepare_ckd_sites
 
 BIN = Path(sys.executable).parent
 FEDWARD = str(BIN / "fedward")
-POLICY = """[policy]
-epsilon-cap = 50.0
-delta = 1e-3
-clipping-min = 0.1
-clipping-max = 5.0
-allowed-tasks = ["ckd"]
-min-samples = 10
-"""
+POLICY = policy_text(50.0)
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mri_helpers import CONTRASTS, make_site
+from site_policy import policy_text
 
 from client.budget import SiteBudget, SitePrivacy
 from client.ledger import LEDGER_FILE, PrivacyLedger, dataset_identity
@@ -17,15 +18,7 @@ from common.tasks import get_task
 from common.tasks.base import SiteData, SiteSource
 from common.tasks.ckd import CkdTask
 
-POLICY = """[policy]
-epsilon-cap = 50.0
-delta = 1e-3
-clipping-min = 0.1
-clipping-max = 5.0
-allowed-tasks = ["ckd"]
-min-samples = 10
-ledger-dir = "ledger"
-"""
+POLICY = policy_text(50.0, ledger_dir="ledger")
 CONFIG = RunConfig(dp_noise_multiplier=1.0, dp_accountant="rdp", num_server_rounds=1, device="cpu")
 
 

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from site_policy import policy_text
 from typer.testing import CliRunner
 
 from client.cli import app as site_app
@@ -20,14 +21,7 @@ from client.ledger import (
 )
 from common.errors import ConfigError
 
-POLICY = """[policy]
-epsilon-cap = 8.0
-delta = 1e-3
-clipping-min = 0.1
-clipping-max = 5.0
-allowed-tasks = ["ckd"]
-min-samples = 10
-"""
+POLICY = policy_text(8.0)
 KEYS = ["k1", "k2", "k3"]
 
 

@@ -7,18 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from site_policy import policy_text
+
 from client.ledger import PrivacyLedger, dataset_identity
 from common.privacy import compose_epsilon
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
-POLICY = """[policy]
-epsilon-cap = 8.0
-delta = 1e-3
-clipping-min = 0.1
-clipping-max = 5.0
-allowed-tasks = ["ckd"]
-min-samples = 10
-"""
+POLICY = policy_text(8.0)
 
 
 def _fedward(*args: str) -> subprocess.CompletedProcess:
@@ -48,6 +43,6 @@ def test_policy_check(tmp_path: Path) -> None:
     assert _fedward("site", "policy", "check", str(policy)).returncode == 0
     too_small = _fedward("site", "policy", "check", str(policy), "--samples", "5000")
     assert too_small.returncode != 0 and "1/n" in too_small.stderr
-    policy.write_text(POLICY.replace("delta = 1e-3\n", ""))
+    policy.write_text("".join(line for line in POLICY.splitlines(True) if not line.startswith("delta")))
     missing = _fedward("site", "policy", "check", str(policy))
     assert missing.returncode != 0 and "delta" in missing.stderr and "Traceback" not in missing.stderr
