@@ -125,7 +125,9 @@ def main(grid: Grid, context: Context) -> None:
     if hasattr(grid, "pull_interval"):  # the simulation's in-memory grid polls for replies every 0.1 s
         grid.pull_interval = min(float(grid.pull_interval), SIMULATION_PULL_INTERVAL)
     node_ids = wait_for_sites(grid, config.min_sites)
-    sites = collect_statistics(grid, node_ids, run_uid)
+    sites, failed = collect_statistics(grid, node_ids, run_uid, config.min_sites)
+    for reason in failed.values():  # the federation goes on with the others (min-sites still met)
+        print(f"fedward: left out of this run at the statistics step: {reason}", flush=True)
     preprocessing = task.combine_statistics([s.sums for s in sites], pooled_noise_std(sites))
     shared = {**preprocessing, "run-uid": run_uid}
     run.write_json(
@@ -139,6 +141,7 @@ def main(grid: Grid, context: Context) -> None:
             },
             "preprocessing": shared,  # what every site applied to its inputs (pooled statistics)
             "flower-run-id": context.run_id,
+            "statistics-failures": sorted(failed.values()),  # sites left out of the run, with their reason
             "resumed-after-round": checkpoint.server_round if checkpoint else None,
         },
     )

@@ -55,9 +55,11 @@ def wait_for_sites(grid: Grid, min_sites: int, timeout: float = 300.0) -> list[i
 
 
 def collect_statistics(
-    grid: Grid, node_ids: list[int], run_uid: str, timeout: float = 600.0
-) -> list[SiteInfo]:
-    """Query each site's statistics release (charged to the run `run_uid`); a site that fails is named."""
+    grid: Grid, node_ids: list[int], run_uid: str, min_sites: int, timeout: float = 600.0
+) -> tuple[list[SiteInfo], dict[int, str]]:
+    """Query each site's statistics release (charged to the run `run_uid`): the sites that replied, and
+    node -> reason for those that refused or failed (their reasons name them). The run goes on without
+    the failed ones while at least `min_sites` replied; below that, FedwardError with every reason."""
     query = ConfigRecord({"run-uid": run_uid})
     messages = [
         Message(RecordDict({"config": query}), dst_node_id=nid, message_type="query.statistics")
@@ -83,7 +85,10 @@ def collect_statistics(
         )
     for nid in set(node_ids) - {i.node_id for i in infos} - set(failures):
         failures[nid] = f"no reply within {timeout:.0f} s"
-    if failures:
+    if len(infos) < min_sites:
         detail = "; ".join(f"node {nid}: {why}" for nid, why in sorted(failures.items()))
-        raise FedwardError(f"federated statistics failed at {detail}")
-    return sorted(infos, key=lambda i: i.site_id)
+        raise FedwardError(
+            f"federated statistics: {len(infos)} site(s) replied, the run needs min-sites = "
+            f"{min_sites}; {detail}"
+        )
+    return sorted(infos, key=lambda i: i.site_id), failures

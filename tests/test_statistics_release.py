@@ -11,6 +11,7 @@ import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from flwr.app import Context, RecordDict
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from site_policy import policy_text
 
 from client.budget import SitePrivacy
 from client.ledger import PrivacyLedger
@@ -80,3 +81,16 @@ def test_the_seeded_switch_is_refused_by_sites_with_their_own_data_or_policy(tmp
     assert "simulation-only" in seeded_noise_refusal(hospital, seeded, SitePrivacy())
     policy = tmp_path / "policy.toml"
     assert "simulation-only" in seeded_noise_refusal(simulated, seeded, SitePrivacy(policy_file=policy))
+
+
+def test_a_site_refusing_the_statistics_release_is_left_out_and_the_others_run(tmp_path: Path) -> None:
+    sites, runs = tmp_path / "sites", tmp_path / "runs"
+    prepare_ckd_sites(sites, 3, "iid")
+    (sites / "site-2" / "policy.toml").write_text(policy_text(0.05))  # below the release's own ε
+    settings = {"num-server-rounds": 1, "min-sites": 2, "run-name": "x"}
+    config = ckd_run_config(sites, runs, **settings)
+    run_server(InProcessGrid(config, 3), config)
+    summary = json.loads((runs / "x" / "summary.json").read_text())
+    assert summary["rounds-completed"] == 1 and sorted(summary["sites"]) == ["site-0", "site-1"]
+    (failure,) = json.loads((runs / "x" / "config.json").read_text())["statistics-failures"]
+    assert "site-2 refused" in failure and "cap" in failure
