@@ -486,20 +486,11 @@ class PrivacyLedger:
         """Check and reserve in ONE write transaction: the projected ε (the worst patient group's counted
         steps + `entries`, composed at `delta`) goes to `check`; a reason refuses (nothing is written),
         else `entries` are reserved. Returns (reservation token, None) or (None, reason)."""
-        _check_entries(entries, delta)
-        _load_accountants()
         token = secrets.token_hex(16)
-        with self._write() as db:
-            self._register(db, fingerprint, keys)
-            if check is not None:
-                projected = self._worst(db, fingerprint, keys, list(entries), delta, accountant)
-                reason = check(projected.epsilon(delta, accountant))
-                if reason is not None:
-                    return None, reason  # the registration is kept: it holds no steps
-            where = _Row("reserve", fingerprint, token, run_id, server_round, 1.0, 1.0, 0, delta, accountant,
-                         task, label, _now())  # fmt: skip
-            self._append(db, _batches(where, entries))
-        return token, None
+        where = _Row("reserve", fingerprint, token, run_id, server_round, 1.0, 1.0, 0, delta, accountant,
+                     task, label, _now())  # fmt: skip
+        reason = self._checked_append(where, keys, entries, delta, check)
+        return (None, reason) if reason is not None else (token, None)
 
     def settle(self, token: str, entries: list[Entry]) -> None:
         """Replace a reservation by the steps really taken (possibly none), in one transaction."""
@@ -534,18 +525,28 @@ class PrivacyLedger:
     ) -> str | None:
         """Record steps already decided (a one-off release), after `check` of the projected ε composed at
         `compose_delta` (default `delta`), in one transaction. Returns the refusal reason or None."""
-        _check_entries(entries, delta)
+        where = _Row("spend", fingerprint, "", run_id, server_round, 1.0, 1.0, 0, delta, accountant,
+                     task, label, _now())  # fmt: skip
         at = compose_delta if compose_delta is not None else delta
+        return self._checked_append(where, keys, entries, at, check)
+
+    def _checked_append(
+        self, where: _Row, keys: list[str] | None, entries: list[Entry], at: float, check: Check | None
+    ) -> str | None:
+        """In ONE write transaction: register the data set's patients, give `check` the projected ε (the
+        worst patient group's counted steps + `entries`, composed at `at`) and, unless it returns a
+        reason (then nothing but the registration, which holds no steps, is written), append `entries`
+        as rows like `where`."""
+        _check_entries(entries, where.delta)
+        if check is not None:
+            _load_accountants()
         with self._write() as db:
-            self._register(db, fingerprint, keys)
+            self._register(db, where.fingerprint, keys)
             if check is not None:
-                _load_accountants()
-                projected = self._worst(db, fingerprint, keys, list(entries), at, accountant)
-                reason = check(projected.epsilon(at, accountant))
+                projected = self._worst(db, where.fingerprint, keys, list(entries), at, where.accountant)
+                reason = check(projected.epsilon(at, where.accountant))
                 if reason is not None:
                     return reason
-            where = _Row("spend", fingerprint, "", run_id, server_round, 1.0, 1.0, 0, delta, accountant,
-                         task, label, _now())  # fmt: skip
             self._append(db, _batches(where, entries))
         return None
 
