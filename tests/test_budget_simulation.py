@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from site_policy import policy_text
 
 from client.ledger import PrivacyLedger
 from simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-POLICY = """
-[policy]
-epsilon-cap = 2.2
-delta = 1e-3
-clipping-min = 0.1
-clipping-max = 5.0
-allowed-tasks = ["ckd"]
-min-samples = 10
-"""
+POLICY = policy_text(2.2)
 
 
 def _run(tmp_path: Path, name: str, min_sites: int) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from site_policy import policy_text
 
 from client.policy import load_policy, min_cell_count
 from common.clinical import calibration_sums, expected_calibration_error
@@ -240,15 +241,7 @@ def test_report_confusion_sums_only_complete_tables(tmp_path: Path) -> None:
     assert matrix.tolist() == [[30.0, 10.0], [10.0, 20.0]]
 
 
-POLICY = """
-[policy]
-epsilon-cap = 8.0
-delta = 1e-4
-clipping-min = 0.1
-clipping-max = 5
-allowed-tasks = ["ckd"]
-min-samples = 100
-"""
+POLICY = policy_text(8.0, 1e-4)
 
 
 def test_policy_min_cell_count(tmp_path: Path) -> None:
