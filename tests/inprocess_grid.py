@@ -51,7 +51,7 @@ class InProcessGrid:
             for i in range(num_sites)
         }
         self.crash = crash
-        self.replies: list[Message] = []  # everything the sites sent, as received
+        self.replies: list[Message] = []  # everything the sites sent, as sent (the strategy may cap weights)
 
     def get_node_ids(self) -> list[int]:
         """All sites are connected."""
@@ -70,9 +70,8 @@ class InProcessGrid:
                 reply = client_app(received, self.contexts[message.metadata.dst_node_id])
             except Exception as exc:  # Flower turns a ClientApp exception into an error reply too
                 reply = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=received)
-            reply = _wire(reply)
-            self.replies.append(reply)
-            replies.append(reply)
+            self.replies.append(_wire(reply))  # a copy the strategy's in-place changes do not touch
+            replies.append(_wire(reply))
         return replies
 
 
