@@ -14,6 +14,7 @@ import time
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
@@ -21,7 +22,7 @@ from client.mods import safe_errors_mod
 from client.policy import load_policy, min_cell_count
 from client.run_state import SiteRunState
 from client.simulated_faults import DROPPED, simulated_fault
-from client.site import load_site, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
+from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
 from client.site_report import public_report
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from client.statistics_release import release_statistics, site_delta
@@ -34,7 +35,6 @@ from common.privacy import PrivacyHistory
 from common.tasks import get_task
 from common.training import TrainOutcome, train_model
 
-app = ClientApp(mods=[safe_errors_mod])
 log = logging.getLogger("fedward.client")
 
 PRIVACY_STATE = "privacy"
@@ -45,17 +45,18 @@ LOCAL_ONLY_ROUND = 0  # the round number local-only training is seeded and recor
 
 
 def _setup(context: Context):
+    """Run config, task, data source and data of the site; SiteDataError (sent as a refusal) when its
+    data does not load: the site sits the run out."""
     config = RunConfig.from_flower(context.run_config)
     source = site_source(context, config)
     return (
         config,
         get_task(config.task),
         source,
-        load_site(source, config, phi_gate_mode(site_privacy(context, config))),
+        load_site_for_run(source, config, phi_gate_mode(site_privacy(context, config))),
     )
 
 
-@app.query("statistics")
 def statistics(msg: Message, context: Context) -> Message:
     """Reply with the site's statistics release (noisy per-patient sums under DP) and its data report."""
     config, task, source, site = _setup(context)
@@ -87,7 +88,6 @@ def statistics(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local (DP-SGD) training from the global model, unless the site's policy or
     lifetime budget refuses it: then an error reply with the reason, and no training step."""
@@ -195,7 +195,6 @@ def _account(
     }
 
 
-@app.train("local")
 def train_local(msg: Message, context: Context) -> Message:
     """Train a local-only model from the sent initial weights with the local compute of the whole
     federated run (rounds x local epochs), for the cross-site matrix. The same policy checks and privacy
@@ -264,7 +263,6 @@ def _num_outputs(model: torch.nn.Module, dataset) -> int:
     return int(model(x.unsqueeze(0)).shape[1])
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out split."""
     started = time.perf_counter()
@@ -283,3 +281,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
     metrics["site-seconds"] = time.perf_counter() - started
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def site_app(*mods: Mod) -> ClientApp:
+    """The site's ClientApp; `mods` run first (a simulation hands its run config in this way)."""
+    built = ClientApp(mods=[*mods, safe_errors_mod])
+    built.query("statistics")(statistics)
+    built.train()(train)
+    built.train("local")(train_local)
+    built.evaluate()(evaluate)
+    return built
+
+
+app = site_app()

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import ConfigError
+from common.local_training import LocalTraining
 from common.privacy import DPConfig
-from common.training import LocalTraining
 
 
 class RunConfig(BaseModel):

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
-
-import torch
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+
+
+def cuda_present() -> bool:
+    """Whether this machine has a usable CUDA GPU, without importing torch when it is not loaded yet
+    (the NVIDIA driver's presence; torch's own answer once torch is imported)."""
+    if "torch" in sys.modules:
+        return bool(sys.modules["torch"].cuda.is_available())
+    return NVIDIA_DRIVER.is_file()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -15,6 +29,8 @@ def pick_device(requested: str = "auto") -> torch.device:
     The environment variable FEDWARD_DEVICE overrides `auto`, so a site can pin its node without
     touching the run config.
     """
+    import torch
+
     choice = (requested or "auto").strip().lower()
     if choice == "auto":
         choice = os.environ.get("FEDWARD_DEVICE", "auto").strip().lower() or "auto"

@@ -13,22 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.local_training import OPTIMIZERS, LocalTraining
 from common.privacy import DPConfig, resolve_noise_multiplier
 
 # Opacus' per-sample hooks fire on inputs that need no gradient; harmless and noisy.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """Local optimisation settings for one round at one site."""
-
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 0.1
-    seed: int = 0  # public randomness only: shuffling without DP, hostile-site simulation
-    optimizer: str = "sgd"  # or "adam" (DP-Adam under Opacus)
-    seeded_noise: bool = False  # research switch: DP noise and sampling from `seed` (simulation only)
 
 
 @dataclass
@@ -41,9 +30,6 @@ class TrainOutcome:
     noise_multiplier: float = 0.0
     sample_rate: float = 0.0
     privacy_steps: list[tuple[float, float, int]] = field(default_factory=list)
-
-
-OPTIMIZERS = ("sgd", "adam")
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from server.report import Report, make_report
 from server.report_data import RunData, confidence_interval, metric_keys, number
+
+if TYPE_CHECKING:  # plots and exports import matplotlib: only when a report is made
+    from server.report import Report
 
 console = Console()
 
@@ -84,5 +86,7 @@ def report_command(
     ] = True,
 ) -> None:
     """Write <run>/report.html (self-contained) and PNG figures, and print the final metrics."""
+    from server.report import make_report
+
     report = make_report(run_dir, tensorboard=tensorboard, mlflow=mlflow)
     print_report(report)

@@ -6,11 +6,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def json_safe(value: Any) -> Any:
@@ -94,6 +95,8 @@ class RunDirectory:
         return json.loads((self.path / name).read_text())
 
     def save_model(self, state_dict: dict[str, torch.Tensor], name: str = "model.pt") -> Path:
+        import torch
+
         """Save the global model's state dict."""
         target = self.path / name
         torch.save(state_dict, target)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,14 +16,17 @@ from rich.table import Table
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from simulations.prepare import prepare_ckd_sites
 from simulations.progress import RunProgress
-from simulations.report import print_comparison, sweep_table
 from simulations.runner import SimulationResources, run_simulation
-from simulations.scenario import SWEEP_KEYS, Scenario, find_scenario, load_scenario, shipped_scenarios
-from simulations.study import federated_results, read_results, run_study
-from simulations.sweep import parse_over, run_sweep
-from strategies.registry import STRATEGIES
+
+if TYPE_CHECKING:  # the commands import their machinery when they run: `--help` stays instant
+    from simulations.scenario import Scenario
+
+STRATEGY_NAMES = (
+    "fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, fedtrimmedavg, krum, multikrum, "
+    "bulyan, scaffold, fedbn"
+)  # as in strategies/registry.py (a test keeps them equal); the registry imports Flower
+SWEEP_KEYS = ("epsilon", "strategy", "alpha", "sites", "rounds")  # as simulations/scenario.py sweeps
 
 app = typer.Typer(help="Simulate several hospitals on one machine.", no_args_is_help=True)
 console = Console()
@@ -105,13 +108,15 @@ def ckd(
         bool, typer.Option("--no-dp", help="Train without differential privacy (baseline).")
     ] = False,
     model: Annotated[str, typer.Option(help="mlp or logreg.")] = RunConfig().model,
-    strategy: Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help=f"Aggregation: {STRATEGY_NAMES}.")] = "fedavg",
     seed: Annotated[int, typer.Option(help="Seed of partitions, splits, initial model and training.")] = 0,
     name: Annotated[str, typer.Option(help="Run name (default: ckd-<time>).")] = "",
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Federated CKD on the shipped UCI data: partitions, DP-SGD at each site, FedAvg."""
+    from simulations.prepare import prepare_ckd_sites
+
     run_name = name or f"ckd-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
     data_root = run_dir / "sites"
@@ -182,7 +187,7 @@ def tumour(
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 4,
     lr: Annotated[float, typer.Option(min=1e-9, help="Local learning rate (Adam).")] = 0.002,
-    strategy: Annotated[str, typer.Option(help=f"Aggregation: {', '.join(STRATEGIES)}.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help=f"Aggregation: {STRATEGY_NAMES}.")] = "fedavg",
     seed: Annotated[int, typer.Option(help="Seed of the phantoms, splits, initial model and training.")] = 0,
     name: Annotated[str, typer.Option(help="Run name (default: tumour-<time>).")] = "",
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
@@ -245,6 +250,10 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Run a scenario file: its sites, the federation, then pooled and local-only baselines."""
+    from simulations.report import print_comparison
+    from simulations.scenario import find_scenario, load_scenario
+    from simulations.study import run_study
+
     spec = load_scenario(find_scenario(scenario))
     run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     console.print(f"fedward sim run {spec.name}: {_describe(spec)}")
@@ -270,6 +279,11 @@ def sweep(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Run a scenario over a grid of one key's values × seeds; write sweep.json and sweep.png."""
+    from simulations.report import sweep_table
+    from simulations.scenario import find_scenario, load_scenario
+    from simulations.study import run_study
+    from simulations.sweep import parse_over, run_sweep
+
     spec = load_scenario(find_scenario(scenario))
     key, values = parse_over(over)
     sweep_dir = (runs_dir / (name or f"{spec.name}-sweep-{key}")).resolve()
@@ -345,6 +359,8 @@ def leave_one_out_command(
 @app.command("scenarios")
 def scenarios() -> None:
     """List the scenarios that ship with fedward."""
+    from simulations.scenario import load_scenario, shipped_scenarios
+
     table = Table(title="shipped scenarios (fedward sim run NAME)")
     table.add_column("name")
     table.add_column("description")
@@ -367,6 +383,8 @@ def _describe(spec: Scenario) -> str:
 
 def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
     """The results of a run folder finished by an earlier sweep (None when it has none)."""
+    from simulations.study import federated_results, read_results
+
     if baselines:
         return read_results(run_dir)
     summary, config = run_dir / "summary.json", run_dir / "config.json"

@@ -1,12 +1,15 @@
-"""Run the fedward app on Flower's simulation runtime through a SuperLink this process owns.
+"""Run the fedward app on Flower's simulation runtime.
 
-`flwr run` is Flower's supported way to launch an app; we start the simulation SuperLink ourselves
-(runtime dependency installation off, so nothing is downloaded) and stop it when the run ends.
+A local simulation runs on Flower's in-process engine (`simulations/local_runtime.py`, one child process:
+ServerApp thread, sites as Ray actors started once). Joining a Ray cluster goes through `flwr run` and a
+simulation SuperLink this process owns (runtime dependency installation off, so nothing is downloaded),
+stopped when the run ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -22,7 +25,9 @@ from typing import Any
 import psutil
 
 from common.config import RunConfig
+from common.device import cuda_present
 from common.errors import ConfigError, FedwardError
+from simulations.local_runtime import ERROR_MARK
 
 FEDERATION = "fedward-sim"
 
@@ -80,18 +85,34 @@ class SimulationResources:
     total_gpus: int | None = None
     ray_address: str | None = None
 
+    def gpus(self) -> float:
+        """GPUs per site: as set, else a fifth of a GPU when CUDA is present (probed without torch)."""
+        if self.gpus_per_site is not None:
+            return self.gpus_per_site
+        return 0.2 if cuda_present() else 0.0
+
+    def backend_config(self) -> dict[str, dict[str, int | float]]:
+        """Flower's in-process simulation backend config for these resources (a local Ray)."""
+        init: dict[str, int | float] = {}
+        if self.total_cpus:
+            init["num_cpus"] = self.total_cpus
+        if self.total_gpus:
+            init["num_gpus"] = self.total_gpus
+        return {
+            "client_resources": {"num_cpus": self.cpus_per_site, "num_gpus": self.gpus()},
+            "init_args": init,
+        }
+
     def federation_config(self) -> str:
         """The `flwr run --federation-config` items for these resources."""
         if self.ray_address and (self.total_cpus or self.total_gpus):
             raise ConfigError(
                 "with a Ray cluster address the cluster decides the CPUs and GPUs; drop --total-*"
             )
-        gpus = self.gpus_per_site
-        if gpus is None:
-            import torch
-
-            gpus = 0.2 if torch.cuda.is_available() else 0.0
-        items = [f"client-resources-num-cpus={self.cpus_per_site}", f"client-resources-num-gpus={gpus}"]
+        items = [
+            f"client-resources-num-cpus={self.cpus_per_site}",
+            f"client-resources-num-gpus={self.gpus()}",
+        ]
         if self.total_cpus:
             items.append(f"init-args-num-cpus={self.total_cpus}")
         if self.total_gpus:
@@ -109,29 +130,89 @@ def run_simulation(
     verbose: bool = False,
     echo: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the app with `num_sites` simulated SuperNodes and the given run config (`overrides` win).
+    """Run the app with `num_sites` simulated sites and the given run config (`overrides` win).
 
-    Streams the run's log to `log_file`; passes fedward's progress lines and errors (every line with
-    `verbose`) to `echo` (default: print). Returns when the run has ended.
+    A local simulation runs on Flower's in-process engine in one child process; with a Ray cluster
+    address it goes through a simulation SuperLink (`flwr run`), which joins that cluster. Streams the
+    run's log to `log_file`; passes fedward's progress lines and errors (every line with `verbose`) to
+    `echo` (default: print). Returns when the run has ended; a failed run raises FedwardError in one line.
     """
     resources = resources or SimulationResources()
-    run_config = {**run_config, **(overrides or {})}
+    run_config = {**RunConfig().to_flower(), **run_config, **(overrides or {})}
     RunConfig.from_flower(run_config)  # unknown keys and bad values fail before anything starts
     echo = echo or (lambda line: print(line, end="", flush=True))
     work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))
-    port = _free_port()
+    try:
+        if resources.ray_address:
+            _run_on_superlink(run_config, num_sites, resources, work, log_file, verbose, echo)
+        else:
+            _run_local(run_config, num_sites, resources, work, log_file, verbose, echo)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _environment(work: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "FLWR_HOME": str(work / "flwr"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
         "PYTHONUNBUFFERED": "1",
         # the SuperLink launches flower-superexec by name: make this environment's tools visible
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _run_local(
+    run_config: dict[str, Any],
+    num_sites: int,
+    resources: SimulationResources,
+    work: Path,
+    log_file: Path | None,
+    verbose: bool,
+    echo: Callable[[str], None],
+) -> None:
+    """The run on Flower's in-process simulation engine, in a child process (`local_runtime`)."""
+    spec = work / "simulation.json"
+    spec.write_text(
+        json.dumps(
+            {"run-config": run_config, "num-sites": num_sites, "backend-config": resources.backend_config()}
+        )
+    )
+    env = _environment(work)
+    env["PYTHONPATH"] = os.pathsep.join([str(app_dir()), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "simulations.local_runtime", str(spec)]
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    ) as proc:
+        try:
+            failed, error = _stream(proc, log_file, verbose, echo)
+        except BaseException:  # Ctrl-C: stop the run and its Ray workers now
+            _stop(proc)
+            raise
+        if proc.returncode == 0 and not failed:
+            return
+        _stop(proc)  # Ray workers the run left behind
+    where = f" (log: {log_file})" if log_file else ""
+    raise FedwardError(f"the simulation failed: {error or f'exit code {proc.returncode}'}{where}")
+
+
+def _run_on_superlink(
+    run_config: dict[str, Any],
+    num_sites: int,
+    resources: SimulationResources,
+    work: Path,
+    log_file: Path | None,
+    verbose: bool,
+    echo: Callable[[str], None],
+) -> None:
+    """The run through a simulation SuperLink this process owns and `flwr run` (joins a Ray cluster)."""
+    port = _free_port()
+    env = _environment(work)
     if resources.ray_address:  # ray.init() in Flower's simulation process joins this cluster
         env["RAY_ADDRESS"] = resources.ray_address
-    else:
-        env.pop("RAY_ADDRESS", None)
     (work / "flwr").mkdir()
     (work / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "{FEDERATION}"\n\n'
@@ -158,32 +239,44 @@ def run_simulation(
         with subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:
-            sink = log_file.open("a") if log_file else None
-            failed = False
             try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    failed = failed or any(mark in line for mark in _FAILURE_MARKS)
-                    if sink:
-                        sink.write(line)
-                    if verbose or _worth_showing(line):
-                        echo(line)
+                failed, error = _stream(proc, log_file, verbose, echo)
             except BaseException:  # Ctrl-C: the run lives in the SuperLink, stop it now
                 _stop(superlink)
                 proc.kill()
                 raise
-            finally:
-                if sink:
-                    sink.close()
         if proc.returncode != 0:
             raise FedwardError(f"`flwr run` failed with exit code {proc.returncode}")
         if failed:  # `flwr run` exits 0 when the run itself fails
             where = f"; see {log_file}" if log_file else ""
-            raise FedwardError(f"the federated run failed{where}")
+            raise FedwardError(f"the federated run failed{where}{': ' + error if error else ''}")
     finally:
         _stop(superlink)
         superlink_log.close()
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _stream(
+    proc: subprocess.Popen, log_file: Path | None, verbose: bool, echo: Callable[[str], None]
+) -> tuple[bool, str | None]:
+    """Copy the run's output to the log and the worthwhile lines to `echo` until it ends; whether a
+    failure mark was seen, and the run's one-line error if it printed one."""
+    failed, error = False, None
+    sink = log_file.open("a") if log_file else None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            failed = failed or any(mark in line for mark in _FAILURE_MARKS)
+            if line.startswith(ERROR_MARK):
+                error = line[len(ERROR_MARK) :].strip()
+            if sink:
+                sink.write(line)
+            if verbose or _worth_showing(line):
+                echo(line)
+        proc.wait()
+    finally:
+        if sink:
+            sink.close()
+    return failed, error
 
 
 _FAILURE_MARKS = ("Simulation raised an exception", "ServerApp raised an exception")

@@ -1,0 +1,109 @@
+"""The process that runs one local simulation: fedward's ServerApp and ClientApp on Flower's in-process
+simulation engine (`flwr.simulation.run_simulation`, Ray actors as the sites).
+
+No SuperLink, no app bundle, no per-message processes: the ServerApp runs in a thread of this process and
+every site is a Ray actor started once and reused across rounds. `simulations/runner.py` starts it as a
+child process (so that Ctrl-C or a crash stops the whole tree) and reads its output:
+
+    python -m simulations.local_runtime SPEC.json
+
+SPEC holds the run config, the number of sites and Flower's backend config. A failure ends with one line
+`fedward: error: <reason>` on stderr and exit code 2; the traceback, if any, goes before it (the run log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+ERROR_MARK = "fedward: error: "
+RAY_START_ATTEMPTS = 2  # a loaded machine can time Ray's node start-up out once
+
+
+def with_run_config(config: dict[str, Any]):
+    """A ClientApp mod that gives each site the run config for the message (the in-process engine leaves
+    it empty, and refuses a context whose run config changed: it is put back afterwards)."""
+
+    def mod(msg, context, call_next):
+        empty, context.run_config = context.run_config, dict(config)
+        try:
+            return call_next(msg, context)
+        finally:
+            context.run_config = empty
+
+    return mod
+
+
+def _apps(config: dict[str, Any]):
+    from flwr.serverapp import ServerApp
+
+    from client.app import site_app
+    from server.app import main as coordinator_main
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context) -> None:
+        context.run_config = dict(config)
+        coordinator_main(grid, context)
+
+    return server, site_app(with_run_config(config))
+
+
+def _ray_start_failed(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "ray" in text.lower() and ("timed out" in text.lower() or "timeout" in text.lower())
+
+
+def run(spec: dict[str, Any]) -> None:
+    """Run the simulation `spec` describes; raises what the run raised."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # nothing about the run leaves this machine
+    from flwr.simulation import run_simulation
+
+    server, client = _apps(spec["run-config"])
+    logging.getLogger("flwr").setLevel(logging.INFO)
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            run_simulation(
+                server_app=server, client_app=client, num_supernodes=int(spec["num-sites"]),
+                backend_name="ray", backend_config=spec["backend-config"],
+            )  # fmt: skip
+            return
+        except Exception as exc:  # only Ray's own start-up is retried: a run that started is not
+            if attempt == RAY_START_ATTEMPTS or not _ray_start_failed(exc):
+                raise
+            print(f"fedward: Ray did not start in time ({exc}); trying once more", flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause, in one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    from common.errors import FedwardError
+
+    if isinstance(exc, FedwardError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: run the simulation of the spec file `argv[0]`; 0 on success, 2 on failure."""
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        run(spec)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:  # the run's end: one line for people, the rest for the log
+        traceback.print_exc()
+        print(ERROR_MARK + _reason(exc), file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
