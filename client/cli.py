@@ -130,8 +130,8 @@ def deidentify(
     ):
         table.add_row(label, str(count))
     console.print(table)
-    for path, reason in result.skipped[:20]:
-        _say(f"skipped {path}: {reason}")
+    for source, reason in result.skipped[:20]:
+        _say(f"skipped the input with source-hash {source} (paths are not printed): {reason}")
     if len(result.skipped) > 20:
         _say(f"... and {len(result.skipped) - 20} more skipped (see the log)")
     for note in result.notes:
@@ -300,7 +300,7 @@ def print_data_reports(data: Path, tasks: list[str], site_policy, json_path: Pat
 
     gate = site_policy.phi_gate if site_policy else "block"
     least = site_policy.min_samples if site_policy else 1
-    reports = [check_site_data(data, t, phi_gate=gate, min_samples=least) for t in tasks]
+    reports = [check_site_data(data, t, phi_gate=gate, min_samples=least, policy=site_policy) for t in tasks]
     for one in reports:
         print_report(one, console)
     json_path.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")

@@ -21,10 +21,17 @@ secret can recompute them:
 Files with BurnedInAnnotation = YES (text in the pixels), DICOMDIR indexes and files that are not
 DICOM are skipped and reported: the export holds only what was checked. The site manifest is
 translated (patient and study ids mapped the same way, labels kept) and the NIfTI masks it names are
-rewritten with a fresh header. A path component that contains a patient's original PatientID
-(the whole component, or a substring of 4 characters or more) gets the pseudonym instead. The log
-(JSON lines) says per file which attribute got which action, never an original value; the input path
-appears only as a keyed hash.
+rewritten with a fresh header (no text fields, no extensions).
+
+Paths are PHI: no folder or file name of IN is kept. OUT is `<patient>/<study>/<series>/<instance>.dcm`
+with each name a keyed pseudonym of lower-case letters (`pt-...`, `st-...`, `se-...`, `im-...`: no digits
+or capitals, so names cannot look like dates, MRNs or people), masks are `masks/mk-....nii.gz`, and the
+manifest names the new masks. The log (JSON lines) is keyed by the new name and patient pseudonym and
+a keyed hash of the input path; it says per file which attribute got which action, never an original
+value, path or name. Every path read resolves inside IN (a manifest `file` / `mask` that is absolute, has
+`..` or is a link outside refuses the export before anything is written; a linked file whose target is
+outside IN is skipped unread) and every path written resolves inside OUT (or is the `--log` file, which
+may not lie inside IN).
 """
 
 from __future__ import annotations
@@ -59,9 +66,10 @@ from client.phi import (
     check_folder,
     is_overlay_or_curve,
 )
-from common.data.mri.manifest import MANIFEST_NAME
+from common.data.mri.files import inside, outside_reason
+from common.data.mri.manifest import MANIFEST_NAME, path_problems
 from common.data.mri.sample import contrast_name
-from common.errors import ConfigError
+from common.errors import ConfigError, DataValidationError
 
 SECRET_ENV = "FEDWARD_SITE_SECRET"
 MIN_SECRET_BYTES = 16
@@ -83,6 +91,7 @@ META_REMOVED = (
 )
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 UID_LIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+NAME_LETTERS = 12  # letters of a keyed path name: 26**12 ~ 1e17 names
 SECRET_HELP = (
     "make one once per site, keep it with the site's other secrets and reuse it for every export "
     "(the same secret gives the same pseudonyms): "
@@ -140,6 +149,14 @@ class Keys:
     def hashed(self, value: str) -> str:
         """A keyed hash for the log (e.g. of an input path)."""
         return self._mac("log", value).hex()[:16]
+
+    def name(self, prefix: str, value: str) -> str:
+        """A folder or file name for `value`: `prefix-` and lower-case letters from its keyed hash."""
+        number, letters = int.from_bytes(self._mac(f"path-{prefix}", value), "big"), []
+        for _ in range(NAME_LETTERS):
+            number, digit = divmod(number, 26)
+            letters.append(chr(ord("a") + digit))
+        return f"{prefix}-{''.join(letters)}"
 
 
 def patient_key(ds: Dataset) -> str:
@@ -321,17 +338,36 @@ def _read(path: Path, *, header_only: bool) -> Dataset:
     return ds
 
 
-def pseudonymise_path(rel: PurePath, ids: Mapping[str, str]) -> PurePath:
-    """`rel` with each original patient id in its components replaced by the pseudonym."""
-    parts = []
-    for part in rel.parts:
-        for original in sorted(ids, key=len, reverse=True):
-            if part == original:
-                part = ids[original]
-            elif len(original) >= 4 and original in part:
-                part = part.replace(original, ids[original])
-        parts.append(part)
-    return PurePath(*parts)
+def output_path(ds: Dataset, keys: Keys, source: str, taken: set[PurePath]) -> PurePath:
+    """Where a de-identified file goes: `<patient>/<study>/<series>/<instance>.dcm`, every name keyed (a
+    second file of one SOPInstanceUID, e.g. in another transfer syntax, gets its own); added to `taken`."""
+    patient = patient_key(ds) or f"source:{source}"
+
+    def uid(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "").strip()
+
+    study = uid("StudyInstanceUID") or f"{patient}\x00no-study"
+    series = uid("SeriesInstanceUID") or f"{study}\x00no-series"
+    instance = uid("SOPInstanceUID") or f"source:{source}"
+    folder = PurePath(keys.name("pt", patient), keys.name("st", study), keys.name("se", series))
+    out = folder / (keys.name("im", instance) + ".dcm")
+    if out in taken:
+        out = folder / (keys.name("im", f"{instance}\x00{source}") + ".dcm")
+    taken.add(out)
+    return out
+
+
+def _target(dst: Path, rel: PurePath) -> Path:
+    """`dst / rel`, its folders made; ConfigError unless it resolves inside `dst` and is new."""
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ConfigError(f"OUT {dst}: refusing to write outside it")
+    target = dst / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not inside(target, dst):
+        raise ConfigError(f"OUT {dst}: a folder in it links outside it; refusing to write there")
+    if target.exists() or target.is_symlink():
+        raise ConfigError(f"OUT {dst}: {rel.as_posix()} exists already; refusing to overwrite it")
+    return target
 
 
 @dataclass
@@ -342,7 +378,7 @@ class DeidentifyResult:
     target: Path
     log: Path
     written: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, pseudonymised; reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (keyed hash of the input path, reason)
     patients: set[str] = field(default_factory=set)
     studies: set[str] = field(default_factory=set)
     series: set[str] = field(default_factory=set)
@@ -352,100 +388,114 @@ class DeidentifyResult:
     gate: GateReport | None = None
 
 
-def _check_folders(src: Path, dst: Path) -> None:
+def _check_folders(src: Path, dst: Path, log_path: Path) -> None:
     if not src.is_dir():
         raise ConfigError(f"IN {src}: not a folder")
     if dst == src or dst.is_relative_to(src) or src.is_relative_to(dst):
         raise ConfigError(f"OUT {dst} and IN {src} must be separate folders, neither inside the other")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ConfigError(f"OUT {dst}: exists and is not an empty folder; write each export to a new folder")
+    if inside(log_path, src):
+        raise ConfigError(f"--log {log_path}: inside IN {src}; the export never writes into its source")
 
 
-def _masks(manifest: Path, src: Path) -> set[Path]:
-    if not manifest.is_file():
-        return set()
+def _manifest_rows(manifest: Path, src: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The manifest's columns and rows; DataValidationError naming row and column for a path leaving IN."""
+    if outside_reason(src, MANIFEST_NAME) is not None:
+        raise DataValidationError(str(manifest), ["a symbolic link whose target is outside IN"])
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [
-            {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
-    return {(src / row["mask"]).resolve() for row in rows if row.get("mask")}
+        reader = csv.DictReader(handle)
+        columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+        rows = [{(k or "").strip().lower(): str(v or "").strip() for k, v in row.items()} for row in reader]
+    problems = [p for row_no, row in enumerate(rows, start=1) for p in path_problems(src, row_no, row)]
+    if problems:
+        raise DataValidationError(str(manifest), problems)
+    return columns, rows
+
+
+def _files(src: Path) -> list[Path]:
+    return [
+        p
+        for p in sorted(src.rglob("*"))
+        if (p.is_file() or (p.is_symlink() and not p.is_dir()))
+        and not any(s.startswith(".") for s in p.relative_to(src).parts)
+    ]
 
 
 def deidentify_folder(
     src: Path, dst: Path, secret: bytes, *, log_path: Path | None = None
 ) -> DeidentifyResult:
-    """Write a de-identified copy of the DICOM files under `src` to the new folder `dst` (same tree),
-    log what changed per file (JSON lines, default `dst/deidentify-log.jsonl`) and check `dst` with
-    the PHI gate."""
+    """Write a de-identified copy of the DICOM files under `src` to the new folder `dst` (keyed names,
+    study / series / instance tree), log what changed per file (JSON lines, default
+    `dst/deidentify-log.jsonl`) and check `dst` with the PHI gate."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    _check_folders(src, dst)
-    keys = Keys(secret)
     log_path = Path(log_path) if log_path is not None else dst / LOG_NAME
+    _check_folders(src, dst, log_path)
+    keys = Keys(secret)
     result = DeidentifyResult(src, dst, log_path)
     manifest = src / MANIFEST_NAME
-    masks = _masks(manifest, src)
-    files = [
-        p
-        for p in sorted(src.rglob("*"))
-        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(src).parts)
-    ]
-    ids: dict[str, str] = {}  # original PatientID -> pseudonym, for file and folder names
-    for path in files:
-        try:
-            ds = _read(path, header_only=True)
-        except Skip:
-            continue
-        original = str(ds.get("PatientID", "") or "").strip()
-        if original:
-            ids[original] = keys.patient_id(original)
+    table = _manifest_rows(manifest, src) if manifest.is_file() or manifest.is_symlink() else None
+    masks = {(src / row["mask"]).resolve() for row in (table[1] if table else []) if row.get("mask")}
     dst.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    taken: set[PurePath] = set()
     with log_path.open("w", encoding="utf-8") as log:
-        for path in files:
-            rel = path.relative_to(src)
-            out_rel = pseudonymise_path(rel, ids)
+        for path in _files(src):
+            rel = path.relative_to(src).as_posix()
             if path == manifest or path.resolve() in masks:
                 continue
+            source = keys.hashed(rel)
             try:
+                if not inside(path, src):
+                    raise Skip("a symbolic link whose target is outside IN: not read")
+                if not path.is_file():
+                    raise Skip("a symbolic link to nothing")
                 ds = _read(path, header_only=False)
+                out_rel = output_path(
+                    ds, keys, rel, taken
+                )  # from the original identity, before it is replaced
                 changes = deidentify_dataset(ds, keys)
-                target = dst / out_rel
-                target.parent.mkdir(parents=True, exist_ok=True)
+                target = _target(dst, out_rel)
                 try:
                     ds.save_as(target, enforce_file_format=True)
                 except Exception as exc:
                     target.unlink(missing_ok=True)
                     raise Skip(f"cannot be written back ({type(exc).__name__})") from None
             except Skip as why:
-                result.skipped.append((out_rel.as_posix(), str(why)))
-                _log(log, out_rel, keys.hashed(rel.as_posix()), "skipped", reason=str(why))
+                result.skipped.append((source, str(why)))
+                _log(log, None, source, "skipped", reason=str(why))
                 continue
             result.written += 1
             result.patients.add(changes.patient)
             result.studies.add(str(ds.get("StudyInstanceUID", "")))
             result.series.add(str(ds.get("SeriesInstanceUID", "")))
-            source = keys.hashed(rel.as_posix())
             _log(log, out_rel, source, "written", patient=changes.patient, changes=changes.as_log())
-        if manifest.is_file():
-            _translate_manifest(manifest, src, dst, keys, ids, result, log)
+        if table is not None:
+            _translate_manifest(table, src, dst, keys, result, log)
     result.gate = check_folder(dst)
     return result
 
 
-def _log(handle, out_rel: PurePath, source: str, status: str, **extra: object) -> None:
-    record = {"file": out_rel.as_posix(), "source-hash": source, "status": status, **extra}
+def _log(handle, out_rel: PurePath | None, source: str, status: str, **extra: object) -> None:
+    record = {
+        "file": out_rel.as_posix() if out_rel else None,
+        "source-hash": source,
+        "status": status,
+        **extra,
+    }
     handle.write(json.dumps(record) + "\n")
 
 
 def _translate_manifest(
-    manifest: Path, src: Path, dst: Path, keys: Keys, ids: dict[str, str], result: DeidentifyResult, log
+    table: tuple[list[str], list[dict[str, str]]],
+    src: Path,
+    dst: Path,
+    keys: Keys,
+    result: DeidentifyResult,
+    log,
 ) -> None:
-    """The manifest with pseudonymous patient and study ids, labels kept, masks rewritten."""
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
-        rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+    """The manifest with pseudonymous patient and study ids, labels kept, masks rewritten, keyed names."""
+    columns, rows = table
     kept = [c for c in ("patient_id", "study_id", "label", "mask") if c in columns]
     changes = FileChanges()
     for column in sorted(set(columns) - set(kept)):
@@ -456,7 +506,7 @@ def _translate_manifest(
         new = {c: row.get(c, "") for c in kept}
         patient = row.get("patient_id", "")
         if patient:
-            new["patient_id"] = ids.get(patient) or keys.patient_id(patient)
+            new["patient_id"] = keys.patient_id(patient)
             changes.add("patient_id", "pseudonymised")
         study = row.get("study_id", "")
         if study:
@@ -465,12 +515,11 @@ def _translate_manifest(
             changes.add("study_id", "uid-remapped" if uid_like else "pseudonymised")
         if row.get("mask"):
             if row["mask"] not in masks:
-                names = {**ids, patient: new["patient_id"]} if patient else ids
-                masks[row["mask"]] = _rewrite_mask(PurePath(row["mask"]), src, dst, names, result, keys, log)
+                masks[row["mask"]] = _rewrite_mask(PurePath(row["mask"]), src, dst, result, keys, log)
             new["mask"] = masks[row["mask"]]
             changes.add("mask", "rewritten" if new["mask"] else "emptied")
         out_rows.append(new)
-    with (dst / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
+    with _target(dst, PurePath(MANIFEST_NAME)).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=kept)
         writer.writeheader()
         writer.writerows(out_rows)
@@ -478,17 +527,19 @@ def _translate_manifest(
     _log(log, PurePath(MANIFEST_NAME), keys.hashed(MANIFEST_NAME), "written", changes=changes.as_log())
 
 
-def _rewrite_mask(
-    rel: PurePath, src: Path, dst: Path, ids: dict[str, str], result: DeidentifyResult, keys: Keys, log
-) -> str:
-    """A manifest's NIfTI mask with a fresh header (voxels and affine only); '' when it cannot be."""
+def _rewrite_mask(rel: PurePath, src: Path, dst: Path, result: DeidentifyResult, keys: Keys, log) -> str:
+    """A manifest's NIfTI mask with a fresh header (voxels and affine only: no text fields, no extensions)
+    under a keyed name; '' when it cannot be."""
     import nibabel as nib
     import numpy as np
 
-    out_rel = pseudonymise_path(rel, ids)
+    out_rel = PurePath("masks", keys.name("mk", rel.as_posix()) + ".nii.gz")
     path = src / rel
+    source = keys.hashed(rel.as_posix())
     reason = None
-    if not path.is_file():
+    if not inside(path, src):  # checked with the manifest already; never read a file outside IN
+        reason = "mask outside IN"
+    elif not path.is_file():
         reason = "mask named in the manifest does not exist"
     elif not path.name.lower().endswith(NIFTI_SUFFIXES):
         reason = "mask is not a NIfTI file"
@@ -499,12 +550,11 @@ def _rewrite_mask(
         except Exception as exc:
             reason = f"mask unreadable ({type(exc).__name__})"
     if reason is not None:
-        result.skipped.append((out_rel.as_posix(), reason))
-        _log(log, out_rel, keys.hashed(rel.as_posix()), "skipped", reason=reason)
+        result.skipped.append((source, reason))
+        _log(log, None, source, "skipped", reason=reason)
         return ""
-    (dst / out_rel).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(clean, dst / out_rel)
+    nib.save(clean, _target(dst, out_rel))
     result.masks += 1
     header = [{"tag": "nifti-header", "action": "replaced", "count": 1}]
-    _log(log, out_rel, keys.hashed(rel.as_posix()), "written", changes=header)
+    _log(log, out_rel, source, "written", changes=header)
     return out_rel.as_posix()

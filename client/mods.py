@@ -3,8 +3,9 @@
 Any exception in a handler becomes an Error reply naming the site, the error type and, for the
 project's own errors (whose messages name settings and rules), the message with file paths and file
 names replaced by `<path>`; the full detail, traceback included, goes to the site's own log. A data
-validation error sends only its problem count (its message quotes cell values). Error replies a handler
-builds itself (policy refusals) are scrubbed of paths the same way.
+validation error sends only its problem count (its message quotes cell values). A site whose data
+did not load (SiteDataError) refuses the run with SITE_DATA_ERROR and that short reason, every time it is
+asked. Error replies a handler builds itself (policy refusals) are scrubbed of paths the same way.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import re
 from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from common.errors import DataValidationError, FedwardError
+from common.errors import DataValidationError, FedwardError, SiteDataError
 
 log = logging.getLogger("fedward.client")
 
 SITE_ERROR = 4000  # an unexpected exception at the site (details in its log)
 SITE_CONFIG_ERROR = 4001  # a fedward error: data, configuration or privacy rule
+SITE_DATA_ERROR = 4002  # the site's data did not load: it sits the run out (common.errors.SiteDataError)
 MAX_REASON = 300
 _NAME = r"""[^\s'"`,;:()\[\]{}<>/\\]"""  # a character of a path segment
 _PATH = re.compile(
@@ -44,6 +46,8 @@ def _site(context: Context) -> str:
 
 def safe_reason(exc: BaseException) -> tuple[int, str]:
     """The reason code and the short message the coordinator may see for `exc`."""
+    if isinstance(exc, SiteDataError):  # its cause was made safe where the data failed to load
+        return SITE_DATA_ERROR, f"refuses the run: its {exc.task} data did not load ({exc.cause})"
     if isinstance(exc, DataValidationError):
         return SITE_CONFIG_ERROR, f"{type(exc).__name__}: {len(exc.problems)} problem(s) in the site's data"
     if isinstance(exc, FedwardError):
@@ -56,6 +60,10 @@ def safe_errors_mod(msg: Message, context: Context, call_next: ClientAppCallable
     site = _site(context)
     try:
         reply = call_next(msg, context)
+    except SiteDataError as exc:  # already logged in full where the data failed to load
+        log.warning("site %s: %s refused: %s", site, msg.metadata.message_type, exc)
+        code, reason = safe_reason(exc)
+        return Message(Error(code=code, reason=f"site {site}: {reason}"), reply_to=msg)
     except Exception as exc:  # every failure must become a safe reply
         log.exception("site %s: %s failed", site, msg.metadata.message_type)
         code, reason = safe_reason(exc)

@@ -24,6 +24,11 @@ A file **carries PHI** when any of these holds (each is one finding: file, tag k
 Only headers are read (`stop_before_pixels`), so a site's check costs about a millisecond per file.
 Findings name the attribute, never its value. Files that are not DICOM are counted and left to the loader;
 a DICOM header with an element that cannot be decoded is a finding ("unchecked").
+
+Paths are PHI too: every folder and file name under the site folder is checked with the rules of
+`client/phi_text.py` (category "path-date", "path-person-name", "path-long-number"), and NIfTI headers and
+image text metadata with `client/phi_media.py`. A file whose path breaks a rule is named by its position
+in the folder's sorted file list and its clean leading folders ("file #7 under glioma"), never by its name.
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.data.mri.files import list_site_files, relative
+from client.phi_media import image_findings, nifti_findings
+from client.phi_text import path_rules
+from common.data.mri.files import list_site_files
 from common.data.mri.sample import contrast_name
 from common.errors import DataValidationError
 
@@ -396,7 +403,7 @@ class GateReport:
     def summary(self) -> str:
         """One line: how many files carry PHI, by category."""
         kinds = ", ".join(f"{category} {n}" for category, n in self.counts.most_common())
-        return f"{len(self.flagged)} of {self.files_checked} DICOM file(s) carry PHI" + (
+        return f"{len(self.flagged)} of {self.files_checked} file(s) carry PHI" + (
             f" (findings by category: {kinds})" if kinds else ""
         )
 
@@ -409,30 +416,56 @@ class GateReport:
 
 
 class PhiGateError(DataValidationError):
-    """The site's DICOM files carry PHI and its policy blocks training on them."""
+    """The site's files (headers, metadata or paths) carry PHI and its policy blocks training on them."""
 
     def __init__(self, report: GateReport, limit: int = 10) -> None:
         self.report = report
         super().__init__(str(report.folder), report.problems(limit), limit=limit + 3)
 
 
-def check_folder(folder: Path, *, examples: int = 20) -> GateReport:
-    """Check the headers of every DICOM candidate in a site folder (the MRI loaders' file discovery)."""
-    folder = Path(folder)
-    report = GateReport(folder)
-    for path in list_site_files(folder).dicom:
+def file_label(rel: PurePath, number: int, flagged: list[tuple[int, str]]) -> str:
+    """How findings name a file: its relative path, or when a path component breaks a rule its number in
+    the sorted file list and the clean folders before the first such component."""
+    if not flagged:
+        return rel.as_posix()
+    prefix = PurePath(*rel.parts[: min(n for n, _ in flagged) - 1]).as_posix()
+    return f"file #{number}" + (f" under {prefix}" if prefix != "." else "")
+
+
+def _content(path: Path, kind: str, label: str) -> list[Finding] | None:
+    if kind == "dicom":
         ds = read_header(path)
         if ds is None:
-            report.not_dicom += 1
-            continue
-        report.files_checked += 1
-        file = relative(path, folder)
+            return None
         try:
-            findings = check_dataset(ds, file)
+            return check_dataset(ds, label)
         except Exception:  # an element that cannot be decoded: not known to be clean
-            findings = [Finding(file, "header", "unchecked")]
+            return [Finding(label, "header", "unchecked")]
+    found = nifti_findings(path) if kind == "nifti" else image_findings(path)
+    return None if found is None else [Finding(label, field, category) for field, category in found]
+
+
+def check_folder(folder: Path, *, examples: int = 20) -> GateReport:
+    """Check every file the MRI loaders would read in a site folder: its path, its DICOM header or its
+    NIfTI / image metadata."""
+    folder = Path(folder)
+    report = GateReport(folder)
+    files = list_site_files(folder)
+    kinds = {p: "dicom" for p in files.dicom} | {p: "nifti" for p in files.nifti}
+    kinds |= {p: "image" for p in files.images}
+    for number, path in enumerate(sorted(kinds), start=1):
+        rel = path.relative_to(folder)
+        flagged = path_rules(rel)
+        label = file_label(rel, number, flagged)
+        findings = [Finding(label, f"path component {n}", f"path-{rule}") for n, rule in flagged]
+        content = _content(path, kinds[path], label)
+        if content is None and kinds[path] == "dicom":
+            report.not_dicom += 1
+        if content is not None or findings:
+            report.files_checked += 1
+        findings += content or []
         if findings:
-            report.flagged.append(findings[0].file)
+            report.flagged.append(label)
             report.counts.update(f.category for f in findings)
             report.examples.extend(findings[: max(0, examples - len(report.examples))])
     return report

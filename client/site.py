@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 from flwr.app import Context
 
 from client.budget import SitePrivacy
+from client.mods import safe_reason
 from client.phi import gate_site
 from client.policy import load_policy
+from client.readiness import readiness
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, SiteDataError
 from common.tasks import SiteData, SiteSource, get_task
+
+log = logging.getLogger("fedward.client")
 
 
 def site_source(context: Context, config: RunConfig) -> SiteSource:
@@ -38,7 +43,8 @@ MRI_TASKS = ("tumour", "tumour-seg")
 
 @lru_cache(maxsize=4)
 def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") -> SiteData:
-    """Load (once per process) and validate the site's data for the run's task.
+    """Load (once per process) and validate the site's data for the run's task; warn (site log) when
+    it is too small or too skewed to train or evaluate well.
 
     For an MRI task the DICOM PHI gate runs first (headers only): with `phi_gate` "block" a folder
     whose files carry PHI raises PhiGateError, with "warn" it is logged; the gate's counts join the
@@ -50,7 +56,33 @@ def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") ->
     site = get_task(config.task).load_site(source, config)
     if gate is not None:
         site.report.update(gate.metrics())
+    found = readiness(site, config.task, config)
+    for line in found.blocking + found.warnings:
+        log.warning("site %s: %s", source.site_id, line)
     return site
+
+
+_FAILED: dict[tuple[SiteSource, RunConfig, str], str] = {}  # why a site's data did not load (safe text)
+
+
+def load_site_for_run(source: SiteSource, config: RunConfig, phi_gate: str = "block") -> SiteData:
+    """`load_site`, or SiteDataError: the site refuses the run, with a reason safe to send.
+
+    Whatever stops the data from loading (a data or PHI error, a setting, an unexpected failure in a
+    loader) becomes SiteDataError (no path, no value; the detail goes to the site's log once). The
+    failure is remembered, so every later message of the run gets the same refusal without reading
+    the folder again.
+    """
+    key = (source, config, phi_gate)
+    if key not in _FAILED:
+        try:
+            return load_site(source, config, phi_gate)
+        except Exception as exc:
+            log.exception("site %s: its %s data did not load", source.site_id, config.task)
+            if len(_FAILED) >= 8:
+                _FAILED.clear()
+            _FAILED[key] = safe_reason(exc)[1]
+    raise SiteDataError(source.site_id, config.task, _FAILED[key])
 
 
 def phi_gate_mode(privacy: SitePrivacy) -> str:

@@ -8,11 +8,10 @@ predictions (which never leave it); pooled proportions get Wilson intervals from
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap
+from scipy.stats import binomtest, bootstrap, rankdata
 
 CALIBRATION_BINS = 10
 CONFIDENCE = 0.95
@@ -65,8 +64,20 @@ def wilson_interval(successes: float, trials: float, confidence: float = CONFIDE
     return float(ci.low), float(ci.high)
 
 
+BatchStatistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""A statistic of many resamples at once: labels (r, n) and scores (r, n, ...) -> (r,) values, NaN
+where a resample leaves it undefined (e.g. AUC of a one-class resample)."""
+
+_CHUNK_VALUES = 1 << 21  # resampled scores held at once (16 MiB of float64)
+
+
+def bootstrap_indices(n: int, *, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """The (resamples, n) case indices of a paired bootstrap of `n` cases."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
 def bootstrap_interval(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
+    statistic: BatchStatistic,
     y_true: np.ndarray,
     scores: np.ndarray,
     *,
@@ -74,33 +85,71 @@ def bootstrap_interval(
     resamples: int = BOOTSTRAP_RESAMPLES,
     confidence: float = CONFIDENCE,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of `statistic(y_true, scores)` over cases (paired resampling).
+    """Percentile bootstrap interval of `statistic` over cases (paired resampling), all resamples
+    evaluated at once (in chunks that bound memory).
 
-    Resamples where the statistic is undefined (e.g. AUC of a one-class resample) are left out;
-    NaN when fewer than half of them are defined.
+    Resamples where the statistic is undefined are left out; NaN when fewer than half are defined.
     """
     y_true, scores = np.asarray(y_true), np.asarray(scores)
     if len(y_true) < 2:
         return math.nan, math.nan
+    index = bootstrap_indices(len(y_true), seed=seed, resamples=resamples)
+    rows = max(1, _CHUNK_VALUES // max(1, scores.size))
+    values = np.concatenate(
+        [statistic(y_true[i], scores[i]) for i in np.array_split(index, -(-resamples // rows))]
+    )
+    return percentile_interval(values, resamples, confidence)
 
-    def safe(y: np.ndarray, s: np.ndarray) -> float:
-        try:
-            value = statistic(y, s)
-        except ValueError:
-            return math.nan
-        return value
 
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
-    with warnings.catch_warnings():  # one-class resamples: undefined, dropped below
-        warnings.simplefilter("ignore")
-        values = np.array([safe(y_true[i], scores[i]) for i in index])
+def percentile_interval(
+    values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Percentile interval of bootstrap `values`, NaN ones left out; NaN when fewer than half of the
+    `resamples` are defined."""
+    values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < resamples / 2:
         return math.nan, math.nan
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def auc_batch(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of every row of (r, n) labels and scores: the Mann-Whitney U from average ranks (ties
+    count one half, as in sklearn's roc_auc_score); NaN for rows holding one class only."""
+    positive = np.asarray(y).astype(bool)
+    ranks = rankdata(scores, axis=-1)
+    pos = positive.sum(axis=-1)
+    neg = positive.shape[-1] - pos
+    u = np.where(positive, ranks, 0.0).sum(axis=-1) - pos * (pos + 1) / 2
+    defined = (pos > 0) & (neg > 0)
+    return np.where(defined, u / np.where(defined, pos * neg, 1), math.nan)
+
+
+def balanced_accuracy_batch(threshold: float) -> BatchStatistic:
+    """Balanced accuracy of every row of (r, n) binary labels and positive-class scores at `threshold`
+    (NaN for rows holding one class only)."""
+
+    def statistic(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        positive, predicted = np.asarray(y).astype(bool), np.asarray(scores) >= threshold
+        pos = positive.sum(axis=-1)
+        neg = positive.shape[-1] - pos
+        tp = (positive & predicted).sum(axis=-1)
+        tn = (~positive & ~predicted).sum(axis=-1)
+        defined = (pos > 0) & (neg > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = (tp / pos + tn / neg) / 2
+        return np.where(defined, value, math.nan)
+
+    return statistic
+
+
+def macro_auc_batch(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Macro one-vs-rest ROC AUC of every row of (r, n) class labels and (r, n, k) probabilities (as
+    sklearn's `multi_class="ovr"`); NaN for rows missing a class."""
+    k = probs.shape[-1]
+    return np.mean([auc_batch(y == c, probs[..., c]) for c in range(k)], axis=0)
 
 
 def mean_interval(values: np.ndarray, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:

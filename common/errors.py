@@ -42,3 +42,12 @@ class DataValidationError(FedwardError):
         more = len(self.problems) - limit
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{file}: {len(self.problems)} problem(s):\n  {shown}{tail}")
+
+
+class SiteDataError(FedwardError):
+    """A site's data could not be loaded for a run: the site sits the run out (the coordinator goes on
+    with the others while min-sites allow). `cause` is already safe to send: no path, no value."""
+
+    def __init__(self, site_id: str, task: str, cause: str) -> None:
+        self.site_id, self.task, self.cause = site_id, task, cause
+        super().__init__(f"site {site_id} cannot load its {task} data ({cause}); it sits this run out")

@@ -9,9 +9,12 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score
 
 from common.clinical import (
+    auc_batch,
+    balanced_accuracy_batch,
     bootstrap_interval,
     calibration_sums,
     expected_calibration_error,
+    macro_auc_batch,
     pool_calibration,
     wilson_interval,
     with_interval,
@@ -47,19 +50,10 @@ def binary_metrics(
     _add_calibration(out, calibration_sums(confidence, y_pred == y_true))
     if intervals:
         _count_intervals(out)
-        with_interval(out, "roc-auc", bootstrap_interval(roc_auc_score, y_true, p))
-        with_interval(out, "balanced-accuracy", bootstrap_interval(_balanced(threshold), y_true, p))
+        balanced = balanced_accuracy_batch(threshold)
+        with_interval(out, "roc-auc", bootstrap_interval(auc_batch, y_true, p))
+        with_interval(out, "balanced-accuracy", bootstrap_interval(balanced, y_true, p))
     return out
-
-
-def _balanced(threshold: float):
-    def statistic(y: np.ndarray, p: np.ndarray) -> float:
-        pred = p >= threshold
-        if y.all() or not y.any():
-            return math.nan
-        return float((pred[y == 1].mean() + (~pred[y == 0]).mean()) / 2)
-
-    return statistic
 
 
 def _add_calibration(out: dict[str, float], sums: dict[str, float]) -> None:
@@ -175,14 +169,7 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, *, intervals: bool
     _add_calibration(out, calibration_sums(probs.max(axis=1), predicted == y_true))
     if intervals:
         with_interval(out, "accuracy", wilson_interval(float(np.trace(cm)), float(cm.sum())))
-        labels = list(range(k))
-
-        def macro_auc(y: np.ndarray, p: np.ndarray) -> float:
-            if len(np.unique(y)) < k:
-                return math.nan
-            return float(roc_auc_score(y, p, multi_class="ovr", labels=labels))
-
-        with_interval(out, "roc-auc", bootstrap_interval(macro_auc, y_true, probs))
+        with_interval(out, "roc-auc", bootstrap_interval(macro_auc_batch, y_true, np.asarray(probs)))
     return out
 
 

@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from client.cli import app as site_app
-from client.deidentify import Keys, deidentify_folder, load_secret, pseudonymise_path
+from client.deidentify import Keys, deidentify_folder, load_secret
 from client.phi import check_folder
 from client.site import load_site
 from common.config import RunConfig
@@ -39,6 +39,12 @@ SECOND_STUDY = ("S1P000", "S1P003")  # patients with a second study
 
 def _headers(folder: Path) -> dict[PurePath, pydicom.Dataset]:
     return {p.relative_to(folder): pydicom.dcmread(p, stop_before_pixels=True) for p in folder.rglob("*.dcm")}
+
+
+def _written(log: Path, source: str) -> PurePath:
+    """Where the export wrote the input `source` (relative path), found through the log's keyed hash."""
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return PurePath(next(r["file"] for r in records if r["source-hash"] == Keys(SECRET).hashed(source)))
 
 
 def _day(value: str) -> date:
@@ -90,7 +96,8 @@ def test_pydicom_mr_files_are_deidentified_and_still_decode(tmp_path: Path) -> N
     assert result.written == len(PYDICOM_MR) and result.gate is not None and result.gate.passed
     new_ids, new_dates = set(), set()
     for name in PYDICOM_MR:
-        before, after = pydicom.dcmread(src / name), pydicom.dcmread(tmp_path / "out" / name)
+        written = _written(tmp_path / "out" / "deidentify-log.jsonl", name)
+        before, after = pydicom.dcmread(src / name), pydicom.dcmread(tmp_path / "out" / written)
         assert np.array_equal(before.pixel_array, after.pixel_array)
         assert str(after.PatientName) == "" and after.PatientID != before.PatientID
         assert (
@@ -125,9 +132,16 @@ def test_phantom_structure_dates_and_ids_are_kept(phantom) -> None:
     keys = Keys(SECRET)
     ids = {pid: keys.patient_id(pid) for pid in {str(ds.PatientID) for ds in before.values()}}
     assert result.gate.passed and result.written == len(before) == len(after)
-    assert result.skipped == [("notes.txt", "not a DICOM file")]
-    assert not any(pid in str(path) for path in after for pid in ids)  # ids gone from paths too
-    pairs = [(ds, after[pseudonymise_path(rel, ids)]) for rel, ds in before.items()]
+    assert result.skipped == [(keys.hashed("notes.txt"), "not a DICOM file")]
+    names = {part for rel in before for part in rel.parts}
+    assert not any(part in names or pid in part for rel in after for part in rel.parts for pid in ids)
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in after.values()}
+    pairs = [(ds, by_sop[keys.uid(str(ds.SOPInstanceUID))]) for ds in before.values()]
+    # one folder per patient / study / series, one file per instance
+    tree = {(str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)): rel.parent
+            for rel, ds in after.items()}  # fmt: skip
+    assert all(len(rel.parts) == 4 for rel in after) and len(set(tree.values())) == len(tree)
+    assert len({folder.parts[0] for folder in tree.values()}) == 6
     for field in (
         "StudyInstanceUID",
         "SeriesInstanceUID",
@@ -223,4 +237,4 @@ def test_cli_writes_the_copy(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "PHI gate passed" in run.stdout and "DICOM files written" in run.stdout
-    assert (tmp_path / "out" / "MR_small.dcm").is_file() and (tmp_path / "log.jsonl").is_file()
+    assert (tmp_path / "out" / _written(tmp_path / "log.jsonl", "MR_small.dcm")).is_file()

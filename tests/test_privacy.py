@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
+from site_policy import policy_text
 from torch.utils.data import TensorDataset
 
+from client.budget import SiteBudget, SitePrivacy
+from common.config import RunConfig
 from common.errors import PrivacyError
 from common.models import LogisticRegression
-from common.privacy import DPConfig, PrivacyHistory, compose_epsilon, resolve_delta
+from common.privacy import (
+    DPConfig,
+    PrivacyHistory,
+    compose_epsilon,
+    composition_cache_info,
+    group_entries,
+    resolve_delta,
+)
+from common.tasks.base import SiteData
 from common.training import LocalTraining, train_model
 
 
@@ -89,3 +101,53 @@ def test_dp_config_rejects_nonsense() -> None:
         DPConfig(target_epsilon=0, noise_multiplier=0)
     with pytest.raises(PrivacyError):
         DPConfig(accountant="moments")
+
+
+# a statistics release, then rounds whose σ changed (a resumed run) and came back: equal mechanisms apart
+SCATTERED = [(6.0, 1.0, 1), (1.1, 0.25, 8), (2.0, 0.25, 4), (1.1, 0.25, 8), (6.0, 1.0, 1), (1.1, 0.25, 0)]
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # Opacus' PRV at q = 1, harmless
+@pytest.mark.parametrize("accountant", [PRVAccountant, RDPAccountant])
+def test_grouping_equal_mechanisms_keeps_epsilon_exact(accountant) -> None:
+    assert group_entries(SCATTERED) == ((1.1, 0.25, 16), (2.0, 0.25, 4), (6.0, 1.0, 2))
+    for delta in (1e-3, 1e-5):
+        reference = accountant()
+        reference.history = [e for e in SCATTERED if e[2] > 0]  # as Opacus composes them, one by one
+        expected = reference.get_epsilon(delta)
+        mechanism = accountant.mechanism()
+        assert compose_epsilon(SCATTERED, delta, mechanism) == pytest.approx(expected, rel=1e-9)
+        assert compose_epsilon(SCATTERED[::-1], delta, mechanism) == compose_epsilon(
+            SCATTERED, delta, mechanism
+        )
+
+
+def test_a_round_composes_its_history_once(tmp_path) -> None:
+    """Reserve (projected lifetime ε), then the run's and the lifetime ε after training: one PRV run."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(50.0))
+    keys = [f"{i:064x}" for i in range(100)]
+    site = SiteData("site-a", None, None, 100, 0, patient_keys=keys)
+    config = RunConfig(dp_noise_multiplier=1.234567, dp_accountant="prv", batch_size=16)
+    budget = SiteBudget(SitePrivacy(tmp_path / "state", policy), site)
+    plan = budget.plan(config, 100)
+    before = composition_cache_info()
+    assert budget.reserve(config, plan, 100, PrivacyHistory(), "run", 1) is None
+    budget.settle(plan.entries)
+    history = PrivacyHistory()
+    history.extend(plan.entries)
+    run = history.epsilon(plan.delta, config.dp_accountant)  # as client/app.py `_account` asks
+    lifetime = budget.history(history).epsilon(plan.delta, config.dp_accountant)
+    after = composition_cache_info()
+    assert after.misses - before.misses == 1 and after.hits - before.hits >= 2
+    assert run == lifetime > 0
+
+
+def test_memoised_step_rdp_gives_opacus_own_values() -> None:
+    from opacus.accountants.analysis import rdp
+
+    compose_epsilon([(1.3, 0.2, 5)], 1e-3, "rdp")  # installs the memo
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    expected = np.array([rdp._compute_rdp(0.2, 1.3, order) for order in orders]) * 17
+    for _ in range(2):  # computed, then from the memo
+        assert np.array_equal(rdp.compute_rdp(q=0.2, noise_multiplier=1.3, steps=17, orders=orders), expected)

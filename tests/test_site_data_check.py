@@ -4,14 +4,18 @@ unit conversions) as JSON and on screen; non-zero exit when something would stop
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from mri_helpers import CONTRASTS, SPEC
+from site_policy import policy_text
 from typer.testing import CliRunner
 
 from client.data_report import check_site_data
+from client.policy import load_policy
 from common.config import RunConfig
 from fedward.cli import app
 from simulations.phantoms import generate_site
@@ -89,3 +93,53 @@ def test_phi_blocks_unless_the_policy_says_warn(phantom_sites: dict[str, Path]) 
 
     warned = check_site_data(phantom_sites["phi"], "tumour", config=MRI, phi_gate="warn")
     assert warned.ok and warned.samples == blocked.samples > 0
+
+
+def _ckd_site(tmp_path: Path, ckd_csv: Path, rows: list[int], name: str = "site") -> Path:
+    site = tmp_path / name
+    site.mkdir()
+    pd.read_csv(ckd_csv, dtype=str, keep_default_na=False).iloc[rows].to_csv(site / "labs.csv", index=False)
+    return site
+
+
+def test_a_site_too_small_to_run_blocks(ckd_csv: Path, tmp_path: Path) -> None:
+    code, output = _site_check(
+        "--data", str(_ckd_site(tmp_path, ckd_csv, [0])), "--task", "ckd", "--json", str(tmp_path / "r.json")
+    )
+    assert code == 1 and "Traceback" not in output
+    (blocking,) = json.loads((tmp_path / "r.json").read_text())[0]["blocking"]
+    assert blocking == "1 usable rows in all; a site needs at least 2 to run"
+
+
+def test_small_and_skewed_sites_are_warned_about(ckd_csv: Path, tmp_path: Path) -> None:
+    labels = pd.read_csv(ckd_csv, dtype=str, keep_default_na=False)["class"].str.strip()
+    ckd = [int(i) for i in labels.index[labels == "ckd"][:12]]
+    notckd = [int(i) for i in labels.index[labels == "notckd"][:2]]
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(delta=0.2))
+
+    one_class = check_site_data(_ckd_site(tmp_path, ckd_csv, ckd, "one-class"), "ckd")
+    skewed = check_site_data(
+        _ckd_site(tmp_path, ckd_csv, ckd + notckd, "skewed"), "ckd", policy=load_policy(policy)
+    )
+
+    assert one_class.ok and skewed.ok  # they can run, but not well
+    assert any("training split holds one class only (ckd)" in w for w in one_class.warnings)
+    assert any("held-out split holds no notckd" in w and "ROC AUC" in w for w in one_class.warnings)
+    assert any("fewer than the batch size 16" in w for w in one_class.warnings)
+    assert any("fewer than 5 training rows of class(es) notckd (" in w for w in skewed.warnings)
+    assert any("site policy delta 0.2 is not below 1/n" in w for w in skewed.warnings)
+
+
+def test_empty_and_single_class_held_out_splits_evaluate(ckd_csv: Path) -> None:
+    from torch.utils.data import TensorDataset
+
+    from common.tasks import get_task
+
+    task = get_task("ckd")
+    model = task.build_model(RunConfig())
+    x, y = torch.zeros((1, 24)), torch.zeros(1, dtype=torch.long)
+    empty = task.evaluate(model, TensorDataset(x[:0], y[:0]), torch.device("cpu"), intervals=True)
+    single = task.evaluate(model, TensorDataset(x, y), torch.device("cpu"), intervals=True)
+    assert empty == {"num-examples": 0.0}
+    assert single["num-examples"] == 1.0 and math.isnan(single["roc-auc"])

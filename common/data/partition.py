@@ -38,7 +38,8 @@ def partition_indices(
     - `iid` deals rows uniformly at random.
     - `dirichlet` draws each site's label mix from Dirichlet(`alpha`) (smaller alpha, more skew), as
       flwr-datasets' `DirichletPartitioner`, with at least `min_rows` rows per site (default: 20, less
-      for small tables); the partitioner raises ValueError when its draws cannot meet that.
+      for small tables); PartitionImpossible (a ConfigError and a ValueError) when the partitioner's
+      draws cannot meet that, saying what would work.
     - `quantity` gives site i (1-based) a share of the shuffled rows proportional to i, i² or eⁱ
       (`sizes` = linear, square, exponential; flwr-datasets' Linear/Square/ExponentialPartitioner);
       every site needs at least 2 rows.
@@ -58,15 +59,14 @@ def partition_indices(
         raise ConfigError(f"number of sites must be >= 1, got {num_sites}")
     if num_sites > len(labels):
         raise ConfigError(f"cannot split {len(labels)} rows into {num_sites} sites")
+    min_rows = min_rows or max(2, min(20, len(labels) // (2 * num_sites)))
     rows = np.arange(len(labels))
     if scheme == "iid":
         partitioner = _iid(num_sites)
         # IidPartitioner takes contiguous shards: shuffle first so sites are random, seeded.
         data = Dataset.from_dict({"row": rows}).shuffle(seed=seed)
     elif scheme == "dirichlet":
-        partitioner = _dirichlet(
-            num_sites, alpha, min_rows or max(2, min(20, len(labels) // (2 * num_sites))), seed
-        )
+        partitioner = _dirichlet(num_sites, alpha, min_rows, seed)
         data = Dataset.from_dict({"row": rows, "label": labels.tolist()})
     elif scheme == "quantity":
         partitioner = _quantity(num_sites, sizes)
@@ -89,8 +89,8 @@ def partition_indices(
                 for i in range(num_sites)
             ]
     except ValueError as exc:
-        if scheme == "dirichlet":
-            raise  # callers retry other draws (simulations/label_skew.py)
+        if scheme == "dirichlet":  # callers may retry other draws (simulations/label_skew.py)
+            raise PartitionImpossible(labels, num_sites, alpha, min_rows, seed) from None
         raise ConfigError(f"partition {scheme!r} into {num_sites} sites is impossible here: {exc}") from exc
     if scheme == "quantity":
         small = [i for i, p in enumerate(parts) if len(p) < 2]
@@ -100,6 +100,63 @@ def partition_indices(
                 f"{len(labels)} rows; use fewer sites or a flatter size curve"
             )
     return parts
+
+
+class PartitionImpossible(ConfigError, ValueError):
+    """No Dirichlet partition could be drawn. The message says what would work; it is worked out
+    (a few more draws, seconds) only when shown, not when a caller catches it to try another seed."""
+
+    def __init__(self, labels: np.ndarray, num_sites: int, alpha: float, min_rows: int, seed: int) -> None:
+        super().__init__(f"no Dirichlet(alpha {alpha:g}) partition into {num_sites} sites")
+        self._args = (labels, num_sites, alpha, min_rows, seed)
+        self._message: str | None = None
+
+    def __reduce__(self):  # pickled (e.g. by Ray) with the arguments it was made from
+        return (type(self), self._args)
+
+    def __str__(self) -> str:
+        if self._message is None:
+            self._message = _dirichlet_advice(*self._args)
+        return self._message
+
+
+def _draws(labels: np.ndarray, num_sites: int, alpha: float, min_rows: int, seed: int) -> bool:
+    """Whether flwr-datasets' Dirichlet partitioner finds a partition with these settings."""
+    from datasets import Dataset
+
+    partitioner = _dirichlet(num_sites, alpha, min_rows, seed)
+    partitioner.dataset = Dataset.from_dict({"row": np.arange(len(labels)), "label": labels.tolist()})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            partitioner.load_partition(0)
+    except ValueError:
+        return False
+    return True
+
+
+def _dirichlet_advice(labels: np.ndarray, num_sites: int, alpha: float, min_rows: int, seed: int) -> str:
+    """One line: the Dirichlet draw that failed, and settings (same seed) that do give a partition."""
+    options = []
+    fewer = next((n for n in range(num_sites - 1, 1, -1) if _draws(labels, n, alpha, min_rows, seed)), None)
+    if fewer is not None:
+        options.append(f"{fewer} sites")
+    larger = next(
+        (a for a in (alpha * 2, alpha * 4, alpha * 10) if _draws(labels, num_sites, a, min_rows, seed)), None
+    )
+    if larger is not None:
+        options.append(f"alpha {larger:g}")
+    smaller = next(
+        (m for m in (min_rows // 2, 2) if m < min_rows and _draws(labels, num_sites, alpha, m, seed)), None
+    )
+    if smaller is not None:
+        options.append(f"a minimum of {smaller} rows per site (scenario key min-rows)")
+    works = f"; with this seed these work: {', '.join(options)}" if options else ""
+    return (
+        f"no Dirichlet(alpha {alpha:g}) partition of {len(labels)} rows into {num_sites} sites gives "
+        f"every site at least {min_rows} rows (flwr-datasets gave up after 10 draws): use fewer sites, a "
+        f"larger alpha, a smaller minimum per site or another seed{works}"
+    )
 
 
 def natural_ids(groups: Sequence[object]) -> list[str]:

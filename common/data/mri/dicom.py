@@ -19,7 +19,15 @@ from pydicom.uid import UID
 
 from common.data.mri.files import relative
 from common.data.mri.manifest import Manifest
-from common.data.mri.sample import UNLABELLED, MriSample, ScanResult, SkipFile, Skipped, contrast_name
+from common.data.mri.sample import (
+    UNLABELLED,
+    MriSample,
+    ScanResult,
+    SkipFile,
+    Skipped,
+    contrast_name,
+    pixel_problem,
+)
 from common.data.mri.volume import load_mask, stack_channels
 
 MR_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage (single-frame)
@@ -83,9 +91,22 @@ def read_slice(path: Path) -> DicomSlice:
         raise SkipFile(f"pixel data unreadable ({syntax.name or 'unknown syntax'}: {exc})") from None
     if pixels.ndim != 2 or min(pixels.shape) < 2:
         raise SkipFile(f"pixel array of shape {pixels.shape}, expected one 2D slice")
+    try:
+        return _slice(ds, path, pixels)
+    except (TypeError, ValueError, OverflowError) as exc:  # a header value that is not a number
+        raise SkipFile(f"malformed header value ({type(exc).__name__}: {exc})") from None
+
+
+def _slice(ds: pydicom.Dataset, path: Path, pixels: np.ndarray) -> DicomSlice:
+    """The slice's rescaled pixels and geometry; SkipFile when they are not finite numbers."""
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise SkipFile("RescaleSlope or RescaleIntercept is not a finite number")
     pixels = pixels * slope + intercept
+    bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
+    if bad:
+        raise SkipFile(f"{bad} non-finite pixel(s) (NaN or infinity), expected finite intensities")
     spacing = _floats(ds, "PixelSpacing", 2)
     thickness = ds.get("SliceThickness")
     instance = ds.get("InstanceNumber")
@@ -214,12 +235,27 @@ def load_dicom(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
                 Skipped(where, f"missing contrast(s) {', '.join(missing)} (series: {seen})")
             )
             continue
-        volumes = [(chosen[c].array, chosen[c].affine) for c in contrasts]
-        image, affine = stack_channels(volumes)
+        try:
+            image, affine = _stack(chosen, contrasts)
+        except SkipFile as why:
+            result.skipped.append(Skipped(where, str(why)))
+            continue
         entry = manifest.lookup(patient, study_uid, group[0].study_id)
+        label = entry.label if entry is not None else UNLABELLED
         mask = None
         if entry is not None and entry.mask is not None:
-            mask = load_mask(entry.mask, image.shape[1:], root, result.skipped)
-        label = entry.label if entry is not None else UNLABELLED
+            mask = load_mask(entry.mask, image.shape[1:], root, result.skipped, label)
         result.samples.append(MriSample(patient, label, image, where, affine, mask))
     return result
+
+
+def _stack(chosen: dict[str, Series], contrasts: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The study's series as channels on the first one's grid; SkipFile names a damaged series."""
+    for name in contrasts:
+        series = chosen[name]
+        problem = pixel_problem(series.array)
+        if problem is None and not np.all(np.isfinite(series.affine)):
+            problem = "slice geometry is not finite"
+        if problem:
+            raise SkipFile(f"series {series.folder} ({name}): {problem}")
+    return stack_channels([(chosen[c].array, chosen[c].affine) for c in contrasts])

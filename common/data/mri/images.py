@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.data.mri.files import relative
 from common.data.mri.manifest import Manifest
-from common.data.mri.sample import MriSample, ScanResult, Skipped, class_index
+from common.data.mri.sample import MriSample, ScanResult, Skipped, class_index, pixel_problem
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -42,6 +42,10 @@ def load_images(files: list[Path], root: Path, manifest: Manifest) -> ScanResult
             continue
         if pixels.ndim != 2 or min(pixels.shape) < 8:
             result.skipped.append(Skipped(rel, f"image of shape {pixels.shape}, expected at least 8x8"))
+            continue
+        problem = pixel_problem(pixels)
+        if problem:
+            result.skipped.append(Skipped(rel, problem))
             continue
         entry = manifest.by_file.get(rel.replace("\\", "/"))
         patient = entry.patient_id if entry is not None else rel

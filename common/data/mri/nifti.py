@@ -9,8 +9,8 @@ import numpy as np
 
 from common.data.mri.files import relative
 from common.data.mri.manifest import Manifest
-from common.data.mri.sample import UNLABELLED, MriSample, ScanResult, Skipped, contrast_name
-from common.data.mri.volume import read_nifti, stack_channels
+from common.data.mri.sample import UNLABELLED, MriSample, ScanResult, SkipFile, Skipped, contrast_name
+from common.data.mri.volume import load_mask, read_nifti, stack_channels
 
 SEG_NAMES = ("seg", "mask", "label")
 
@@ -44,26 +44,32 @@ def load_nifti(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
         if missing:
             result.skipped.append(Skipped(where, f"missing contrast(s) {', '.join(missing)}"))
             continue
-        volumes = []
-        try:
-            for c in contrasts:
-                volumes.append(read_nifti(found[c]))
-        except Exception as exc:
-            bad = relative(found[contrasts[len(volumes)]], root)
-            result.skipped.append(Skipped(bad, f"unreadable NIfTI ({type(exc).__name__}: {exc})"))
+        image, affine, bad = _stack(found, contrasts, root, where)
+        if bad is not None:
+            result.skipped.append(bad)
             continue
-        image, affine = stack_channels(volumes)
-        mask = None
-        if "seg" in found:
-            try:
-                seg, _ = read_nifti(found["seg"])
-                if seg.shape != image.shape[1:]:
-                    raise ValueError(f"shape {seg.shape} differs from the image's {image.shape[1:]}")
-                mask = (seg > 0).astype(np.uint8)
-            except Exception as exc:
-                result.skipped.append(Skipped(relative(found["seg"], root), f"mask unusable ({exc})"))
         entry = manifest.lookup(case)
         label = entry.label if entry is not None else UNLABELLED
+        mask = None
+        if "seg" in found:
+            mask = load_mask(found["seg"], image.shape[1:], root, result.skipped, label)
         patient = entry.patient_id if entry is not None else case
         result.samples.append(MriSample(patient, label, image, where, affine, mask))
     return result
+
+
+def _stack(
+    found: dict[str, Path], contrasts: tuple[str, ...], root: Path, where: str
+) -> tuple[np.ndarray, np.ndarray, None] | tuple[None, None, Skipped]:
+    """The case's contrasts on the first one's grid, or why not (naming the damaged file)."""
+    volumes = []
+    for name in contrasts:
+        try:
+            volumes.append(read_nifti(found[name]))
+        except SkipFile as why:
+            return None, None, Skipped(relative(found[name], root), str(why))
+    try:
+        image, affine = stack_channels(volumes)
+    except SkipFile as why:
+        return None, None, Skipped(where, str(why))
+    return image, affine, None

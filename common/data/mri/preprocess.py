@@ -19,7 +19,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from common.data.mri.sample import MriSample, SkipFile
+from common.data.mri.sample import MriSample, SkipFile, pixel_problem
 
 
 def foreground(image: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,8 @@ def model_input(
 ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
     """(image (C, size, size[, depth]), mask (1, ...) or None, voxel size of the output grid).
 
-    `depth = 0` means a 2D model. A sample of the wrong dimensionality or channel count raises SkipFile.
+    `depth = 0` means a 2D model. A sample of the wrong dimensionality or channel count, with damaged
+    intensities, or one that MONAI cannot resample raises SkipFile (the reason), never another error.
     """
     dims = 2 if depth == 0 else 3
     if sample.spatial_dims != dims:
@@ -49,6 +50,9 @@ def model_input(
         image = np.repeat(image, channels, axis=0)  # a grey-level image fills every input channel
     if image.shape[0] != channels:
         raise SkipFile(f"{image.shape[0]} channels, the model takes {channels}")
+    for channel in image:
+        if problem := pixel_problem(channel):
+            raise SkipFile(problem)
     affine = torch.from_numpy(sample.affine if sample.affine is not None else np.eye(4))
     keys = ["image"] + (["mask"] if sample.mask is not None else [])
     data = {"image": MetaTensor(torch.from_numpy(np.ascontiguousarray(image)), affine=affine)}
@@ -68,8 +72,13 @@ def model_input(
         Resized(keys, spatial_size=target, mode=modes),
         NormalizeIntensityd("image", nonzero=True, channel_wise=True),
     ]
-    out = Compose(steps)(data)
+    try:
+        out = Compose(steps)(data)
+    except Exception as exc:  # a geometry MONAI cannot resample or crop: skip this sample only
+        raise SkipFile(f"preprocessing failed ({type(exc).__name__}), expected a resamplable image") from None
     img = out["image"]
+    if not torch.isfinite(img.as_tensor()).all():
+        raise SkipFile("non-finite values after preprocessing (degenerate geometry or intensities)")
     voxel = _spacing(img.affine.numpy())[:dims] if dims == 3 else np.ones(2)
     mask = out["mask"].as_tensor().round().to(torch.uint8) if "mask" in out else None
     return img.as_tensor().float().contiguous(), mask, voxel

@@ -73,6 +73,20 @@ class SkipFile(Exception):
     """Raised by a reader for a file it cannot use; the message is the reason."""
 
 
+def pixel_problem(array: np.ndarray, smallest: int = 1) -> str | None:
+    """Why an image or volume (spatial axes only) cannot be used, or None: an axis shorter than
+    `smallest`, non-finite values (NaN, infinity) or a constant intensity (nothing to see)."""
+    if array.size == 0 or min(array.shape) < smallest:
+        size = "x".join(map(str, array.shape)) or "empty"
+        return f"shape {size}, expected at least {smallest} voxel(s) along each axis"
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        return f"{bad} non-finite voxel(s) (NaN or infinity), expected finite intensities"
+    if float(array.max()) == float(array.min()):
+        return "the same intensity everywhere (blank), expected an image with contrast"
+    return None
+
+
 @dataclass
 class MriSample:
     """A patient's image: channels first, then spatial axes in voxel order (i, j[, k]).

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.data.mri.dicom import load_dicom
-from common.data.mri.files import list_site_files
+from common.data.mri.files import OUTSIDE_LINK, list_site_files, relative
 from common.data.mri.images import load_images
 from common.data.mri.manifest import read_manifest
 from common.data.mri.nifti import load_nifti
-from common.data.mri.sample import ScanResult
+from common.data.mri.sample import ScanResult, Skipped
 
 
 def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:
@@ -19,6 +19,7 @@ def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:
     result = ScanResult(
         skipped=list(manifest.skipped), files=sorted(files.dicom + files.nifti + files.images)
     )
+    result.skipped += [Skipped(relative(p, site_dir), OUTSIDE_LINK) for p in files.outside]
     if files.dicom:
         result.extend(load_dicom(files.dicom, site_dir, manifest, contrasts))
     if files.nifti:

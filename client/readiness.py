@@ -1,0 +1,107 @@
+"""Whether a site's loaded data can train and be evaluated: what blocks it and what will go badly.
+
+`fedward site check` prints both; a site in a run logs the warnings once when it loads its data. The
+findings name counts and rules, never values, and stay at the site.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from client.policy import SitePolicy
+from common.config import RunConfig
+
+if TYPE_CHECKING:
+    from common.tasks import SiteData
+
+MIN_ROWS = 2  # fewer rows in all: nothing to train and evaluate on
+MIN_PER_CLASS = 5  # fewer training rows of a class: the model barely sees it
+
+
+@dataclass
+class Readiness:
+    """What stops the site from training (`blocking`) and what will make it train or evaluate badly."""
+
+    blocking: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def class_names(task: str, config: RunConfig) -> tuple[str, ...] | None:
+    """The task's class names in label order (None for segmentation: no per-case class)."""
+    if task == "ckd":
+        return ("notckd", "ckd")
+    if task == "tumour":
+        from common.data.mri.sample import CLASSES
+
+        return ("no tumour", "tumour") if config.tumour_binary else CLASSES
+    return None
+
+
+def split_labels(site: SiteData, task: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Training and held-out labels of a classification task's site (None for segmentation)."""
+    if task == "ckd":
+        return np.asarray(site.train.y), np.asarray(site.test.y)
+    if task == "tumour":
+        return site.train.targets.numpy(), site.test.targets.numpy()
+    return None
+
+
+def readiness(site: SiteData, task: str, config: RunConfig, policy: SitePolicy | None = None) -> Readiness:
+    """Check a loaded site against the run's settings (`config`) and its policy."""
+    out = Readiness()
+    n, total = site.num_train, site.num_train + site.num_test
+    unit = "rows" if task == "ckd" else "patients"
+    if total < MIN_ROWS:
+        out.blocking.append(f"{total} usable {unit} in all; a site needs at least {MIN_ROWS} to run")
+    elif n == 0:
+        out.blocking.append(f"no training {unit}: every usable one is in the held-out split")
+    if out.blocking:
+        return out
+    labels, names = split_labels(site, task), class_names(task, config)
+    if labels is not None and names is not None:
+        _classes(out, labels, names, unit)
+    if site.num_test == 0:
+        out.warnings.append(
+            f"no held-out {unit}: the site trains but sends an empty evaluation (add a test split or data)"
+        )
+    if n < config.batch_size:
+        out.warnings.append(
+            f"{n} training {unit}, fewer than the batch size {config.batch_size}: every step sees the whole "
+            "site, and DP noise swamps its few gradients"
+        )
+    for source, delta in (
+        ("site policy", policy.delta if policy else 0.0),
+        ("run config dp-delta", config.dp_delta),
+    ):
+        if delta and delta * n >= 1:
+            out.warnings.append(
+                f"{source} delta {delta:g} is not below 1/n for n = {n} training {unit}: every private "
+                "training round will be refused (set delta < 1/n)"
+            )
+    return out
+
+
+def _classes(
+    out: Readiness, labels: tuple[np.ndarray, np.ndarray], names: tuple[str, ...], unit: str
+) -> None:
+    train, test = (np.asarray(x).astype(int) for x in labels)
+    counts = np.bincount(train, minlength=len(names))
+    present = [names[c] for c in range(len(names)) if counts[c]]
+    if len(present) == 1:
+        out.warnings.append(
+            f"the training split holds one class only ({present[0]}): the site's updates push every "
+            "prediction towards it"
+        )
+    else:
+        few = [f"{names[c]} ({int(counts[c])})" for c in range(len(names)) if counts[c] < MIN_PER_CLASS]
+        if few:
+            out.warnings.append(f"fewer than {MIN_PER_CLASS} training {unit} of class(es) {', '.join(few)}")
+    absent = [names[c] for c in range(len(names)) if not np.any(test == c)]
+    if len(test) and absent:
+        out.warnings.append(
+            f"the held-out split holds no {', '.join(absent)}: its ROC AUC is undefined (NaN), and so are "
+            "the per-class rates of the missing class(es)"
+        )
