@@ -34,6 +34,7 @@ from common.local_state import pick
 from common.privacy import PrivacyHistory
 from common.tasks import get_task
 from common.training import TrainOutcome, train_model
+from common.transfer import encode_reply
 
 log = logging.getLogger("fedward.client")
 
@@ -106,7 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(code=DROPPED, reason=f"site {source.site_id}: {fault.reason}"), reply_to=msg)
     budget = SiteBudget(privacy, site)
     history = _history(context)
-    plan = budget.plan(config, site.num_train, spent=_releases(context))
+    plan = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
     reason = budget.reserve(
         config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), server_round
     )
@@ -153,6 +154,7 @@ def train(msg: Message, context: Context) -> Message:
         sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
         content["arrays"] = ArrayRecord(sent)
     content["metrics"]["site-seconds"] = time.perf_counter() - started  # the site's own compute
+    encode_reply(content, config.transfer_dtype)  # after DP noise: post-processing, privacy unchanged
     return Message(content=content, reply_to=msg)
 
 
@@ -206,7 +208,7 @@ def train_local(msg: Message, context: Context) -> Message:
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
     budget = SiteBudget(privacy, site)
     history = _history(context)
-    per_round = budget.plan(config, site.num_train, spent=_releases(context))
+    per_round = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
     plan = (
         dataclasses.replace(per_round, steps=per_round.steps * config.num_server_rounds)
         if per_round

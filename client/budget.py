@@ -3,22 +3,31 @@ and reserve its steps *before* any training step (one transaction), settle what 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flwr.app import ConfigRecord, RecordDict
+
 from client.ledger import PrivacyLedger, dataset_identity, keyed_fingerprint
 from client.policy import SitePolicy, check_round, load_policy, resolve_ledger_dir
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.privacy import PrivacyHistory, resolve_delta, resolve_noise_multiplier
+from common.privacy import Entry, PrivacyHistory, resolve_delta, resolve_noise_multiplier
 from common.training import steps_per_epoch
 
 if TYPE_CHECKING:
     from common.tasks.base import SiteData
 
 NO_DP = "the site policy requires differential privacy; the run asks for dp = false"
+CALIBRATION_STATE = "dp-calibration"
+"""`context.state` record of the σ calibrated for this run: {sha256 of its inputs: σ}. σ is public to the
+site (it is sent with every update) and a deterministic function of those inputs, not randomness, so a
+later message (a fresh ClientApp process in deployment, or a resumed run: client/run_state.py) reuses it
+instead of re-running seconds of accountant bisection."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,22 @@ class SitePrivacy:
         return self.state_dir
 
 
+def calibration_key(
+    config: RunConfig, delta: float, sample_rate: float, planned_steps: int, spent: tuple[Entry, ...]
+) -> str:
+    """Hash of everything the calibrated σ depends on: target ε, δ, q, planned steps, accountant and
+    the run's earlier releases."""
+    inputs = {
+        "target-epsilon": float(config.dp_target_epsilon),
+        "delta": float(delta),
+        "sample-rate": float(sample_rate),
+        "planned-steps": int(planned_steps),
+        "accountant": config.dp_accountant,
+        "spent": [[float(s), float(q), int(n)] for s, q, n in spent],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
 class SiteBudget:
     """Policy + ledger of one site for one data set (identified by its patient keys)."""
 
@@ -71,22 +96,32 @@ class SiteBudget:
         self._composed_at: tuple[float, str] | None = (self.policy.delta, "prv") if self.policy else None
 
     def plan(
-        self, config: RunConfig, num_train: int, spent: tuple[tuple[float, float, int], ...] = ()
+        self,
+        config: RunConfig,
+        num_train: int,
+        spent: tuple[tuple[float, float, int], ...] = (),
+        state: RecordDict | None = None,
     ) -> RoundPlan | None:
         """The round's mechanism (None without DP). The site's δ is its policy's when it has one. σ is
         calibrated so that the run's target ε covers its planned steps after the run's earlier releases
-        `spent` (the statistics, when this run drew them)."""
+        `spent` (the statistics, when this run drew them); with the run's `state` (`context.state`), a σ
+        calibrated earlier from the same inputs is reused and a new one is kept there."""
         if not config.dp:
             return None
         per_epoch = steps_per_epoch(num_train, config.batch_size)
         delta = self.policy.delta if self.policy else resolve_delta(config.dp_delta, num_train)
-        sigma = resolve_noise_multiplier(
-            config.privacy,
-            delta=delta,
-            sample_rate=1.0 / per_epoch,
-            planned_steps=config.num_server_rounds * config.local_epochs * per_epoch,
-            spent=spent,
-        )
+        planned = config.num_server_rounds * config.local_epochs * per_epoch
+        key = calibration_key(config, delta, 1.0 / per_epoch, planned, spent)
+        calibrated = state if state is not None and config.dp_noise_multiplier <= 0 else None
+        known = calibrated.config_records.get(CALIBRATION_STATE) if calibrated is not None else None
+        if known is not None and key in known:
+            sigma = float(known[key])  # type: ignore[arg-type]
+        else:
+            sigma = resolve_noise_multiplier(
+                config.privacy, delta=delta, sample_rate=1.0 / per_epoch, planned_steps=planned, spent=spent
+            )
+            if calibrated is not None:
+                calibrated[CALIBRATION_STATE] = ConfigRecord({key: sigma})  # the current inputs' σ only
         return RoundPlan(sigma, 1.0 / per_epoch, config.local_epochs * per_epoch, delta)
 
     def refusal(

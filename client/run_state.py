@@ -5,7 +5,7 @@ site therefore writes its state (privacy history of this run, SCAFFOLD control v
 after each round it trains to `<state-dir>/runs/<run-uid>/round-<r>.pt` and, when a resumed run reaches
 it with an empty state, reads it back: the model-side records as they were after the last round before
 the current one, and the privacy history as it is now — including the steps of a round that was trained
-but lost in the crash, since those steps were really taken.
+but lost in the crash, since those steps were really taken — with the σ calibrated for the run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from client.budget import CALIBRATION_STATE
 
 _ROUND = re.compile(r"round-(\d+)\.pt")
 _SAFE_UID = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -51,9 +53,10 @@ class SiteRunState:
         if before:
             for key, tensors in self._read(before[-1])["arrays"].items():
                 state[key] = ArrayRecord(tensors)
-        privacy = self._read(rounds[-1])["configs"].get(self.privacy_key)
-        if privacy is not None:
-            state[self.privacy_key] = ConfigRecord(privacy)
+        latest = self._read(rounds[-1])["configs"]
+        for key in (self.privacy_key, CALIBRATION_STATE):  # CALIBRATION_STATE: keyed by its inputs
+            if latest.get(key) is not None:
+                state[key] = ConfigRecord(latest[key])
         return True
 
     def save(self, state: RecordDict, server_round: int) -> None:

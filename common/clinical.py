@@ -11,7 +11,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from scipy.stats import binomtest, bootstrap, rankdata
 
 CALIBRATION_BINS = 10
 CONFIDENCE = 0.95
@@ -60,6 +59,8 @@ def wilson_interval(successes: float, trials: float, confidence: float = CONFIDE
     n = round(trials)
     if n <= 0:
         return math.nan, math.nan
+    from scipy.stats import binomtest  # scipy.stats loads in ~0.6 s: only when an interval is asked for
+
     ci = binomtest(round(successes), n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -118,6 +119,8 @@ def percentile_interval(
 def auc_batch(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """ROC AUC of every row of (r, n) labels and scores: the Mann-Whitney U from average ranks (ties
     count one half, as in sklearn's roc_auc_score); NaN for rows holding one class only."""
+    from scipy.stats import rankdata
+
     positive = np.asarray(y).astype(bool)
     ranks = rankdata(scores, axis=-1)
     pos = positive.sum(axis=-1)
@@ -158,6 +161,8 @@ def mean_interval(values: np.ndarray, confidence: float = CONFIDENCE, seed: int 
     values = values[np.isfinite(values)]
     if len(values) < 2 or np.ptp(values) == 0:
         return (float(values[0]), float(values[0])) if len(values) else (math.nan, math.nan)
+    from scipy.stats import bootstrap
+
     result = bootstrap(
         (values,), np.mean, confidence_level=confidence, n_resamples=BOOTSTRAP_RESAMPLES,
         random_state=np.random.default_rng(seed), method="percentile",

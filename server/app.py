@@ -18,6 +18,7 @@ from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_ever
 from server.cross_site import CROSS_SITE, cross_site_matrix
 from server.export import finalise_run
 from server.rounds import RoundRecorder, RunStopped
+from server.run_grid import RunGrid
 from server.rundir import RunDirectory, default_run_name
 from server.signing import resolve_signing_key
 from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
@@ -180,6 +181,7 @@ def main(grid: Grid, context: Context) -> None:
         weight_key="site-weight" if config.central_dp else "num-examples",
         max_site_share=config.max_site_share,
         required_metrics=("epsilon", "epsilon-lifetime", "epsilon-cap"),
+        transfer_dtype=config.transfer_dtype,
     )
     seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
@@ -211,7 +213,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         if done < config.num_server_rounds:
             result = strategy.start(
-                grid=grid,
+                grid=RunGrid(grid, (s.node_id for s in sites)),  # never a left-out node
                 initial_arrays=start_arrays,
                 num_rounds=config.num_server_rounds - done,
                 train_config=ConfigRecord(shared),

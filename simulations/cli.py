@@ -17,7 +17,7 @@ from rich.table import Table
 from common.config import RunConfig
 from common.errors import ConfigError
 from simulations.progress import RunProgress
-from simulations.runner import SimulationResources, run_simulation
+from simulations.runner import SimulationResources, SitePreparation, run_simulation
 
 if TYPE_CHECKING:  # the commands import their machinery when they run: `--help` stays instant
     from simulations.scenario import Scenario
@@ -39,12 +39,21 @@ class Launch:
     resources: SimulationResources = field(default_factory=SimulationResources)
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, run_config: dict[str, Any], sites: int, run_dir: Path, verbose: bool) -> None:
-        """One simulated federation with a progress bar (plain lines when not in a terminal)."""
+    def run(
+        self,
+        run_config: dict[str, Any],
+        sites: int,
+        run_dir: Path,
+        verbose: bool,
+        prepare: SitePreparation | None = None,
+    ) -> None:
+        """One simulated federation with a progress bar (plain lines when not in a terminal); `prepare`
+        writes the sites' data while the simulation starts."""
+        run_dir.mkdir(parents=True, exist_ok=True)
         with RunProgress(console, run_dir.name) as progress:
             run_simulation(
                 run_config, sites, resources=self.resources, overrides=self.overrides,
-                log_file=run_dir / "flower.log", verbose=verbose, echo=progress.feed,
+                log_file=run_dir / "flower.log", verbose=verbose, echo=progress.feed, prepare=prepare,
             )  # fmt: skip
 
 
@@ -115,14 +124,16 @@ def ckd(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Federated CKD on the shipped UCI data: partitions, DP-SGD at each site, FedAvg."""
-    from simulations.prepare import prepare_ckd_sites
-
     run_name = name or f"ckd-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
     data_root = run_dir / "sites"
-    prepare_ckd_sites(
-        data_root, sites, partition.value, alpha=alpha, test_fraction=RunConfig().test_fraction, seed=seed
-    )
+    prepare = SitePreparation(
+        "simulations.prepare:prepare_ckd_sites",
+        {
+            "out_dir": str(data_root), "num_sites": sites, "partition": partition.value, "alpha": alpha,
+            "test_fraction": RunConfig().test_fraction, "seed": seed,
+        },
+    )  # fmt: skip
     config = RunConfig(
         task="ckd",
         num_server_rounds=rounds,
@@ -142,7 +153,7 @@ def ckd(
     console.print(
         f"fedward sim ckd: {sites} sites ({partition.value}), {rounds} rounds, {strategy}, {dp_text}"
     )
-    _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
+    _launch(ctx).run(config.to_flower(), sites, run_dir, verbose, prepare)
     print_summary(run_dir)
 
 

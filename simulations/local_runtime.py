@@ -7,16 +7,19 @@ child process (so that Ctrl-C or a crash stops the whole tree) and reads its out
 
     python -m simulations.local_runtime SPEC.json
 
-SPEC holds the run config, the number of sites and Flower's backend config. A failure ends with one line
+SPEC holds the run config, the number of sites, Flower's backend config and, optionally, the function that
+writes the sites' data (run while Ray starts). A failure ends with one line
 `fedward: error: <reason>` on stderr and exit code 2; the traceback, if any, goes before it (the run log).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -39,16 +42,42 @@ def with_run_config(config: dict[str, Any]):
     return mod
 
 
-def _apps(config: dict[str, Any]):
+class Background:
+    """Work that runs while Ray starts: the sites' data preparation (`prepare`: "module:function" and
+    its keyword arguments, if any) and the ServerApp's imports. `wait()` re-raises what failed."""
+
+    def __init__(self, prepare: dict[str, Any] | None) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(prepare,), name="fedward-prepare", daemon=True)
+        self.thread.start()
+
+    def _run(self, prepare: dict[str, Any] | None) -> None:
+        try:
+            if prepare:
+                module, function = prepare["function"].split(":")
+                getattr(importlib.import_module(module), function)(**prepare["kwargs"])
+            importlib.import_module("server.app")
+        except BaseException as exc:  # re-raised in the ServerApp thread, which ends the run
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _apps(config: dict[str, Any], background: Background):
     from flwr.serverapp import ServerApp
 
     from client.app import site_app
-    from server.app import main as coordinator_main
 
     server = ServerApp()
 
     @server.main()
     def main(grid, context) -> None:
+        background.wait()  # the sites' data exist before the first message reaches a site
+        from server.app import main as coordinator_main
+
         context.run_config = dict(config)
         coordinator_main(grid, context)
 
@@ -65,7 +94,8 @@ def run(spec: dict[str, Any]) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # nothing about the run leaves this machine
     from flwr.simulation import run_simulation
 
-    server, client = _apps(spec["run-config"])
+    background = Background(spec.get("prepare"))
+    server, client = _apps(spec["run-config"], background)
     logging.getLogger("flwr").setLevel(logging.INFO)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:

@@ -13,7 +13,7 @@ from common.datasets import ckd_csv_path
 
 
 def prepare_ckd_sites(
-    out_dir: Path,
+    out_dir: str | Path,
     num_sites: int,
     partition: str,
     *,
@@ -30,7 +30,7 @@ def prepare_ckd_sites(
     source = source or ckd_csv_path()
     labels = load_ckd_csv(source, strict=False).y
     parts = partition_indices(labels, num_sites, partition, alpha=alpha, seed=seed)
-    return write_ckd_sites(out_dir, parts, test_fraction=test_fraction, seed=seed, source=source)
+    return write_ckd_sites(Path(out_dir), parts, test_fraction=test_fraction, seed=seed, source=source)
 
 
 def write_ckd_sites(

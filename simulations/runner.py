@@ -9,6 +9,7 @@ stopped when the run ends.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -74,6 +75,23 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> 
 
 
 @dataclass(frozen=True)
+class SitePreparation:
+    """A function that writes the simulated sites' data: "module:function" and JSON-able keyword
+    arguments (the simulation process calls it while Ray starts)."""
+
+    function: str
+    kwargs: dict[str, Any]
+
+    def spec(self) -> dict[str, Any]:
+        return {"function": self.function, "kwargs": self.kwargs}
+
+    def run(self) -> None:
+        """Call it here."""
+        module, name = self.function.split(":")
+        getattr(importlib.import_module(module), name)(**self.kwargs)
+
+
+@dataclass(frozen=True)
 class SimulationResources:
     """Ray settings of a simulation. Sites run concurrently up to min(CPUs / cpus_per_site,
     GPUs / gpus_per_site). `ray_address` joins an existing Ray cluster instead of starting a local one
@@ -129,8 +147,10 @@ def run_simulation(
     log_file: Path | None = None,
     verbose: bool = False,
     echo: Callable[[str], None] | None = None,
+    prepare: SitePreparation | None = None,
 ) -> None:
-    """Run the app with `num_sites` simulated sites and the given run config (`overrides` win).
+    """Run the app with `num_sites` simulated sites and the given run config (`overrides` win);
+    `prepare` writes the sites' data while the simulation starts (a Ray cluster run: before).
 
     A local simulation runs on Flower's in-process engine in one child process; with a Ray cluster
     address it goes through a simulation SuperLink (`flwr run`), which joins that cluster. Streams the
@@ -144,9 +164,11 @@ def run_simulation(
     work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))
     try:
         if resources.ray_address:
+            if prepare is not None:
+                prepare.run()
             _run_on_superlink(run_config, num_sites, resources, work, log_file, verbose, echo)
         else:
-            _run_local(run_config, num_sites, resources, work, log_file, verbose, echo)
+            _run_local(run_config, num_sites, resources, work, log_file, verbose, echo, prepare)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -173,12 +195,18 @@ def _run_local(
     log_file: Path | None,
     verbose: bool,
     echo: Callable[[str], None],
+    prepare: SitePreparation | None,
 ) -> None:
     """The run on Flower's in-process simulation engine, in a child process (`local_runtime`)."""
     spec = work / "simulation.json"
     spec.write_text(
         json.dumps(
-            {"run-config": run_config, "num-sites": num_sites, "backend-config": resources.backend_config()}
+            {
+                "run-config": run_config,
+                "num-sites": num_sites,
+                "backend-config": resources.backend_config(),
+                "prepare": prepare.spec() if prepare else None,
+            }
         )
     )
     env = _environment(work)

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.transfer import decode_reply
 from strategies.reply_checks import (
     SiteLimits,
     cap_shares,
@@ -236,7 +237,8 @@ class ValidatedStrategy(Strategy):
     `limits(node_id)` gives a site's `SiteLimits` (None: not a site of this run, rejected); without it
     no per-site limits apply. `max_site_share` caps each site's share of the weighted average.
     Without a configured or per-site absolute bound, the first round's median update norm ×
-    `norm_factor` becomes one (`learned_norm_bound`, kept in checkpoints).
+    `norm_factor` becomes one (`learned_norm_bound`, kept in checkpoints). Arrays sent in
+    `transfer_dtype` (run config `transfer-dtype`) are cast back to float32 first.
     """
 
     def __init__(
@@ -252,8 +254,10 @@ class ValidatedStrategy(Strategy):
         weight_key: str = "num-examples",
         max_site_share: float = 1.0,
         required_metrics: tuple[str, ...] = (),
+        transfer_dtype: str = "float32",
     ) -> None:
         self.inner = inner
+        self.transfer_dtype = transfer_dtype
         self.max_update_norm = max_update_norm
         self.norm_factor = norm_factor
         self.arrayrecord_key = arrayrecord_key
@@ -283,6 +287,9 @@ class ValidatedStrategy(Strategy):
         replies = list(replies)
         if self.reference is None:
             raise RuntimeError("aggregate_train before configure_train: no global model to check against")
+        for reply in replies:  # half-precision transfer: back to float32 before any check (in place)
+            if not reply.has_error():
+                decode_reply(reply.content, self.transfer_dtype)
         configured = self.max_update_norm or self.learned_norm_bound
         screening = screen_updates(
             replies,

@@ -2,8 +2,9 @@
 
 `InProcessGrid` is a Flower `Grid` that delivers each message to the real ClientApp with one Context
 per site, and passes every message through Flower's protobuf serialisation both ways, as the wire
-would. It records every reply a site sends, for tests of what leaves a site. Needs the
-`flower_identity` fixture (Messages can only be created inside a Flower process otherwise).
+would. It records every instruction the server sends and every reply a site sends, for tests of
+what leaves a site. Needs the `flower_identity` fixture (Messages can only be created inside a Flower
+process otherwise).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class InProcessGrid:
         }
         self.crash = crash
         self.replies: list[Message] = []  # everything the sites sent, as sent (the strategy may cap weights)
+        self.sent: list[Message] = []  # every instruction the server sent, in order
 
     def get_node_ids(self) -> list[int]:
         """All sites are connected."""
@@ -66,6 +68,7 @@ class InProcessGrid:
                     f"crash before {message.metadata.message_type} to node {message.metadata.dst_node_id}"
                 )
             received = _wire(message)
+            self.sent.append(received)
             try:
                 reply = client_app(received, self.contexts[message.metadata.dst_node_id])
             except Exception as exc:  # Flower turns a ClientApp exception into an error reply too

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from inprocess_grid import FIRST_NODE, InProcessGrid, ckd_run_config, run_server
 from mri_helpers import CONTRASTS, SPEC, make_site
 from PIL import Image
 from typer.testing import CliRunner
@@ -167,6 +167,10 @@ def test_a_broken_site_sits_the_run_out_and_the_others_finish(broken_sites: Path
     assert all(SECRET not in e.reason and "/" not in e.reason for e in errors)
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(rounds[-1]["sites"][s].get("train") for s in ("site-0", "site-1"))
+    assert all(not r["failures"] for r in rounds)  # site-2 is not asked (and refusing) every round
+    to_broken = [m.metadata.message_type for m in grid.sent if m.metadata.dst_node_id == FIRST_NODE + 2]
+    assert to_broken == ["query.statistics"]
+    assert {m.metadata.message_type for m in grid.sent} >= {"train", "evaluate"}
 
 
 @pytest.mark.usefixtures("flower_identity")
