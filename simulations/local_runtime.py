@@ -18,11 +18,14 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import traceback
 from pathlib import Path
 from typing import Any
+
+from common.errors import FedwardError
 
 ERROR_MARK = "fedward: error: "
 RAY_START_ATTEMPTS = 2  # a loaded machine can time Ray's node start-up out once
@@ -53,9 +56,16 @@ class Background:
 
     def _run(self, prepare: dict[str, Any] | None) -> None:
         try:
-            if prepare:
-                module, function = prepare["function"].split(":")
-                getattr(importlib.import_module(module), function)(**prepare["kwargs"])
+            if prepare:  # in a process of its own: its libraries (pandas, datasets) leave with it
+                done = subprocess.run(
+                    [sys.executable, "-m", "simulations.local_runtime", "--prepare", json.dumps(prepare)],
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    sys.stderr.write(done.stderr)
+                    lines = [ln for ln in done.stderr.splitlines() if ln.startswith(ERROR_MARK)]
+                    reason = lines[-1][len(ERROR_MARK) :] if lines else f"exit code {done.returncode}"
+                    raise FedwardError(f"preparing the sites' data failed: {reason}")
             importlib.import_module("server.app")
         except BaseException as exc:  # re-raised in the ServerApp thread, which ends the run
             self.error = exc
@@ -114,18 +124,21 @@ def _reason(exc: BaseException) -> str:
     """The innermost cause, in one line."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    from common.errors import FedwardError
-
     if isinstance(exc, FedwardError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def main(argv: list[str]) -> int:
-    """Entry point: run the simulation of the spec file `argv[0]`; 0 on success, 2 on failure."""
-    spec = json.loads(Path(argv[0]).read_text())
+    """Entry point: run the simulation of the spec file `argv[0]` (or, with `--prepare JSON`, only write
+    the sites' data); 0 on success, 2 on failure."""
     try:
-        run(spec)
+        if argv[0] == "--prepare":  # the sites' data, in a process of its own
+            prepare = json.loads(argv[1])
+            module, function = prepare["function"].split(":")
+            getattr(importlib.import_module(module), function)(**prepare["kwargs"])
+            return 0
+        run(json.loads(Path(argv[0]).read_text()))
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:  # the run's end: one line for people, the rest for the log
