@@ -76,7 +76,7 @@ class RunConfig(BaseModel):
     cross_site_local: bool = False
     min_cell_count: int = Field(0, ge=0)  # evaluation small-cell control (common/disclosure.py); 0 = exact
     device: str = "auto"
-    transfer_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # train replies' floats (common/transfer.py)
+    transfer_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # common/transfer.py
     image_size: int = Field(32, ge=8)
     image_depth: int = Field(16, ge=0)
     mri_contrasts: str = "t1,t1ce,t2,flair"

@@ -202,7 +202,9 @@ def _reject_odd_metric_keys(
 def screen_evaluations(
     replies: list[Message], limits: LimitsOf | None = None
 ) -> tuple[list[Message], list[Rejection]]:
-    """Split evaluation replies into those to pool (errors pass through) and rejections."""
+    """Split evaluation replies into those to pool (errors pass through) and rejections. A site whose
+    held-out split is empty (`num-examples` 0, usually its only metric) is set aside quietly: it is no
+    rejection, and the pool would skip it anyway."""
     rejections: list[Rejection] = []
     good: set[int] = set()
     for i, reply in enumerate(replies):
@@ -212,10 +214,10 @@ def screen_evaluations(
         site = limits(node) if limits is not None else SiteLimits()
         reason = "the node took no part in this run's statistics step" if site is None else None
         reason = reason or evaluate_metrics_problem(reply, site or SiteLimits())
-        if reason is None:
-            good.add(i)
-        else:
+        if reason is not None:
             rejections.append(Rejection(node, reason))
+        elif reply.content["metrics"]["num-examples"] != 0:  # checked above: a count, or NaN (withheld)
+            good.add(i)
     _reject_odd_metric_keys(replies, good, rejections)
     return [r for i, r in enumerate(replies) if r.has_error() or i in good], rejections
 
