@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -310,7 +311,14 @@ def _stream(
 _FAILURE_MARKS = ("Simulation raised an exception", "ServerApp raised an exception")
 
 
+_SITE_LINE = re.compile(r"(?:\x1b\[[\d;]*m)?\([^)\n]*pid=\d+")  # `(ClientAppActor pid=12) ...`, Ray's prefix
+
+
 def _worth_showing(line: str) -> bool:
+    """Progress, fedward's own lines and errors; not a site's own log (Ray actor lines: tracebacks, paths),
+    which goes to the run log only: the coordinator names each site's failure in one line."""
+    if _SITE_LINE.match(line):
+        return False
     return line.startswith(("round ", "fedward:")) or "ERROR" in line or "Error" in line
 
 

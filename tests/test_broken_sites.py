@@ -31,6 +31,7 @@ from common.errors import ConfigError
 from fedward.cli import app
 from simulations.phantoms import PhantomSpec, generate_site
 from simulations.prepare import prepare_ckd_sites
+from simulations.runner import run_simulation
 
 MRI = RunConfig(mri_contrasts=",".join(CONTRASTS), image_size=16, image_depth=8)
 SECRET = "st-elsewhere-oncology"
@@ -224,3 +225,28 @@ def test_a_tumour_site_with_only_nan_volumes_sits_the_run_out(tmp_path: Path) ->
         "site site-2: refuses the run: its tumour data did not load "
         "(DataValidationError: 3 problem(s) in the site's data)"
     )
+
+
+@pytest.mark.slow
+def test_a_simulation_with_a_garbage_site_finishes_with_the_others_in_plain_lines(tmp_path: Path) -> None:
+    root = tmp_path / SECRET
+    prepare_ckd_sites(root, 3, "iid")
+    (root / "site-2" / "train.csv").write_bytes(bytes(range(256)) * 40)
+    config = RunConfig(
+        num_server_rounds=1, min_sites=2, dp=False, data_root=str(root), runs_dir=str(tmp_path / "runs"),
+        run_name="r", device="cpu",
+    ).to_flower()  # fmt: skip
+    shown: list[str] = []
+
+    run_simulation(config, 3, log_file=tmp_path / "sim.log", echo=shown.append)
+
+    run = tmp_path / "runs" / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds-completed"] == 1 and set(summary["sites"]) == {"site-0", "site-1"}
+    (left_out,) = json.loads((run / "config.json").read_text())["statistics-failures"]
+    assert left_out.startswith("site site-2: refuses the run: its ckd data did not load (")
+    output = "".join(shown)  # what the researcher sees: one line for the site, no traceback, no path
+    assert f"fedward: left out of this run at the statistics step: {left_out}\n" in shown
+    assert "Traceback" not in output and SECRET not in output, output
+    assert all(line.startswith(("fedward: ", "round ")) for line in shown), output
+    assert "Traceback" in (tmp_path / "sim.log").read_text()  # the site's detail stays in the run log

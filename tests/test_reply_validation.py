@@ -18,6 +18,7 @@ import pytest
 import torch
 from flower_fakes import SERVER_NODE, TaskIdentity, flower_identity  # noqa: F401 (fixture)
 from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
 from inprocess_grid import FIRST_NODE, InProcessGrid, ckd_run_config, run_server
 
 from common.tasks import get_task
@@ -26,6 +27,7 @@ from server.rundir import RunDirectory
 from server.statistics import SiteInfo
 from simulations.prepare import prepare_ckd_sites
 from strategies.reply_checks import SiteLimits, cap_shares, train_metrics_problem
+from strategies.validation import Rejection, ValidatedStrategy, screen_evaluations
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 HOSTILE = FIRST_NODE + 1  # site-1
@@ -198,6 +200,23 @@ def test_metric_values_are_checked() -> None:
     assert train_metrics_problem(reply(epsilon=-math.inf), limits, "num-examples") == "'epsilon' is -inf"
     assert train_metrics_problem(reply(), limits, "num-examples", ("delta",)) == "no 'delta' metric"
     assert train_metrics_problem(reply(**{"train-loss": math.nan}), limits, "num-examples") is None
+
+
+def test_an_empty_held_out_split_is_set_aside_quietly() -> None:
+    def reply(node: int, **metrics: float) -> Message:
+        instruction = Message(RecordDict({}), dst_node_id=node, message_type="evaluate")
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=instruction)
+
+    full = reply(FIRST_NODE, **{"num-examples": 30, "accuracy": 0.9, "loss": 0.3})
+    empty = [reply(FIRST_NODE + i, **{"num-examples": 0}) for i in (1, 2)]  # more sites than the full one
+    seen: list[list[Rejection]] = []
+    strategy = ValidatedStrategy(FedAvg(), on_reject_evaluate=lambda _round, rejected: seen.append(rejected))
+
+    pooled = strategy.aggregate_evaluate(1, [full, *empty])
+
+    assert screen_evaluations([full, *empty]) == ([full], [])
+    assert seen == [[]] and pooled is not None and pooled["accuracy"] == pytest.approx(0.9)
+    assert screen_evaluations(empty) == ([], [])
 
 
 def test_weights_are_capped_at_the_configured_share() -> None:
