@@ -31,8 +31,8 @@ from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E4
 
 from common.config import RunConfig  # noqa: E402
 from server.checkpoint import RoundCheckpoint  # noqa: E402
+from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
 from server.provision import write_provenance_key  # noqa: E402
-from server.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
 from simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 ARMS = {"no-dp": {"central-dp": False}, "central-dp": {"central-dp": True}}

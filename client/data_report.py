@@ -23,12 +23,12 @@ from client.policy import SitePolicy
 from client.readiness import readiness
 from common.config import RunConfig
 from common.errors import DataValidationError, FedwardError
+from common.tasks import TaskSpec, task_spec
 
 if TYPE_CHECKING:
     from common.tasks import SiteData
 
 log = logging.getLogger("fedward.client")
-MRI_TASKS = ("tumour", "tumour-seg")
 
 
 @dataclass
@@ -58,28 +58,25 @@ class DataReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _ckd(report: DataReport, folder: Path, config: RunConfig) -> SiteData:
+def _rows(report: DataReport, site: SiteData) -> None:
+    """A table task (one row per patient): missing values, conversions and blanked cells (CKD tables)."""
+    from common.data.ckd import CkdTable
     from common.data.ckd_schema import FEATURE_NAMES
-    from common.tasks import SiteSource, get_task
 
-    site = get_task("ckd").load_site(SiteSource("site", folder), config)
+    report.samples = report.patients = site.num_train + site.num_test
     tables = [site.train, site.test]
-    x = np.concatenate([t.x for t in tables])
-    y = np.concatenate([t.y for t in tables])
-    report.samples = report.patients = len(y)  # one row per patient
-    for code, name in ((1, "ckd"), (0, "notckd")):
-        count = int((y == code).sum())
-        report.per_class[name] = {"samples": count, "patients": count}
-    missing = np.isnan(x).sum(axis=0)
+    if not all(isinstance(t, CkdTable) for t in tables):
+        report.cell_issues = list(site.details)
+        return
+    missing = np.isnan(np.concatenate([t.x for t in tables])).sum(axis=0)
     report.missing_per_feature = {n: int(m) for n, m in zip(FEATURE_NAMES, missing, strict=True) if m}
     report.conversions = sorted({line for t in tables for line in t.harmonisation})
     report.cell_issues = [d for d in site.details if d not in report.conversions]
-    return site
 
 
-def _mri(report: DataReport, folder: Path, config: RunConfig, phi_gate: str) -> SiteData:
+def _phi(report: DataReport, folder: Path, phi_gate: str) -> None:
+    """The DICOM PHI gate's findings (headers only), blocking under `phi_gate` "block"."""
     from client.phi import check_folder
-    from common.tasks import SiteSource, get_task
 
     gate = check_folder(folder)
     report.phi = {"files-checked": gate.files_checked, "files-flagged": len(gate.flagged),
@@ -89,13 +86,25 @@ def _mri(report: DataReport, folder: Path, config: RunConfig, phi_gate: str) -> 
             f"{len(gate.flagged)} file(s) carry PHI ({', '.join(sorted(gate.counts))}); de-identify "
             'them with `fedward site deidentify` or set phi-gate = "warn" in the site policy'
         )
-    site = get_task(config.task).load_site(SiteSource("site", folder), config)
-    patients = list(site.train.patients) + list(site.test.patients)
-    report.samples, report.patients = len(patients), len(set(patients))
-    report.skipped = list(site.details)
-    if config.task == "tumour":
-        labels = np.concatenate([site.train.targets.numpy(), site.test.targets.numpy()])
-        names = ("no tumour", "tumour") if config.tumour_binary else _tumour_classes()
+
+
+def _load(report: DataReport, folder: Path, spec: TaskSpec, config: RunConfig, phi_gate: str) -> SiteData:
+    """Load `folder` as a run would (PHI gate first for imaging) and count samples, patients, classes."""
+    from common.tasks import SiteSource
+
+    if spec.imaging:
+        _phi(report, folder, phi_gate)
+    site = spec.build().load_site(SiteSource("site", folder), config)
+    if spec.unit == "rows":
+        _rows(report, site)
+        patients: list[object] = list(range(report.samples))
+    else:
+        patients = list(site.train.patients) + list(site.test.patients)
+        report.samples, report.patients = len(patients), len(set(patients))
+        report.skipped = list(site.details)
+    names = spec.class_names(config.to_flower())
+    if spec.labels is not None and names is not None:
+        labels = np.concatenate(spec.labels(site))
         for code, name in enumerate(names):
             mine = labels == code
             report.per_class[name] = {
@@ -103,12 +112,6 @@ def _mri(report: DataReport, folder: Path, config: RunConfig, phi_gate: str) -> 
                 "patients": len({p for p, m in zip(patients, mine, strict=True) if m}),
             }
     return site
-
-
-def _tumour_classes() -> tuple[str, ...]:
-    from common.data.mri.sample import CLASSES
-
-    return CLASSES
 
 
 def check_site_data(
@@ -127,12 +130,7 @@ def check_site_data(
     config = (config or RunConfig()).model_copy(update={"task": task})
     site = None
     try:
-        if task in MRI_TASKS:
-            site = _mri(report, folder, config, phi_gate)
-        elif task == "ckd":
-            site = _ckd(report, folder, config)
-        else:
-            report.blocking.append(f"unknown task {task!r}; expected ckd, tumour or tumour-seg")
+        site = _load(report, folder, task_spec(task), config, phi_gate)
     except DataValidationError as exc:
         report.blocking.extend(str(p) for p in exc.problems)
     except FedwardError as exc:

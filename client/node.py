@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from client.policy import SitePolicy, load_policy, validate_policy_for
 from common.errors import ConfigError, FedwardError
+from common.tls_probe import split_address, tls_handshake
 
 RUNTIME_PORT = 9094
 """The SuperNode's local Runtime API port (Flower's default); only its SuperExec connects to it."""
@@ -140,15 +141,9 @@ def superlink_address(kit: Kit, given: str | None) -> str:
 
 def check_coordinator(address: str, ca_cert: Path, timeout: float = 10.0) -> None:
     """Open a TLS connection to the coordinator, verified with the kit's CA; raise a clear error if not."""
-    host, port = address.rsplit(":", 1)
-    host = host.strip("[]")
-    context = ssl.create_default_context(cafile=str(ca_cert))
+    host, port = split_address(address)
     try:
-        with (
-            socket.create_connection((host, int(port)), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host),
-        ):
-            return
+        tls_handshake(address, ca_cert, timeout)
     except ssl.SSLCertVerificationError as exc:
         raise ConfigError(
             f"the coordinator at {address} is not the one this kit trusts ({exc.verify_message}): "

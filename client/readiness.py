@@ -13,6 +13,7 @@ import numpy as np
 
 from client.policy import SitePolicy
 from common.config import RunConfig
+from common.tasks import task_spec
 
 if TYPE_CHECKING:
     from common.tasks import SiteData
@@ -31,29 +32,20 @@ class Readiness:
 
 def class_names(task: str, config: RunConfig) -> tuple[str, ...] | None:
     """The task's class names in label order (None for segmentation: no per-case class)."""
-    if task == "ckd":
-        return ("notckd", "ckd")
-    if task == "tumour":
-        from common.data.mri.sample import CLASSES
-
-        return ("no tumour", "tumour") if config.tumour_binary else CLASSES
-    return None
+    return task_spec(task).class_names(config.to_flower())
 
 
 def split_labels(site: SiteData, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Training and held-out labels of a classification task's site (None for segmentation)."""
-    if task == "ckd":
-        return np.asarray(site.train.y), np.asarray(site.test.y)
-    if task == "tumour":
-        return site.train.targets.numpy(), site.test.targets.numpy()
-    return None
+    labels = task_spec(task).labels
+    return None if labels is None else labels(site)
 
 
 def readiness(site: SiteData, task: str, config: RunConfig, policy: SitePolicy | None = None) -> Readiness:
     """Check a loaded site against the run's settings (`config`) and its policy."""
     out = Readiness()
     n, total = site.num_train, site.num_train + site.num_test
-    unit = "rows" if task == "ckd" else "patients"
+    unit = task_spec(task).unit
     if total < MIN_ROWS:
         out.blocking.append(f"{total} usable {unit} in all; a site needs at least {MIN_ROWS} to run")
     elif n == 0:

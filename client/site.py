@@ -15,7 +15,7 @@ from client.policy import load_policy
 from client.readiness import readiness
 from common.config import RunConfig
 from common.errors import ConfigError, SiteDataError
-from common.tasks import SiteData, SiteSource, get_task
+from common.tasks import SiteData, SiteSource, get_task, task_spec
 
 log = logging.getLogger("fedward.client")
 
@@ -38,20 +38,17 @@ def site_source(context: Context, config: RunConfig) -> SiteSource:
     return SiteSource(site_id, data_dir, index, count)
 
 
-MRI_TASKS = ("tumour", "tumour-seg")
-
-
 @lru_cache(maxsize=4)
 def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") -> SiteData:
     """Load (once per process) and validate the site's data for the run's task; warn (site log) when
     it is too small or too skewed to train or evaluate well.
 
-    For an MRI task the DICOM PHI gate runs first (headers only): with `phi_gate` "block" a folder
-    whose files carry PHI raises PhiGateError, with "warn" it is logged; the gate's counts join the
-    site's data report.
+    For an imaging task (spec `imaging`) the DICOM PHI gate runs first (headers only): with
+    `phi_gate` "block" a folder whose files carry PHI raises PhiGateError, with "warn" it is logged;
+    the gate's counts join the site's data report.
     """
     gate = None
-    if config.task in MRI_TASKS and source.data_dir is not None:
+    if task_spec(config.task).imaging and source.data_dir is not None:
         gate = gate_site(source.data_dir, phi_gate, source.site_id)
     site = get_task(config.task).load_site(source, config)
     if gate is not None:

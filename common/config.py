@@ -23,6 +23,10 @@ class RunConfig(BaseModel):
     num_server_rounds: int = Field(10, ge=1)
     strategy: str = "fedavg"
     min_sites: int = Field(2, ge=1)
+    # sites sampled per round (public, the coordinator's draw; no privacy amplification is claimed):
+    # max(1, ceil(fraction × sites)) train / evaluate each round (strategies/registry.py)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, gt=0, le=1)
     seed: int = 0
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)

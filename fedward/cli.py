@@ -11,7 +11,7 @@ from client.cli import app as site_app
 from client.cli import register_node_commands
 from common.errors import FedwardError
 from server.cli import coordinator_app, provision_command, run_command
-from server.provenance_cli import sign_command, verify_command
+from server.provenance.cli import sign_command, verify_command
 from server.provision import load_site_kit
 from server.report_cli import report_command
 from simulations.cli import app as sim_app

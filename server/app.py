@@ -17,14 +17,14 @@ from common.tasks import get_task
 from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from server.cross_site import CROSS_SITE, cross_site_matrix
 from server.export import finalise_run
+from server.provenance.signing import resolve_signing_key
 from server.rounds import RoundRecorder, RunStopped
 from server.run_grid import RunGrid
 from server.rundir import RunDirectory, default_run_name
-from server.signing import resolve_signing_key
 from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
-from strategies.registry import StrategySettings, build_strategy
+from strategies.registry import StrategySettings, build_strategy, sample_size
 from strategies.reply_checks import SiteLimits, site_limits
 from strategies.validation import ValidatedStrategy, non_finite_entry
 
@@ -147,7 +147,9 @@ def main(grid: Grid, context: Context) -> None:
         },
     )
 
-    recorder = RoundRecorder(run, task, sites, config.num_server_rounds, config.min_sites)
+    # with sampling, a round needs the sampled share of min-sites to train (all of them at fraction 1)
+    round_min = min(sample_size(config.fraction_train, config.min_sites), len(sites))
+    recorder = RoundRecorder(run, task, sites, config.num_server_rounds, round_min)
 
     def pool(contents: list[RecordDict], _key: str) -> MetricRecord:
         return MetricRecord(task.pool([dict(c["metrics"]) for c in contents]))
@@ -159,13 +161,15 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_metrics=pool,
         weighted_by_key="site-weight" if config.central_dp else "num-examples",
         settings=StrategySettings.from_config(config),
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
     )
     if config.central_dp:
         aggregation = with_central_dp(
             aggregation,
             noise_multiplier=config.central_dp_noise_multiplier,
             clipping_norm=config.central_dp_clipping_norm,
-            num_sites=len(sites),
+            num_sites=sample_size(config.fraction_train, len(sites)),  # the sites averaged per round
             delta=config.central_dp_delta,
             max_epsilon=config.central_dp_max_epsilon or None,
             clipping=config.central_dp_clipping,
@@ -256,8 +260,8 @@ def main(grid: Grid, context: Context) -> None:
                 **_statistics_release(sites, site),
                 "refused": recorder.refusals.get(site),
                 "updates-rejected": recorder.rejection_counts.get(site, 0),
-                "delta": (recorder.train.get(site) or {}).get("delta"),
-                "privacy-steps": (local_privacy.get(site) or recorder.train.get(site) or {}).get(
+                "delta": (recorder.trained_last.get(site) or {}).get("delta"),
+                "privacy-steps": (local_privacy.get(site) or recorder.trained_last.get(site) or {}).get(
                     "privacy-steps"
                 ),
                 "data": next(s.report for s in sites if s.site_id == site),

@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import Strategy
 
 from server.checkpoint_codec import CheckpointError, decode, encode
 from server.checkpoint_store import CHECKPOINT_JSON, read_checkpoint, write_checkpoint
-from server.signing import load_private_key, resolve_signing_key
+from server.provenance.signing import load_private_key, resolve_signing_key
 
 CHECKPOINT = CHECKPOINT_JSON
 _FIELDS = ("arrays", "strategy", "recorder", "rng")  # encoded into `state`; round and run uid stay plain
@@ -134,9 +134,9 @@ class RoundCheckpoint:
         )
 
     def save(self, run_dir: Path, key: Path | str | None = None) -> Path:
-        """Write the checkpoint signed with `key` (default: the run's signing key, server/signing.py);
-        a crash mid-write leaves the previous checkpoint. CheckpointError naming a state that cannot be
-        saved."""
+        """Write the checkpoint signed with `key` (default: the run's signing key,
+        server/provenance/signing.py); a crash mid-write leaves the previous checkpoint. CheckpointError
+        naming a state that cannot be saved."""
         state, arrays = encode({name: getattr(self, name) for name in _FIELDS})
         state = {"round": self.server_round, "run-uid": self.run_uid, **state}
         private = load_private_key(resolve_signing_key(key))

@@ -7,7 +7,7 @@
 
 The signature (base64, field `signature`) covers the canonical JSON bytes of every other field
 (`json.dumps(doc, separators=(",", ":"), ensure_ascii=True)`, key order as in the file) and is made with
-the federation's provenance key (server/signing.py), the key that signs the run's manifest. Reading
+the federation's provenance key (server/provenance/signing.py), the key that signs the run's manifest. Reading
 checks the signature, the run directory's name and the arrays' sha256 before anything is decoded; only
 `json` and `safetensors` parse the files, nothing is unpickled. `checkpoint.json` is replaced last and
 atomically, so a crash mid-write leaves the previous checkpoint whole; arrays files of older rounds are
@@ -33,7 +33,7 @@ from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
 from server.checkpoint_codec import CheckpointError
-from server.signing import key_fingerprint, sign, signature_valid
+from server.provenance.signing import key_fingerprint, sign, signature_valid
 
 FORMAT = "fedward-checkpoint/2"
 CHECKPOINT_JSON = "checkpoint.json"

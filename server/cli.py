@@ -11,8 +11,8 @@ from rich.console import Console
 
 from common.errors import ConfigError, FedwardError
 from server import deploy, launch, proxy
+from server.provenance.signing import SIGNING_KEY_ENV
 from server.provision import PROVENANCE_KEY, numbered_sites, provision
-from server.signing import SIGNING_KEY_ENV
 
 console = Console()
 

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
+from common.tasks import task_spec
 from server.statistics import SiteInfo
 
 CROSS_SITE = "cross-site.json"
@@ -23,8 +24,8 @@ PRIVACY_KEYS = ("epsilon", "epsilon-lifetime", "epsilon-cap", "delta", "privacy-
 
 
 def headline_metric(task: str) -> str:
-    """The metric the matrix shows first: Dice for segmentation, accuracy otherwise."""
-    return "dice" if task == "tumour-seg" else "accuracy"
+    """The metric the matrix shows first: the task's primary metric (Dice for segmentation)."""
+    return task_spec(task).primary_metric
 
 
 def _send(

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from common.errors import ConfigError, FedwardError
+from common.tls_probe import tls_handshake
 from server import proxy
 from server.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
 
@@ -179,17 +180,11 @@ def check_port_free(host: str, port: int) -> None:
 
 def tls_reachable(address: str, ca_cert: Path, timeout: float = 3.0) -> bool:
     """True when `address` completes a TLS handshake verified against `ca_cert`."""
-    host, port = address.rsplit(":", 1)
-    host = host.strip("[]")
-    context = ssl.create_default_context(cafile=str(ca_cert))
     try:
-        with (
-            socket.create_connection((host, int(port)), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host),
-        ):
-            return True
-    except (OSError, ssl.SSLError):
+        tls_handshake(address, ca_cert, timeout)
+    except OSError:  # ssl.SSLError included
         return False
+    return True
 
 
 def wait_until_serving(

@@ -9,9 +9,9 @@ import torch
 
 from common.errors import ConfigError
 from server.model_card import write_model_card
-from server.provenance import sign_run
-from server.signing import load_private_key, resolve_signing_key
-from server.software import package_version
+from server.provenance.manifest import sign_run
+from server.provenance.signing import load_private_key, resolve_signing_key
+from server.provenance.software import package_version
 
 TORCH_WEIGHTS = "model.pt"
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -76,7 +76,7 @@ def load_exported(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def finalise_run(run_dir: Path, signing_key: Path | None = None) -> None:
     """End of a run: export the weights to safetensors, write MODEL_CARD.md, sign the provenance manifest.
 
-    `signing_key` as in `server.signing.resolve_signing_key` (else `$FEDWARD_SIGNING_KEY`, else the
+    `signing_key` as in `server.provenance.signing.resolve_signing_key` (else `$FEDWARD_SIGNING_KEY`, else the
     per-user key); it is resolved first, so a bad key path fails before anything is written.
     """
     key = resolve_signing_key(signing_key)

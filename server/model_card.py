@@ -12,37 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from server.provenance import CARD_FILE, WEIGHT_FILES, sha256_file
+from common.tasks import TASKS, CardText, task_spec
+from server.provenance.manifest import CARD_FILE, WEIGHT_FILES, sha256_file
 
-METRIC_COLUMNS = (
-    "accuracy",
-    "roc-auc",
-    "sensitivity",
-    "specificity",
-    "f1",
-    "dice",
-    "dice-voxels",
-    "hd95",
-    "loss",
-)
-_TASKS = {
-    "ckd": (
-        "chronic kidney disease (CKD) or not, from 24 routine laboratory and clinical values of an adult",
-        "flag patients whose values suggest CKD, for review and confirmatory testing by a clinician",
-    ),
-    "tumour": (
-        "the tumour class of a brain MRI study (glioma, meningioma, pituitary tumour or no tumour)",
-        "research into multi-site MRI classification; triage suggestions reviewed by a radiologist",
-    ),
-    "tumour-seg": (
-        "a voxel mask of brain tumour on MRI",
-        "research into multi-site MRI segmentation; draft contours corrected by a radiologist",
-    ),
-}
-_CKD_SOURCE = (
-    "the public UCI Chronic Kidney Disease table (400 patients of Apollo Hospitals, Tamil Nadu, India, "
-    "collected over about two months; Rubini et al. 2015) split into simulated sites by `fedward sim ckd`"
-)
+
+def metric_columns() -> tuple[str, ...]:
+    """Every registered task's table columns, in registration order, then the loss."""
+    columns = dict.fromkeys(c for name in TASKS for c in task_spec(name).columns)
+    return (*columns, "loss")
+
+
+def _card(task: object) -> CardText | None:
+    """The task's card text (None for a task this installation does not know)."""
+    try:
+        return task_spec(str(task)).card
+    except ConfigError:
+        return None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -113,9 +98,8 @@ def _weights_line(run: Path) -> str:
 
 
 def _overview(run: Path, rc: dict, summary: dict, sites: dict) -> list[str]:
-    what, _ = _TASKS.get(str(summary.get("task")), (f"task {summary.get('task')!r}", ""))
-    if rc.get("tumour-binary") and summary.get("task") == "tumour":
-        what = "whether a brain MRI study shows a tumour"
+    card = _card(summary.get("task"))
+    what = card.what(rc) if card else f"task {summary.get('task')!r}"
     rows = [
         ["predicts", what],
         ["task / model", f"`{summary.get('task')}` / `{rc.get('model')}` (run config `model`)"],
@@ -131,7 +115,8 @@ def _overview(run: Path, rc: dict, summary: dict, sites: dict) -> list[str]:
 
 
 def _intended_use(summary: dict) -> list[str]:
-    _, use = _TASKS.get(str(summary.get("task")), ("", "research"))
+    card = _card(summary.get("task"))
+    use = card.use if card else "research"
     return [
         "## Intended use",
         "",
@@ -154,11 +139,9 @@ def _data(rc: dict, config: dict, sites: dict) -> list[str]:
         other = ", ".join(f"{k} {_count(v)}" for k, v in sorted(report.items()))
         shown = f"`{fingerprint[:16]}…`" if isinstance(fingerprint, str) else "—"
         rows.append([site, _count(train), _count(test), other or "—", shown])
-    task = str(rc.get("task"))
-    if rc.get("data-root") and task.startswith("tumour"):
-        source = "**synthetic brain phantoms** made by `fedward sim tumour` (no patient data)"
-    elif rc.get("data-root") and task == "ckd":
-        source = _CKD_SOURCE
+    card = _card(rc.get("task"))
+    if rc.get("data-root") and card and card.simulated_source:
+        source = card.simulated_source
     else:
         source = "each site's own data (its node configuration's `data-dir`)"
     lines = ["## Data", "", f"Source: {source}. Samples per site (counts reported by the sites):", ""]
@@ -179,7 +162,7 @@ def _data(rc: dict, config: dict, sites: dict) -> list[str]:
 def _metrics(summary: dict, sites: dict) -> list[str]:
     entries = {site: (sites[site] or {}).get("evaluate") or {} for site in sorted(sites)}
     overall = summary.get("overall") or {}
-    columns = [c for c in METRIC_COLUMNS if c in overall or any(c in e for e in entries.values())]
+    columns = [c for c in metric_columns() if c in overall or any(c in e for e in entries.values())]
     rows = [
         [site, _count(e.get("num-examples"))] + [_num(e.get(c)) for c in columns]
         for site, e in entries.items()
@@ -283,7 +266,8 @@ def _skew(sites: dict) -> str | None:
 
 def _limitations(rc: dict, summary: dict, sites: dict) -> list[str]:
     items = []
-    if rc.get("data-root") and str(rc.get("task")).startswith("tumour"):
+    card = _card(rc.get("task"))
+    if rc.get("data-root") and card and card.synthetic:
         items.append(
             "**Synthetic data**: trained and tested on phantoms; its metrics say nothing about real MRI."
         )

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from common.data.ckd_schema import LABEL_NEGATIVE, LABEL_POSITIVE
-from common.data.mri.sample import CLASSES
 from common.errors import ConfigError
+from common.tasks import task_spec
 from server.rundir import read_rounds
 
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
@@ -171,14 +170,15 @@ def confidence_interval(metrics: dict[str, Any], key: str) -> tuple[float, float
     return None if math.isnan(low) or math.isnan(high) else (low, high)
 
 
-def class_names(task: str, size: int) -> list[str]:
-    """Axis labels of a `size`-class confusion matrix for `task`."""
-    if task == "ckd" and size == 2:
-        return [LABEL_NEGATIVE, LABEL_POSITIVE]
-    if task == "tumour" and size == len(CLASSES):
-        return list(CLASSES)
-    if task == "tumour" and size == 2:
-        return ["no tumour", "tumour"]
+def class_names(task: str, size: int, run_config: dict[str, Any] | None = None) -> list[str]:
+    """Axis labels of a `size`-class confusion matrix for `task` (its spec's class names under
+    `run_config` when there are `size` of them, else "class i")."""
+    try:
+        names = task_spec(task).class_names(run_config or {})
+    except ConfigError:  # a task this installation does not know
+        names = None
+    if names is not None and len(names) == size:
+        return list(names)
     return [f"class {i}" for i in range(size)]
 
 
@@ -214,7 +214,7 @@ def pooled_confusion(run: RunData) -> tuple[np.ndarray, list[str]] | None:
     total = np.zeros((size, size))
     for m in matrices:
         total[: m.shape[0], : m.shape[1]] += np.nan_to_num(m)
-    return total, class_names(run.task, size)
+    return total, class_names(run.task, size, run.config)
 
 
 def cross_site_matrix(run: RunData) -> tuple[np.ndarray, list[str], list[str], str] | None:

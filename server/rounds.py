@@ -34,7 +34,8 @@ class RoundRecorder:
         self.task = task
         self.num_rounds = num_rounds
         self.site_of = {s.node_id: s.site_id for s in sites}
-        self.train: dict[str, dict[str, float]] = {}
+        self.train: dict[str, dict[str, float]] = {}  # this round's (sampled) sites
+        self.trained_last: dict[str, dict[str, float]] = {}  # each site's latest train metrics, any round
         self.train_failed: list[str] = []
         self.rejected: dict[str, str] = {}  # this round's excluded updates: site -> reason
         self.evaluation_rejected: dict[str, str] = {}  # this round's excluded evaluations
@@ -48,7 +49,16 @@ class RoundRecorder:
         self.after_round: Callable[[int], None] | None = None  # e.g. save a checkpoint
         self.tensorboard = TensorBoardLog(run.path / "tensorboard")
 
-    _KEPT = ("budget", "refusals", "train", "rejection_counts", "stop_reason", "epsilon", "last")
+    _KEPT = (
+        "budget",
+        "refusals",
+        "train",
+        "trained_last",
+        "rejection_counts",
+        "stop_reason",
+        "epsilon",
+        "last",
+    )
 
     def snapshot(self) -> dict[str, Any]:
         """What a resumed run needs to carry on the bookkeeping (and the arrays of the last round)."""
@@ -59,7 +69,7 @@ class RoundRecorder:
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a snapshot: elapsed time keeps counting from where the run stopped."""
         for key in self._KEPT:
-            setattr(self, key, saved[key])
+            setattr(self, key, saved.get(key, getattr(self, key)))  # keys added later: start empty
         self.stop_reason = None  # a run that stopped early may go on when resumed
         self.started = time.monotonic() - float(saved["elapsed"])
         self.round_started = time.monotonic()
@@ -108,6 +118,7 @@ class RoundRecorder:
     ) -> None:
         """Keep the round's training metrics, each site's ε (run, lifetime, cap, left) and refusals."""
         self.train, self.train_failed = self._by_site(replies)
+        self.trained_last.update(self.train)
         trained = sum(not r.has_error() for r in replies)  # rejected updates count, as sites that trained
         if arrays is not None and (bad := non_finite_entry(arrays)) is not None:
             self.stop_reason = (

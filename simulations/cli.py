@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from common.config import RunConfig
+from common.data.partition import RESAMPLE_ROWS_PER_SITE
 from common.errors import ConfigError
+from common.tasks import task_spec
 from simulations.progress import RunProgress
 from simulations.runner import SimulationResources, SitePreparation, run_simulation
 
@@ -99,6 +101,7 @@ class Partition(StrEnum):
 
     iid = "iid"
     dirichlet = "dirichlet"
+    resample = "resample"  # synthetic, for scale tests: rows repeat across sites
 
 
 @app.command("ckd")
@@ -107,11 +110,26 @@ def ckd(
     sites: Annotated[int, typer.Option(min=1, help="Number of simulated hospitals.")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
     partition: Annotated[
-        Partition, typer.Option(help="iid, or label skew by Dirichlet(alpha).")
+        Partition,
+        typer.Option(
+            help="iid, label skew by Dirichlet(alpha), or resample: SYNTHETIC sites of --rows-per-site rows "
+            "drawn from the whole table (rows repeat across sites; for scale tests, not utility figures)."
+        ),
     ] = Partition.iid,
     alpha: Annotated[
         float, typer.Option(min=1e-6, help="Dirichlet concentration (smaller = more skew).")
     ] = 0.5,
+    rows_per_site: Annotated[
+        int, typer.Option(min=4, help="Rows per site with --partition resample (stratified).")
+    ] = RESAMPLE_ROWS_PER_SITE,
+    fraction_train: Annotated[
+        float,
+        typer.Option(min=1e-6, max=1.0, help="Share of sites sampled to train each round."),
+    ] = 1.0,
+    fraction_evaluate: Annotated[
+        float,
+        typer.Option(min=1e-6, max=1.0, help="Share of sites sampled to evaluate each round."),
+    ] = 1.0,
     epsilon: Annotated[float, typer.Option(min=0.01, help="Target ε per site over the whole run.")] = 3.0,
     no_dp: Annotated[
         bool, typer.Option("--no-dp", help="Train without differential privacy (baseline).")
@@ -131,13 +149,15 @@ def ckd(
         "simulations.prepare:prepare_ckd_sites",
         {
             "out_dir": str(data_root), "num_sites": sites, "partition": partition.value, "alpha": alpha,
-            "test_fraction": RunConfig().test_fraction, "seed": seed,
+            "test_fraction": RunConfig().test_fraction, "seed": seed, "rows_per_site": rows_per_site,
         },
     )  # fmt: skip
     config = RunConfig(
         task="ckd",
         num_server_rounds=rounds,
         min_sites=sites,
+        fraction_train=fraction_train,
+        fraction_evaluate=fraction_evaluate,
         seed=seed,
         model=model,
         strategy=strategy,
@@ -150,8 +170,9 @@ def ckd(
         run_name=run_name,
     )
     dp_text = "no DP" if no_dp else f"DP-SGD, ε ≤ {epsilon:g} per site"
+    sampled = "" if fraction_train == 1 else f", {fraction_train:g} of them sampled per round"
     console.print(
-        f"fedward sim ckd: {sites} sites ({partition.value}), {rounds} rounds, {strategy}, {dp_text}"
+        f"fedward sim ckd: {sites} sites ({partition.value}){sampled}, {rounds} rounds, {strategy}, {dp_text}"
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose, prepare)
     print_summary(run_dir)
@@ -241,7 +262,7 @@ def tumour(
         f"{rounds} rounds, {dp_text}"
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
-    print_summary(run_dir, SEGMENTATION_COLUMNS if segmentation else CLASSIFICATION_COLUMNS)
+    print_summary(run_dir)
 
 
 ScenarioArg = Annotated[
@@ -269,8 +290,7 @@ def run(
     run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     console.print(f"fedward sim run {spec.name}: {_describe(spec)}")
     payload = run_study(spec, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run)
-    columns = SEGMENTATION_COLUMNS if spec.scenario.task == "tumour-seg" else CLASSIFICATION_COLUMNS
-    print_summary(run_dir, columns)
+    print_summary(run_dir)
     if baselines:
         print_comparison(console, payload)
         console.print(f"comparison written to {run_dir / 'baselines.json'}")
@@ -325,10 +345,6 @@ def _saved_run(run_dir: Path) -> dict[str, Any]:
     return json.loads(config_file.read_text())
 
 
-def _columns(task: str) -> tuple[str, ...]:
-    return SEGMENTATION_COLUMNS if task == "tumour-seg" else CLASSIFICATION_COLUMNS
-
-
 @app.command("resume")
 def resume(
     ctx: typer.Context,
@@ -341,7 +357,7 @@ def resume(
     (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
     console.print(f"fedward sim resume {run_dir.name}: {len(saved['sites'])} sites")
     _launch(ctx).run({**saved["run-config"], "resume": True}, len(saved["sites"]), run_dir, verbose)
-    print_summary(run_dir, _columns(saved["run-config"]["task"]))
+    print_summary(run_dir)
 
 
 @app.command("leave-one-out")
@@ -355,7 +371,7 @@ def leave_one_out_command(
     from simulations.leave_one_out import leave_one_out
 
     saved = _saved_run(run_dir.resolve())
-    metric = "dice" if saved["run-config"]["task"] == "tumour-seg" else "accuracy"
+    metric = task_spec(saved["run-config"]["task"]).primary_metric
     results = leave_one_out(run_dir, _launch(ctx).run, verbose)
     table = Table(title=f"leave one site out · {metric} on the site left out")
     for col in ("site left out", metric, "95 % CI", "roc-auc"):
@@ -406,17 +422,14 @@ def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
     return {"scenario": spec.name, "task": run_config.task, "metric": spec.metric, "federated": federated}
 
 
-CLASSIFICATION_COLUMNS = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1")
-SEGMENTATION_COLUMNS = ("dice", "dice-voxels", "hd95")
-
-
-def print_summary(run_dir: Path, columns: tuple[str, ...] = CLASSIFICATION_COLUMNS) -> None:
-    """Final table: overall and per-site metrics with ε."""
+def print_summary(run_dir: Path) -> None:
+    """Final table: overall and per-site metrics (the task's columns) with ε."""
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
         raise typer.Exit(_fail(f"the run ended without {summary_file}; see {run_dir / 'flower.log'}"))
     summary = json.loads(summary_file.read_text())
     table = Table(title=f"{summary['task']} · {summary['strategy']} · {summary['rounds-completed']} rounds")
+    columns = task_spec(summary["task"]).columns
     for col in ("site", "n test", *columns, "ε"):
         table.add_column(col, justify="right" if col != "site" else "left")
 

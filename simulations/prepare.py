@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from common.data.ckd import load_ckd_csv
-from common.data.partition import partition_indices
+from common.data.partition import RESAMPLE_ROWS_PER_SITE, partition_indices
 from common.data.split import stratified_split
 from common.datasets import ckd_csv_path
 
@@ -21,15 +21,20 @@ def prepare_ckd_sites(
     test_fraction: float = 0.2,
     seed: int = 0,
     source: Path | None = None,
+    rows_per_site: int = RESAMPLE_ROWS_PER_SITE,
 ) -> list[Path]:
     """Partition the CKD table into `out_dir/site-<i>/{train,test}.csv`.
 
     Rows are copied verbatim from the source file (a site sees the same raw format a hospital
-    export has); each site's held-out split is stratified by label.
+    export has); each site's held-out split is stratified by label. `partition = "resample"` gives
+    each site `rows_per_site` rows drawn from the whole table (synthetic, rows repeat across sites:
+    for scale tests only, see common/data/partition.py).
     """
     source = source or ckd_csv_path()
     labels = load_ckd_csv(source, strict=False).y
-    parts = partition_indices(labels, num_sites, partition, alpha=alpha, seed=seed)
+    parts = partition_indices(
+        labels, num_sites, partition, alpha=alpha, seed=seed, rows_per_site=rows_per_site
+    )
     return write_ckd_sites(Path(out_dir), parts, test_fraction=test_fraction, seed=seed, source=source)
 
 

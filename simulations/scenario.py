@@ -19,26 +19,11 @@ from pydantic_core import ErrorDetails
 
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.imaging_models import CLASSIFIERS, SEGMENTERS
-from common.models import TABULAR_MODELS
+from common.tasks import task_spec
 from common.tomlfile import read_toml
 from strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-
-METRICS = {
-    "ckd": ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss"),
-    "tumour": ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss"),
-    "tumour-seg": ("dice", "dice-voxels", "hd95"),
-}
-
-MODELS = {"ckd": TABULAR_MODELS, "tumour": CLASSIFIERS, "tumour-seg": SEGMENTERS}
-
-TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ckd": {"local_epochs": 1, "batch_size": 16, "lr": 0.5, "optimizer": "sgd", "model": "mlp"},
-    "tumour": {"local_epochs": 40, "batch_size": 4, "lr": 0.002, "optimizer": "adam", "model": "cnn"},
-    "tumour-seg": {"local_epochs": 40, "batch_size": 4, "lr": 0.002, "optimizer": "adam", "model": "unet"},
-}
 
 # phantom class mix of an `iid` tumour scenario: Dirichlet(this), i.e. practically the same mix everywhere
 IID_PHANTOM_SKEW = 1000.0
@@ -178,7 +163,7 @@ class Scenario(_Table):
     @property
     def metric(self) -> str:
         """The headline metric of result tables and sweeps."""
-        return self.scenario.metric or METRICS[self.scenario.task][0]
+        return self.scenario.metric or task_spec(self.scenario.task).primary_metric
 
     @property
     def num_sites(self) -> int | None:
@@ -198,7 +183,7 @@ class Scenario(_Table):
     def training_value(self, key: str) -> Any:
         """A `[training]` value, or the task's default."""
         value = getattr(self.training, key)
-        return TRAINING_DEFAULTS[self.scenario.task][key] if value is None else value
+        return task_spec(self.scenario.task).training_defaults[key] if value is None else value
 
     def min_sites(self, num_sites: int) -> int:
         """Sites that must train each round: `[sites] min-sites`, else all (1 with dropout or policies)."""
@@ -284,10 +269,10 @@ class Scenario(_Table):
             "runs-dir": runs_dir,
             "run-name": run_name,
         }
-        for key in TRAINING_DEFAULTS[s.task]:
+        for key in task_spec(s.task).training_defaults:
             values[_kebab(key)] = self.training_value(key)
             origin[_kebab(key)] = f"training.{_kebab(key)}"
-        if s.task != "ckd":
+        if task_spec(s.task).imaging:  # phantom sites
             d = self.data
             values |= {
                 "image-size": d.image_size,
@@ -434,7 +419,7 @@ def _cross_checks(sc: Scenario) -> list[str]:
             problems.append(f"partition.{_kebab(field)}: only used with kind = {kind!r}, not {p.kind!r}")
     if p.kind == "natural" and p.column is None:
         problems.append("partition.column: required with kind = 'natural' (e.g. column = \"hospital\")")
-    if s.task == "ckd":
+    if not task_spec(s.task).imaging:
         if sc.data != PhantomTable():
             problems.append("data: the [data] table describes tumour phantoms; task 'ckd' does not use it")
     else:
@@ -448,14 +433,15 @@ def _cross_checks(sc: Scenario) -> list[str]:
             for i, policy in sorted(sc.privacy.site_policies.items())
             if policy.delta is None
         ]
-    if sc.training_value("model") not in MODELS[s.task]:
+    spec = task_spec(s.task)
+    if sc.training_value("model") not in spec.models:
         problems.append(
-            f"training.model: expected one of {', '.join(MODELS[s.task])} for {s.task}, "
+            f"training.model: expected one of {', '.join(spec.models)} for {s.task}, "
             f"got {sc.training.model!r}"
         )
-    if sc.metric not in METRICS[s.task]:
+    if sc.metric not in spec.metrics:
         problems.append(
-            f"scenario.metric: expected one of {', '.join(METRICS[s.task])} for {s.task}, got {sc.metric!r}"
+            f"scenario.metric: expected one of {', '.join(spec.metrics)} for {s.task}, got {sc.metric!r}"
         )
     if sc.strategy.name not in STRATEGIES:
         problems.append(f"strategy.name: expected one of {', '.join(STRATEGIES)}, got {sc.strategy.name!r}")

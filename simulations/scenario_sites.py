@@ -20,6 +20,7 @@ from common.data.ckd import load_ckd_csv
 from common.data.partition import natural_ids, partition_indices
 from common.datasets import ckd_csv_path
 from common.errors import FedwardError
+from common.tasks import task_spec
 from simulations.label_skew import dirichlet_parts
 from simulations.prepare import write_ckd_sites
 from simulations.scenario import IID_PHANTOM_SKEW, Scenario, SitePolicyTable
@@ -48,10 +49,10 @@ class PreparedSite:
 
 def prepare_scenario_sites(scenario: Scenario, data_root: Path) -> list[PreparedSite]:
     """Write every site of `scenario` under `data_root`; returns them in site order."""
-    if scenario.scenario.task == "ckd":
-        sites = _ckd_sites(scenario, data_root)
-    else:
+    if task_spec(scenario.scenario.task).imaging:
         sites = _phantom_sites(scenario, data_root)
+    else:
+        sites = _ckd_sites(scenario, data_root)
     for index, policy in sorted(scenario.privacy.site_policies.items()):
         sites[index].policy = _write_policy(scenario, sites[index], policy)
     report = {

@@ -1,11 +1,13 @@
 """Build the aggregation strategy a run asks for.
 
 Flower's own classes where Flower has them (`flwr.serverapp.strategy`); SCAFFOLD and FedBN from this
-package. Every strategy trains and evaluates on all sites each round.
+package. Every strategy trains and evaluates on all sites each round, or on a sample of them drawn by
+the coordinator (`fraction-train`, `fraction-evaluate`: `sample_size`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -81,6 +83,7 @@ def _bulyan(c: dict[str, Any], s: StrategySettings, n: int) -> Strategy:
     return Bulyan(**c, num_malicious_nodes=s.num_malicious_sites)
 
 
+# builder(Flower's common arguments, settings, sites that train each round)
 _BUILDERS: dict[str, Callable[[dict[str, Any], StrategySettings, int], Strategy]] = {
     "fedavg": lambda c, s, n: FedAvg(**c),
     "fedprox": lambda c, s, n: FedProx(**c, proximal_mu=s.proximal_mu),
@@ -99,12 +102,26 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], StrategySettings, int], Strategy]
     "krum": _krum,
     "multikrum": _multikrum,
     "bulyan": _bulyan,
-    "scaffold": lambda c, s, n: Scaffold(**c, num_sites=n, server_lr=s.server_lr or 1.0),
+    # c ← c + |S| / N · mean(Δc_i): N counts every site, sampled this round or not
+    "scaffold": lambda c, s, n: Scaffold(
+        **c, num_sites=c["min_available_nodes"], server_lr=s.server_lr or 1.0
+    ),
     "fedbn": lambda c, s, n: FedBN(**c),
 }
 
 STRATEGIES = tuple(_BUILDERS)
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+
+
+def sample_size(fraction: float, num_sites: int) -> int:
+    """Sites drawn per round for a sampling `fraction`: max(1, ceil(fraction × num_sites)).
+
+    Rounded up, not down as Flower's `int(fraction × n)`: a fraction never asks for fewer sites than it
+    names, and never for none. fraction 1 gives every site.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"a sampling fraction must be in (0, 1], got {fraction}")
+    return max(1, math.ceil(fraction * num_sites - 1e-9))
 
 
 def build_strategy(
@@ -115,24 +132,29 @@ def build_strategy(
     evaluate_metrics: MetricsAggregation,
     weighted_by_key: str = "num-examples",
     settings: StrategySettings | None = None,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 1.0,
 ) -> Strategy:
-    """Strategy `name` that trains and evaluates on all `num_sites` sites every round.
+    """Strategy `name` over `num_sites` sites: each round Flower draws `sample_size(fraction_train)`
+    of them to train and `sample_size(fraction_evaluate)` to evaluate (all of them at fraction 1).
 
-    Minimum node counts equal the number of sites, so no round starts on a partial federation.
-    Updates are weighted by `weighted_by_key` (training samples; `site-weight` = 1 for equal weights)
-    where the strategy weights at all (the median, trimmed-mean, Krum and Bulyan rules do not).
+    The minimum node counts equal those sample sizes and every site must be connected, so no round
+    starts on a partial federation. Updates are weighted by `weighted_by_key` (training samples;
+    `site-weight` = 1 for equal weights) where the strategy weights at all (the median, trimmed-mean,
+    Krum and Bulyan rules do not); the Byzantine rules' site counts are checked against the sample.
     """
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    train_nodes = sample_size(fraction_train, num_sites)
     common = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": num_sites,
-        "min_evaluate_nodes": num_sites,
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": train_nodes,  # Flower samples max(int(f × n), this) = this
+        "min_evaluate_nodes": sample_size(fraction_evaluate, num_sites),
         "min_available_nodes": num_sites,
         "weighted_by_key": weighted_by_key,
         "train_metrics_aggr_fn": train_metrics,
         "evaluate_metrics_aggr_fn": evaluate_metrics,
     }
-    return builder(common, settings or StrategySettings.from_config(RunConfig()), num_sites)
+    return builder(common, settings or StrategySettings.from_config(RunConfig()), train_nodes)

@@ -13,8 +13,8 @@ from common.datasets import ckd_csv_path
 @pytest.fixture(autouse=True, scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs sign their provenance with a throwaway key, not the developer's ~/.fedward key."""
+    from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
     from server.provision import write_provenance_key
-    from server.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
 
     folder = tmp_path_factory.mktemp("signing")
     write_provenance_key(folder)

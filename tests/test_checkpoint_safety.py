@@ -29,7 +29,7 @@ from server.checkpoint import CHECKPOINT, RoundCheckpoint, _Stateful
 from server.checkpoint_codec import CheckpointError, decode, encode
 from server.checkpoint_store import LEGACY_CHECKPOINT, checkpoint_files
 from server.export import finalise_run
-from server.provenance import verify_run
+from server.provenance.manifest import verify_run
 from server.provision import write_provenance_key
 
 

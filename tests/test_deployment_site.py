@@ -16,6 +16,8 @@ import pytest
 
 from client import node
 from common.errors import ConfigError, DataValidationError, PrivacyError
+from common.tls_probe import tls_handshake
+from server import deploy
 from server.provision import Federation, load_site_kit, provision
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
@@ -138,6 +140,23 @@ def test_check_coordinator_verifies_the_kit_ca(fed: Federation, tls_server: int,
         closed = sock.getsockname()[1]
     with pytest.raises(ConfigError, match=r"unreachable .*outbound TCP port"):
         node.check_coordinator(f"127.0.0.1:{closed}", fed.sites["H1"].ca_cert, timeout=5)
+
+
+def test_site_and_coordinator_share_one_tls_probe(fed: Federation, tls_server: int, tmp_path: Path) -> None:
+    """`fedward coordinator start` waits with the same handshake the site checks with."""
+    ca = fed.sites["H1"].ca_cert
+    foreign = provision(tmp_path / "other", ["H1"], sans=["127.0.0.1"]).sites["H1"].ca_cert
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    assert deploy.tls_reachable(f"127.0.0.1:{tls_server}", ca)
+    assert not deploy.tls_reachable(f"127.0.0.1:{tls_server}", foreign)
+    assert not deploy.tls_reachable(f"127.0.0.1:{closed}", ca)
+    for bad in (tmp_path / "missing.pem", fed.server_key):
+        with pytest.raises(ConfigError, match=rf"CA certificate {bad}: cannot be read"):
+            tls_handshake(f"127.0.0.1:{tls_server}", bad, timeout=5)
+        with pytest.raises(ConfigError, match="CA certificate"):
+            node.check_coordinator(f"127.0.0.1:{tls_server}", bad, timeout=5)
 
 
 def test_explain_exit_reads_flowers_logged_exit_code(fed: Federation, data: Path, tmp_path: Path) -> None:

@@ -368,6 +368,33 @@ def test_cli_prints_summary_table(tmp_path):
     assert (run / "report.html").is_file() and not (run / "tensorboard").exists()
 
 
+def test_terminal_summary_reads_in_full_at_80_columns(report):
+    from rich.console import Console
+
+    from server.report_cli import print_report
+
+    out = Console(width=80, record=True, file=io.StringIO())
+    print_report(report, out)
+    text = out.export_text()
+    assert "…" not in text, text
+    lines = text.splitlines()
+    assert "sample · ckd · fedprox · 3 rounds" in lines[0]
+    summary = json.loads((report.run.path / "summary.json").read_text())
+    for site in SITES:
+        final = summary["sites"][site]
+        rows = [line.split() for line in lines if line.startswith(f"{site} ")]
+        assert len(rows) >= 3, text  # estimates (one table or more) and intervals
+        cells = [cell for row in rows for cell in row]
+        evaluate = final["evaluate"]
+        for key in ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "loss"):
+            assert f"{evaluate[key]:.3f}" in cells, (site, key, text)
+        assert f"{final['epsilon']:.3f}" in cells and f"{evaluate['num-examples']:.0f}" in cells
+        low, high = evaluate["accuracy-ci-low"], evaluate["accuracy-ci-high"]
+        assert f"[{low:.2f}, {high:.2f}]" in " ".join(cells), (site, text)
+    overall = " ".join(line for line in lines if line.startswith("overall "))
+    assert f"{summary['overall']['accuracy']:.3f}" in overall
+
+
 def test_missing_or_broken_run_files_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="no such run directory"):
         load_run(tmp_path / "nope")

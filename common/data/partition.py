@@ -3,7 +3,9 @@
 Schemes: `iid` (uniform at random), `dirichlet` (label skew, Dirichlet(alpha) class mix per site),
 `quantity` (quantity skew: site i gets a share of the rows growing with i, linearly, squared or
 exponentially), `pathological` (each site holds only `classes_per_site` classes) and `natural` (one site
-per distinct value of a column such as a hospital id).
+per distinct value of a column such as a hospital id), all drawn without replacement; and, for scale
+tests only, `resample` (each site draws its own rows from the whole table: rows repeat across sites,
+so the sites are not disjoint and their figures are no measure of utility).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 
 from common.errors import ConfigError
 
-PARTITIONS = ("iid", "dirichlet", "quantity", "pathological", "natural")
+PARTITIONS = ("iid", "dirichlet", "quantity", "pathological", "natural", "resample")
+RESAMPLE_ROWS_PER_SITE = 40  # rows each `resample` site draws unless told otherwise
 QUANTITY_SIZES = ("linear", "square", "exponential")
 
 
@@ -32,6 +35,7 @@ def partition_indices(
     classes_per_site: int = 1,
     sizes: str = "linear",
     groups: Sequence[str] | None = None,
+    rows_per_site: int = RESAMPLE_ROWS_PER_SITE,
 ) -> list[np.ndarray]:
     """Row indices (sorted) of each of `num_sites` partitions of a data set with `labels`.
 
@@ -51,12 +55,16 @@ def partition_indices(
       id), in sorted order of the values as strings (`natural_ids`); `num_sites` must equal their
       number (`NaturalIdPartitioner`).
 
+    - `resample` (synthetic, for scale tests): `resample_indices`, any number of sites.
+
     All but `natural` are seeded by `seed`.
     """
     from datasets import Dataset
 
     if num_sites < 1:
         raise ConfigError(f"number of sites must be >= 1, got {num_sites}")
+    if scheme == "resample":
+        return resample_indices(labels, num_sites, rows_per_site, seed=seed)
     if num_sites > len(labels):
         raise ConfigError(f"cannot split {len(labels)} rows into {num_sites} sites")
     min_rows = min_rows or max(2, min(20, len(labels) // (2 * num_sites)))
@@ -100,6 +108,56 @@ def partition_indices(
                 f"{len(labels)} rows; use fewer sites or a flatter size curve"
             )
     return parts
+
+
+def resample_indices(
+    labels: np.ndarray, num_sites: int, rows_per_site: int, *, seed: int = 0
+) -> list[np.ndarray]:
+    """`num_sites` synthetic sites of `rows_per_site` rows each, drawn from the whole table: SYNTHETIC,
+    for scale tests only (any number of sites from a small table), never for utility figures.
+
+    Stratified: each site holds every class in the table's proportions, rounded, and at least 2 rows
+    of each (so a stratified held-out split leaves each class in train and test). Within a site rows
+    are distinct (its train and test splits never share a row); across sites they are drawn with
+    replacement, so the same patient appears at many sites. Seeded by `seed` (a public data split).
+    """
+    if num_sites < 1:
+        raise ConfigError(f"number of sites must be >= 1, got {num_sites}")
+    classes, counts = np.unique(labels, return_counts=True)
+    need = 2 * len(classes)
+    if not need <= rows_per_site <= len(labels):
+        raise ConfigError(
+            f"rows-per-site must be between {need} (2 per class) and the {len(labels)} rows of the table, "
+            f"got {rows_per_site}"
+        )
+    shares = _stratified_counts(counts, rows_per_site)
+    small = [str(c) for c, n, have in zip(classes, shares, counts, strict=True) if n > have]
+    if small:
+        raise ConfigError(
+            f"rows-per-site {rows_per_site} asks more rows of class(es) {', '.join(small)} than the table "
+            "holds; use fewer rows per site"
+        )
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(labels == c) for c in classes]
+    pairs = list(zip(members, shares, strict=True))
+    return [
+        np.sort(np.concatenate([rng.choice(rows, n, replace=False) for rows, n in pairs]))
+        for _ in range(num_sites)
+    ]
+
+
+def _stratified_counts(counts: np.ndarray, total: int) -> list[int]:
+    """Rows per class for a site of `total` rows: the table's proportions (largest remainders), at least
+    2 per class, taken from the largest classes."""
+    exact = counts / counts.sum() * total
+    shares = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - shares), kind="stable")[: total - shares.sum()]:
+        shares[i] += 1
+    for i in np.flatnonzero(shares < 2):
+        while shares[i] < 2:
+            shares[int(np.argmax(shares))] -= 1
+            shares[i] += 1
+    return [int(n) for n in shares]
 
 
 class PartitionImpossible(ConfigError, ValueError):

@@ -1,28 +1,38 @@
-"""Tasks: everything task-specific behind one interface."""
+"""Tasks: everything task-specific behind one interface, found through the registry (registry.py).
+
+Importing this package is light (no torch): `SiteData`, `SiteSource` and `Task` load base.py on first use.
+"""
 
 from __future__ import annotations
 
-from common.errors import ConfigError
-from common.tasks.base import SiteData, SiteSource, Task
+from typing import TYPE_CHECKING, Any
 
-TASKS = ("ckd", "tumour", "tumour-seg")
+from common.tasks.registry import TASKS, get_task, register_task, task_spec, unregister_task
+from common.tasks.spec import CardText, TaskSpec
 
+if TYPE_CHECKING:
+    from common.tasks.base import SiteData, SiteSource, Task
 
-def get_task(name: str) -> Task:
-    """The task called `name`."""
-    if name == "ckd":
-        from common.tasks.ckd import CkdTask
-
-        return CkdTask()
-    if name == "tumour":
-        from common.tasks.tumour import TumourTask
-
-        return TumourTask()
-    if name == "tumour-seg":
-        from common.tasks.tumour_seg import TumourSegTask
-
-        return TumourSegTask()
-    raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+_HEAVY = ("SiteData", "SiteSource", "Task")
 
 
-__all__ = ["TASKS", "SiteData", "SiteSource", "Task", "get_task"]
+def __getattr__(name: str) -> Any:
+    if name in _HEAVY:
+        from common.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'common.tasks' has no attribute {name!r}")
+
+
+__all__ = [
+    "TASKS",
+    "CardText",
+    "SiteData",
+    "SiteSource",
+    "Task",
+    "TaskSpec",
+    "get_task",
+    "register_task",
+    "task_spec",
+    "unregister_task",
+]

@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.errors import ConfigError
 from server.checkpoint_store import checkpoint_files, checkpoint_problems, legacy_problem
-from server.rundir import json_safe, read_rounds
-from server.signing import (
+from server.provenance.signing import (
     key_fingerprint,
     load_private_key,
     load_public_key,
@@ -36,7 +35,8 @@ from server.signing import (
     sign,
     signature_valid,
 )
-from server.software import software
+from server.provenance.software import software
+from server.rundir import json_safe, read_rounds
 
 FORMAT = "fedward-provenance/1"
 MANIFEST_FILE = "provenance.json"

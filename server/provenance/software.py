@@ -8,7 +8,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("fedward", "flwr", "torch", "opacus", "monai", "safetensors", "cryptography")
 
 

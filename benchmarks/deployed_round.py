@@ -1,0 +1,228 @@
+"""A deployed 3-site CKD federation on this machine, and where a site's message time goes.
+
+Starts a real local deployment (insecure: a SuperLink and three SuperNodes on 127.0.0.1, each in
+Flower's subprocess isolation, so every message runs in a fresh `flwr-clientapp` process), runs
+`flwr run .` with and without DP and reads the run folder's `metrics.jsonl` (round-seconds,
+site-seconds). Then, in fresh processes, one train message's stages are timed one by one (import,
+data load, σ calibration, training), beside plain Flower's own per-process floor (importing the
+ClientApp API). Writes benchmarks/results/deployed_round.json.
+
+    python benchmarks/deployed_round.py [--rounds 3] [--sites 3] [--arms dp,no-dp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OUT = ROOT / "benchmarks" / "results" / "deployed_round.json"
+
+ANATOMY = """
+import json, sys, time
+t0 = time.perf_counter()
+import client.app  # the ClientApp module the SuperNode's flwr-clientapp loads
+from client.budget import SiteBudget, SitePrivacy
+from client.site import load_site_for_run
+from common.config import RunConfig
+from common.tasks import SiteSource, get_task
+from common.training import train_model
+config = RunConfig(num_server_rounds=int(sys.argv[2]), dp=sys.argv[3] == "dp")
+task = get_task(config.task)
+if config.dp:
+    import opacus  # noqa: F401  (imported by the first private step otherwise)
+t1 = time.perf_counter()
+site = load_site_for_run(SiteSource("bench", __import__("pathlib").Path(sys.argv[1])), config)
+t2 = time.perf_counter()
+plan = SiteBudget(SitePrivacy(), site).plan(config, site.num_train, spent=((6.0, 1.0, 1),))
+t3 = time.perf_counter()
+from common.data.ckd_schema import NUM_FEATURES
+scaling = {"feature-mean": [0.0] * NUM_FEATURES, "feature-std": [1.0] * NUM_FEATURES}
+train_set, _ = task.datasets(site, scaling)
+model = task.build_model(config)
+dp = None
+if plan is not None:
+    import dataclasses
+    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier)
+train_model(model, train_set, task.loss, config.local_training(1, 0), dp)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "data-load": t2 - t1, "calibration": t3 - t2, "training": t4 - t3}))
+"""
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    """Until something listens on 127.0.0.1:`port` (the SuperLink's Control API)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    }
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def deployed_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: float = 900) -> dict:
+    """One run through a fresh local deployment; per-round figures from the run folder."""
+    home = work / "flwr-home"
+    home.mkdir(parents=True)
+    port = _port()  # Flower 1.42's SuperLink serves Fleet, Control and Runtime APIs over one HTTP port
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = _env(home)
+    procs = [
+        _start(
+            [
+                str(BIN / "flower-superlink"), "--insecure", "--isolation", "subprocess",
+                "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
+                "--host", "127.0.0.1", "--port", str(port),
+            ],
+            work / "superlink.log",
+            env,
+        )
+    ]  # fmt: skip
+    try:
+        for i, data in enumerate(sites):
+            node_config = f'data-dir="{data}" site-id="site-{i}" state-dir="{work / f"state-{i}"}"'
+            procs.append(
+                _start(
+                    [
+                        str(BIN / "flower-supernode"), "--insecure", "--isolation", "subprocess",
+                        "--superlink", f"127.0.0.1:{port}", "--port", str(_port()),
+                        "--node-config", node_config,
+                    ],
+                    work / f"supernode-{i}.log",
+                    env,
+                )
+            )  # fmt: skip
+        runs = work / "runs"
+        overrides = work / "run-config.toml"
+        overrides.write_text(
+            f"num-server-rounds = {rounds}\nmin-sites = {len(sites)}\ndp = {str(dp).lower()}\n"
+            f'runs-dir = "{runs}"\nrun-name = "bench"\n'
+        )
+        _wait_for_port(port, 120)
+        submitted = time.monotonic()
+        command = ["run", str(ROOT), "bench", "--run-config", str(overrides), "--format", "json"]
+        reply = subprocess.run(
+            [str(BIN / "flwr"), *command], env=env, capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        answer = reply.stdout[reply.stdout.find("{") :]
+        if not answer or json.loads(answer).get("success") is not True:
+            raise RuntimeError(f"flwr run failed: {reply.stdout[-1500:]} {reply.stderr[-1500:]}")
+        summary = runs / "bench" / "summary.json"
+        deadline = time.monotonic() + timeout
+        while not summary.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no summary after {timeout:.0f} s: see {work}")
+            time.sleep(0.5)
+        total = time.monotonic() - submitted
+    finally:
+        _stop(procs)
+    rows = [json.loads(line) for line in (runs / "bench" / "metrics.jsonl").read_text().splitlines() if line]
+    rows = [r for r in rows if "round-seconds" in r]
+    return {
+        "dp": dp,
+        "submit-to-summary-s": round(total, 2),
+        "round-seconds": [round(float(r["round-seconds"]), 3) for r in rows],
+        "median-round-s": round(statistics.median(float(r["round-seconds"]) for r in rows), 3),
+        "site-seconds": [round(float(r.get("site-seconds", 0.0)), 3) for r in rows],
+    }
+
+
+def anatomy(data: Path, rounds: int, dp: bool, repeats: int = 3) -> dict:
+    """One train message's stages in a fresh process each time (medians of `repeats`)."""
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", ANATOMY, str(data), str(rounds), "dp" if dp else "no-dp"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        stages = json.loads(done.stdout.strip().splitlines()[-1])
+        stages["process-wall"] = time.perf_counter() - started
+        samples.append(stages)
+    return {k: round(statistics.median(s[k] for s in samples), 3) for k in samples[0]}
+
+
+def flower_floor(repeats: int = 3) -> float:
+    """Plain Flower's per-message floor: a fresh interpreter importing the ClientApp API (median s)."""
+    walls = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import flwr.clientapp, flwr.app"], check=True)
+        walls.append(time.perf_counter() - started)
+    return round(statistics.median(walls), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--arms", default="no-dp,dp")
+    parser.add_argument("--no-deploy", action="store_true", help="only the per-process anatomy")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from simulations.prepare import prepare_ckd_sites
+
+    result: dict = {"rounds": args.rounds, "sites": args.sites, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="fedward-deployed-") as tmp:
+        sites = prepare_ckd_sites(Path(tmp) / "data", args.sites, "iid")
+        result["flower-clientapp-import-s"] = flower_floor()
+        for arm in args.arms.split(","):
+            result[f"anatomy-{arm}"] = anatomy(sites[0], args.rounds, arm == "dp")
+            if not args.no_deploy:
+                result[f"deployed-{arm}"] = deployed_run(Path(tmp) / arm, sites, args.rounds, arm == "dp")
+            print(json.dumps({k: v for k, v in result.items() if arm in k}), flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
