@@ -25,11 +25,12 @@ from client.simulated_faults import DROPPED, simulated_fault
 from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
 from client.site_report import public_report
 from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
-from client.statistics_release import release_statistics, site_delta
+from client.statistics_release import kept_count, release_statistics, site_delta
 from common.config import RunConfig
 from common.device import pick_device
 from common.disclosure import release_evaluation
 from common.dp_release import release_entry
+from common.errors import PrivacyError
 from common.local_state import pick
 from common.privacy import PrivacyHistory
 from common.tasks import get_task
@@ -108,7 +109,7 @@ def train(msg: Message, context: Context) -> Message:
     budget = SiteBudget(privacy, site)
     history = _history(context)
     plan = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
-    reason = budget.reserve(
+    reason = _no_count(context, budget, plan) or budget.reserve(
         config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), server_round
     )
     if reason is not None:
@@ -181,10 +182,12 @@ def _account(
         lifetime = budget.history(history).epsilon(delta, config.dp_accountant)
     else:
         epsilon = lifetime = math.inf
-    released = context.state.get(RELEASE_STATE)
     private = plan is not None
+    count = _released_count(context, budget) if private else outcome.num_examples
+    if count is None:  # checked before training (`_no_count`): the exact size never goes out under DP
+        raise PrivacyError("no statistics release to report the site's size from")
     return {
-        "num-examples": int(released["num-examples"]) if private and released else outcome.num_examples,
+        "num-examples": count,
         "site-weight": 1,  # equal weights, for central DP (uniform FedAvg)
         **({} if private else {"train-loss": outcome.loss}),
         "epsilon": epsilon,  # this run
@@ -214,7 +217,7 @@ def train_local(msg: Message, context: Context) -> Message:
         if per_round
         else None
     )
-    reason = budget.reserve(
+    reason = _no_count(context, budget, plan) or budget.reserve(
         config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), LOCAL_ONLY_ROUND
     )
     if reason is not None:
@@ -232,6 +235,23 @@ def train_local(msg: Message, context: Context) -> Message:
     model.to("cpu")
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def _released_count(context: Context, budget: SiteBudget) -> int | None:
+    """The site's noisy patient count from this run's statistics release, else from the release kept
+    beside its ledger; None when it has neither (then it must not train privately: its exact size
+    would be all it could report)."""
+    released = context.state.get(RELEASE_STATE)
+    if released is not None:
+        return int(released["num-examples"])
+    return kept_count(budget)
+
+
+def _no_count(context: Context, budget: SiteBudget, plan: RoundPlan | None) -> str | None:
+    """Why a private round cannot start: no noisy count to send as num-examples."""
+    if plan is None or _released_count(context, budget) is not None:
+        return None
+    return "no statistics release in this run (the site sends no exact patient count under DP)"
 
 
 def _history(context: Context) -> PrivacyHistory:

@@ -53,6 +53,12 @@ class StatisticsRelease:
         }
 
 
+def kept_count(budget: SiteBudget) -> int | None:
+    """The noisy patient count of the statistics release kept for this data set, if one is kept."""
+    found = KeptReleases(budget.releases_dir).get(budget.fingerprint, RELEASE)
+    return None if found is None else max(1, round(float(found[0][0])))
+
+
 def site_delta(config: RunConfig, budget: SiteBudget, num_train: int) -> float:
     """The δ the site composes under: its policy's, else the run's (or the default) for its size."""
     return budget.policy.delta if budget.policy else resolve_delta(config.dp_delta, num_train)

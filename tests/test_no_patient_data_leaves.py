@@ -207,3 +207,27 @@ def test_tumour_federation_sends_no_image_no_patient_id_no_file_name(tmp_path: P
     assert not any(name in blob for name in file_names)
     fingerprints = {s for s in sent_text if HEX64.fullmatch(s)}
     assert all(hashlib.sha256(f.encode()).hexdigest() != f for f in fingerprints)  # hashes, not names
+
+
+def test_a_private_round_without_this_runs_release_never_sends_the_exact_size(tmp_path: Path) -> None:
+    """A site whose context lost the run's statistics release (a fresh context, a resumed run) reports the
+    release it keeps beside its ledger, or refuses to train privately: never its exact number of patients."""
+    sites = tmp_path / "sites"
+    prepare_ckd_sites(sites, SITES, "iid")
+    config = ckd_run_config(sites, tmp_path / "runs", **{"num-server-rounds": 1, "min-sites": SITES})
+    grid = InProcessGrid(config, SITES)
+    run_server(grid, config)
+    train = next(m for m in reversed(grid.sent) if m.metadata.message_type == "train")
+    context = grid.contexts[train.metadata.dst_node_id]
+    del context.state["statistics-release"]  # as a fresh context would be
+
+    (reply,) = grid.send_and_receive([train])
+
+    released = next(
+        r.content["statistics"]["num-examples"] for r in grid.replies
+        if r.metadata.message_type == "query.statistics" and r.metadata.src_node_id == train.metadata.dst_node_id
+    )  # fmt: skip
+    if reply.has_error():  # nothing to report the size from: no private round
+        assert "no exact patient count" in reply.error.reason
+    else:  # the count of the release kept beside the site's ledger, never the exact size
+        assert reply.content["metrics"]["num-examples"] == released
