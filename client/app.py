@@ -19,7 +19,7 @@ from flwr.clientapp.typing import Mod
 from client.budget import RoundPlan, SiteBudget
 from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
 from client.mods import safe_errors_mod
-from client.policy import load_policy, min_cell_count
+from client.policy import min_cell_count
 from client.run_state import SiteRunState
 from client.simulated_faults import DROPPED, simulated_fault
 from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
@@ -51,20 +51,16 @@ def _setup(context: Context):
     data does not load: the site sits the run out."""
     config = RunConfig.from_flower(context.run_config)
     source = site_source(context, config)
-    return (
-        config,
-        get_task(config.task),
-        source,
-        load_site_for_run(source, config, phi_gate_mode(site_privacy(context, config))),
-    )
+    privacy = site_privacy(context, config)  # the policy file, read once per message
+    site = load_site_for_run(source, config, phi_gate_mode(privacy))
+    return config, get_task(config.task), source, site, privacy
 
 
 def statistics(msg: Message, context: Context) -> Message:
     """Reply with the site's statistics release (noisy per-patient sums under DP) and its data report."""
-    config, task, source, site = _setup(context)
+    config, task, source, site, privacy = _setup(context)
     for line in site.details:
         log.warning("site %s: %s", source.site_id, line)
-    privacy = site_privacy(context, config)
     refusal = seeded_noise_refusal(context, config, privacy)
     budget = SiteBudget(privacy, site)
     run_id = str(msg.content["config"].get("run-uid") or context.run_id)
@@ -94,10 +90,9 @@ def train(msg: Message, context: Context) -> Message:
     """One round of local (DP-SGD) training from the global model, unless the site's policy or
     lifetime budget refuses it: then an error reply with the reason, and no training step."""
     started = time.perf_counter()
-    config, task, source, site = _setup(context)
+    config, task, source, site, privacy = _setup(context)
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
-    privacy = site_privacy(context, config)
     if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
     run_state = SiteRunState(privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
@@ -204,9 +199,8 @@ def train_local(msg: Message, context: Context) -> Message:
     """Train a local-only model from the sent initial weights with the local compute of the whole
     federated run (rounds x local epochs), for the cross-site matrix. The same policy checks and privacy
     accounting as federated rounds apply; no strategy terms, no site state is touched."""
-    config, task, source, site = _setup(context)
+    config, task, source, site, privacy = _setup(context)
     shared = msg.content["config"]
-    privacy = site_privacy(context, config)
     if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
         return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
     budget = SiteBudget(privacy, site)
@@ -288,7 +282,7 @@ def _num_outputs(model: torch.nn.Module, dataset) -> int:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out split."""
     started = time.perf_counter()
-    config, task, _, site = _setup(context)
+    config, task, _, site, privacy = _setup(context)
     shared = msg.content["config"]
     _, test_set = task.datasets(site, shared)
     model = task.build_model(config)
@@ -297,9 +291,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     final = int(shared.get("server-round", 0)) >= config.num_server_rounds
     with torch.no_grad():  # confidence intervals (bootstrap at the site) for the final model only
         metrics = task.evaluate(model, test_set, pick_device(config.device), intervals=final)
-    privacy = site_privacy(context, config)
-    policy = load_policy(privacy.policy_file) if privacy.policy_file is not None else None
-    metrics = release_evaluation(metrics, min_cell_count(policy, config))  # small cells merged or withheld
+    metrics = release_evaluation(metrics, min_cell_count(privacy.policy, config))  # small cells
     metrics["site-weight"] = 1  # strategies weighted by site need it in evaluation replies too
     metrics["site-seconds"] = time.perf_counter() - started
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

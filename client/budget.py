@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,10 +47,16 @@ class RoundPlan:
 
 @dataclass(frozen=True)
 class SitePrivacy:
-    """The site's per-run state dir and the policy it enforces (both optional)."""
+    """The site's per-run state dir and the policy it enforces (both optional); the policy file is read
+    and checked once, here, for the whole message."""
 
     state_dir: Path | None = None
     policy_file: Path | None = None
+    policy: SitePolicy | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.policy is None and self.policy_file is not None:
+            object.__setattr__(self, "policy", load_policy(self.policy_file))
 
     def ledger_dir(self, policy: SitePolicy | None) -> Path | None:
         """Where the lifetime ledger lives: where the site policy says (`ledger-dir`, default the policy
@@ -80,9 +86,7 @@ class SiteBudget:
     """Policy + ledger of one site for one data set (identified by its patient keys)."""
 
     def __init__(self, settings: SitePrivacy, site: SiteData | None) -> None:
-        self.policy: SitePolicy | None = (
-            load_policy(settings.policy_file) if settings.policy_file is not None else None
-        )
+        self.policy: SitePolicy | None = settings.policy
         self._keys = list(site.patient_keys) if site else []
         self._identity = dataset_identity(self._keys)
         folder = settings.ledger_dir(self.policy)

@@ -11,7 +11,6 @@ from flwr.app import Context
 from client.budget import SitePrivacy
 from client.mods import safe_reason
 from client.phi import gate_site
-from client.policy import load_policy
 from client.readiness import readiness
 from common.config import RunConfig
 from common.errors import ConfigError, SiteDataError
@@ -84,7 +83,7 @@ def load_site_for_run(source: SiteSource, config: RunConfig, phi_gate: str = "bl
 
 def phi_gate_mode(privacy: SitePrivacy) -> str:
     """The site policy's `phi-gate` ("block" without a policy file)."""
-    return load_policy(privacy.policy_file).phi_gate if privacy.policy_file is not None else "block"
+    return privacy.policy.phi_gate if privacy.policy is not None else "block"
 
 
 def site_privacy(context: Context, config: RunConfig) -> SitePrivacy:

@@ -223,9 +223,10 @@ def test_a_private_round_without_this_runs_release_never_sends_the_exact_size(tm
 
     (reply,) = grid.send_and_receive([train])
 
+    site = train.metadata.dst_node_id
     released = next(
         r.content["statistics"]["num-examples"] for r in grid.replies
-        if r.metadata.message_type == "query.statistics" and r.metadata.src_node_id == train.metadata.dst_node_id
+        if r.metadata.message_type == "query.statistics" and r.metadata.src_node_id == site
     )  # fmt: skip
     if reply.has_error():  # nothing to report the size from: no private round
         assert "no exact patient count" in reply.error.reason

@@ -80,6 +80,7 @@ def test_the_seeded_switch_is_refused_by_sites_with_their_own_data_or_policy(tmp
     hospital = _context({"data-dir": str(tmp_path)})
     assert "simulation-only" in seeded_noise_refusal(hospital, seeded, SitePrivacy())
     policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(3.0))
     assert "simulation-only" in seeded_noise_refusal(simulated, seeded, SitePrivacy(policy_file=policy))
 
 
