@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 from client.policy import SitePolicy, load_policy, validate_policy_for
 from common.errors import ConfigError, FedwardError
 from common.tls_probe import split_address, tls_handshake
+from common.tomlfile import read_toml
 
 RUNTIME_PORT = 9094
 """The SuperNode's local Runtime API port (Flower's default); only its SuperExec connects to it."""
@@ -174,7 +174,7 @@ def prepare_node(
     """Check kit, data, policy and state folder (nothing connects yet) and write the node config
     the SuperNode passes to the ClientApp: `<state>/node-config.toml`."""
     kit = load_kit(Path(kit_dir))
-    defaults = tomllib.loads(kit.node_config.read_text(encoding="utf-8"))
+    defaults = read_toml(kit.node_config, "site kit node config")
     policy_file = Path(policy).expanduser().resolve() if policy else _kit_path(kit, defaults["policy-file"])
     if not policy_file.is_file():
         raise ConfigError(

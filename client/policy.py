@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import ErrorDetails
 
 from common.errors import ConfigError, PrivacyError
 from common.tomlfile import read_toml
+from common.validation_errors import validation_problems
 
 if TYPE_CHECKING:  # the policy module stays light (no torch) for `fedward site policy check`
     from common.config import RunConfig
@@ -85,7 +85,7 @@ def load_policy(path: Path) -> SitePolicy:
     try:
         return SitePolicy.model_validate(table)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(validation_problems(exc, prefix=POLICY_TABLE))
         raise ConfigError(f"site policy {path}: {problems}") from exc
 
 
@@ -100,16 +100,6 @@ def min_cell_count(policy: SitePolicy | None, config: RunConfig) -> int:
     """The minimum cell count of the site's evaluation releases: the stricter of its policy's
     `min-cell-count` and the run's; the run's alone for a site without a policy (simulations)."""
     return config.min_cell_count if policy is None else max(policy.min_cell_count, config.min_cell_count)
-
-
-def _describe(error: ErrorDetails) -> str:
-    where = ".".join(str(part) for part in (POLICY_TABLE, *error["loc"]))
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if error["type"] == "missing":
-        return f"{where}: required key is missing"
-    got = f" (got {error['input']!r})" if error["loc"] else ""
-    return f"{where}: {error['msg']}{got}"
 
 
 def validate_policy_for(policy: SitePolicy, num_samples: int) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import shutil
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.ed25519_keys import read_private_key, read_public_key
 from common.errors import ConfigError, FedwardError
+from common.tomlfile import read_toml
 
 SIGNATURE_FILE = "fedward-app-signature.json"
 """The signature's path inside the FAB (top level)."""
@@ -134,8 +134,8 @@ def fab_file_digests(content: bytes) -> dict[str, str]:
         }
 
 
-def _app_metadata(pyproject: bytes) -> tuple[str, str, str]:
-    config = tomllib.loads(pyproject.decode("utf-8"))
+def _app_metadata(pyproject: Path) -> tuple[str, str, str]:
+    config = read_toml(pyproject, "app")
     project = config["project"]
     return str(config["tool"]["flwr"]["app"]["publisher"]), str(project["name"]), str(project["version"])
 
@@ -170,7 +170,7 @@ def sign_app(app: Path, key: ed25519.Ed25519PrivateKey, staging: Path) -> Signed
             path.write_bytes(archive.read(info))
     again = build_fab_from_disk(target)  # exactly what `flwr run` will bundle, less the signature
     files = fab_file_digests(again)
-    publisher, name, version = _app_metadata((target / "pyproject.toml").read_bytes())
+    publisher, name, version = _app_metadata(target / "pyproject.toml")
     signed = {
         "format": FORMAT,
         "publisher": publisher,

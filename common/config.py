@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.errors import ConfigError
 from common.local_training import LocalTraining
 from common.privacy import DPConfig
+from common.validation_errors import validation_problems
 
 
 class RunConfig(BaseModel):
@@ -96,8 +97,7 @@ class RunConfig(BaseModel):
         try:
             return cls.model_validate(dict(run_config))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid run config: {problems}") from exc
+            raise ConfigError(f"invalid run config: {'; '.join(validation_problems(exc))}") from exc
 
     def to_flower(self) -> dict[str, Any]:
         """Kebab-case dict, as in `[tool.flwr.app.config]`."""

@@ -20,7 +20,7 @@ from server.export import finalise_run
 from server.provenance.signing import resolve_signing_key
 from server.rounds import RoundRecorder, RunStopped
 from server.run_grid import RunGrid
-from server.rundir import RunDirectory, default_run_name
+from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
 from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
@@ -92,8 +92,8 @@ def _run_uid(run: RunDirectory, config: RunConfig, checkpoint: RoundCheckpoint |
     """The logical run's id: kept across resumes (sites key their per-run privacy state by it)."""
     if checkpoint is not None:
         return checkpoint.run_uid
-    if config.resume and (run.path / "config.json").is_file():
-        return str(run.read_json("config.json").get("run-uid") or RoundCheckpoint.new_run_uid())
+    if config.resume and run.has(CONFIG_FILE):
+        return str(run.config().get("run-uid") or RoundCheckpoint.new_run_uid())
     return RoundCheckpoint.new_run_uid()
 
 
@@ -132,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
     preprocessing = task.combine_statistics([s.sums for s in sites], pooled_noise_std(sites))
     shared = {**preprocessing, "run-uid": run_uid}
     run.write_json(
-        "config.json",
+        CONFIG_FILE,
         {
             "run-config": config.to_flower(),
             "run-uid": run_uid,
@@ -270,8 +270,8 @@ def main(grid: Grid, context: Context) -> None:
         },
         "wall-seconds": time.monotonic() - started,
     }
-    run.write_json("summary.json", summary)
+    run.write_json(SUMMARY_FILE, summary)
     recorder.tensorboard.close()
-    print(f"fedward: summary written to {run.path / 'summary.json'}", flush=True)
+    print(f"fedward: summary written to {run.path / SUMMARY_FILE}", flush=True)
     finalise_run(run.path, signing_key)
     print(f"fedward: model exported and provenance signed: {run.path / 'provenance.json'}", flush=True)

@@ -13,6 +13,7 @@ from common.errors import ConfigError, FedwardError
 from server import deploy, launch, proxy
 from server.provenance.signing import SIGNING_KEY_ENV
 from server.provision import PROVENANCE_KEY, numbered_sites, provision
+from server.rundir import SUMMARY_FILE, RunDirectory
 
 console = Console()
 
@@ -201,10 +202,11 @@ def run_command(
     else:
         overrides = launch.run_overrides(list(run_config or []), runs_dir or fed.root / "runs")
     run_dir = (results_dir or Path(overrides["runs-dir"])).expanduser().resolve() / overrides["run-name"]
-    if resume is None and (run_dir / "summary.json").exists():
-        raise ConfigError(f"{run_dir} already holds a summary.json; choose another run-name")
+    previous = RunDirectory(run_dir, create=False)
+    if resume is None and previous.has(SUMMARY_FILE):
+        raise ConfigError(f"{run_dir} already holds a {SUMMARY_FILE}; choose another run-name")
     if resume is not None:
-        (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
+        previous.drop_summary()  # the resumed run writes a new one
     with deploy.operator_home(fed, superlink) as home:
         signed = launch.sign_for_run(fed, launch.app_dir(app), home / "signed-app")
         _say(f"fedward: app {signed.identity} signed with the federation's app-signing key")

@@ -16,9 +16,10 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.tasks import task_spec
+from server.rundir import CROSS_SITE_FILE
 from server.statistics import SiteInfo
 
-CROSS_SITE = "cross-site.json"
+CROSS_SITE = CROSS_SITE_FILE
 
 PRIVACY_KEYS = ("epsilon", "epsilon-lifetime", "epsilon-cap", "delta", "privacy-steps")
 

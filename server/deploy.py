@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from common.errors import ConfigError, FedwardError
 from common.tls_probe import tls_handshake
+from common.tomlfile import read_toml
 from server import proxy
 from server.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
 
@@ -77,10 +77,7 @@ def load_federation(folder: Path) -> CoordinatorFiles:
             raise ConfigError(f"{key}: readable by other accounts (mode {mode:04o}); chmod 600 it")
     operator = coordinator / OPERATOR_CERT, coordinator / OPERATOR_KEY
     has_operator = all(p.is_file() for p in operator)
-    try:
-        profiles = tomllib.loads(paths["flwr-config.toml"].read_text(encoding="utf-8")).get("superlink", {})
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{paths['flwr-config.toml']}: not valid TOML ({exc})") from exc
+    profiles = read_toml(paths["flwr-config.toml"], "federation profile").get("superlink", {})
     named = {k: v for k, v in profiles.items() if isinstance(v, dict) and "address" in v}
     if len(named) != 1:
         raise ConfigError(f"{paths['flwr-config.toml']}: expected exactly one [superlink.<name>] profile")
@@ -331,7 +328,7 @@ def revoked_keys(fed: CoordinatorFiles, home: Path) -> set[Path]:
     from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=no-name-in-module
     from flwr.supercore.control import ControlHttpClient
 
-    profile = tomllib.loads((home / "config.toml").read_text())["superlink"][fed.name]
+    profile = read_toml(home / "config.toml", "Flower configuration")["superlink"][fed.name]
     insecure = bool(profile.get("insecure"))
     verify: ssl.SSLContext | bool = False
     if not insecure:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from server.model_card import write_model_card
 from server.provenance.manifest import sign_run
 from server.provenance.signing import load_private_key, resolve_signing_key
 from server.provenance.software import package_version
+from server.rundir import RunDirectory
 
 TORCH_WEIGHTS = "model.pt"
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -32,22 +32,15 @@ def load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("run-config") or {}
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: cannot read the run config ({exc})") from exc
-
-
 def export_weights(run_dir: Path) -> Path:
     """Write `<run>/model.safetensors` from `<run>/model.pt`, with task, model, fedward version and run
     name as metadata; returns its path."""
     from safetensors.torch import save_file  # only the export needs it
 
-    run = Path(run_dir).expanduser().resolve()
+    folder = RunDirectory.existing(run_dir)
+    run = folder.path
     state = load_torch_weights(run / TORCH_WEIGHTS)
-    run_config = _run_config(run)
+    run_config = folder.run_config()
     metadata = {
         "format": "pt",
         "task": str(run_config.get("task", "")),

@@ -18,6 +18,7 @@ from typing import Any
 from common.app_signature import APP_SIGNING_KEY, SignedApp, load_private_key, sign_app
 from common.errors import ConfigError, FedwardError
 from server.deploy import CoordinatorFiles, failure, flower_env, flower_tool, flwr_json, retrying
+from server.rundir import SUMMARY_FILE, RunDirectory, default_run_name
 
 FINISHED = "finished"
 COMPLETED = "finished:completed"
@@ -35,7 +36,6 @@ def run_overrides(items: list[str], default_runs_dir: Path) -> dict[str, Any]:
     """Parse `-c k=v` items as `flwr run` does, add an absolute runs-dir and a fresh run-name, and
     check the result against the run configuration (unknown keys and bad values fail here)."""
     from common.config import RunConfig  # imports torch and opacus: only when a run is launched
-    from server.rundir import default_run_name
 
     overrides = _parse_items(items)
     overrides.setdefault("runs-dir", str(default_runs_dir))
@@ -60,12 +60,9 @@ def _parse_items(items: list[str]) -> dict[str, Any]:
 def resume_overrides(run_dir: Path, items: list[str]) -> dict[str, Any]:
     """The run config of an earlier run (its config.json) with resume on; `-c k=v` items win (for
     example a larger num-server-rounds to extend a finished run)."""
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"cannot resume {run_dir}: no config.json there (is it a fedward run directory?)")
     from common.config import RunConfig
 
-    previous = json.loads(config_file.read_text())["run-config"]
+    previous = RunDirectory.existing(run_dir).run_config()
     merged = {**previous, **_parse_items(items), "run-name": run_dir.name, "resume": True}
     RunConfig.from_flower(merged)  # unknown keys and bad values fail here
     return merged
@@ -187,10 +184,9 @@ def check_outcome(row: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         details = row.get("status-details") or ""
         hint = f"; see `flwr log {row.get('run-id')}` with the federation's profile"
         raise FedwardError(f"run {row.get('run-id')} ended as {status} {details}".rstrip() + hint)
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise FedwardError(f"run {row.get('run-id')} finished but wrote no {summary_file}")
-    summary = json.loads(summary_file.read_text())
+    summary = RunDirectory(run_dir, create=False).read_optional_json(SUMMARY_FILE)
+    if summary is None:
+        raise FedwardError(f"run {row.get('run-id')} finished but wrote no {run_dir / SUMMARY_FILE}")
     if summary.get("stopped"):
         raise FedwardError(f"run {row.get('run-id')} stopped early: {summary['stopped']} (see {run_dir})")
     if summary.get("rounds-completed") != summary.get("rounds"):

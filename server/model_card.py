@@ -6,7 +6,6 @@ make it again after a run.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from common.errors import ConfigError
 from common.tasks import TASKS, CardText, task_spec
 from server.provenance.manifest import CARD_FILE, WEIGHT_FILES, sha256_file
+from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory
 
 
 def metric_columns() -> tuple[str, ...]:
@@ -28,16 +28,6 @@ def _card(task: object) -> CardText | None:
         return task_spec(str(task)).card
     except ConfigError:
         return None
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it for the model card ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return value
 
 
 def _finite(value: Any) -> float | None:
@@ -326,13 +316,12 @@ def _how_to_load() -> list[str]:
 
 def model_card(run_dir: Path) -> str:
     """The Markdown model card of a run directory."""
-    run = Path(run_dir).expanduser().resolve()
-    config = _read(run / "config.json")
-    summary = _read(run / "summary.json")
+    run = RunDirectory.existing(run_dir)
+    config, summary = run.read_json(CONFIG_FILE), run.read_json(SUMMARY_FILE)
     rc = config.get("run-config") or {}
     sites = summary.get("sites") or {}
     parts = [
-        _overview(run, rc, summary, sites),
+        _overview(run.path, rc, summary, sites),
         _intended_use(summary),
         _data(rc, config, sites),
         _metrics(summary, sites),

@@ -28,7 +28,6 @@ import ipaddress
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.app_signature import APP_PUBLIC_KEY, APP_SIGNING_KEY, load_public_key, public_pem
 from common.errors import ConfigError
+from common.tomlfile import read_toml
 from server.proxy import OPERATOR_OU
 
 SUPERLINK_PORT = 8000
@@ -679,10 +679,7 @@ def load_site_kit(kit_dir: Path) -> SiteKit:
     node_config = kit / "node-config.toml"
     if not node_config.is_file():
         raise ConfigError(f"{node_config}: missing from the site kit")
-    try:
-        values = tomllib.loads(node_config.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{node_config}: not valid TOML ({exc})") from exc
+    values = read_toml(node_config, "site kit node config")
     missing_keys = [k for k in NODE_CONFIG_KEYS if k not in values]
     if missing_keys:
         raise ConfigError(f"{node_config}: missing key(s) {', '.join(missing_keys)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.tasks import task_spec
-from server.rundir import read_rounds
+from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
 
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
 UNBOUNDED = ("loss", "hd95")
@@ -74,16 +73,6 @@ class RunData:
         return {s: dict(v["evaluate"]) for s, v in last.items() if (v or {}).get("evaluate")}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _check_cross_site(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data.get("sites"), list) or not isinstance(data.get("metric"), str):
         raise ConfigError(f"{path}: expected 'sites' (a list of site ids) and 'metric' (a metric name)")
@@ -95,22 +84,20 @@ def _check_cross_site(path: Path, data: dict[str, Any]) -> dict[str, Any]:
 
 def load_run(path: Path) -> RunData:
     """Read `<run>/`; metrics.jsonl is required, the other files are optional."""
-    path = Path(path).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(f"{path}: no such run directory")
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
-        raise ConfigError(f"{metrics}: missing; a run directory needs at least one finished round")
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else None
-    cross = path / "cross-site.json"
+    run = RunDirectory.existing(path)
+    if not run.has(ROUNDS_FILE):
+        raise ConfigError(
+            f"{run.path / ROUNDS_FILE}: missing; a run directory needs at least one finished round"
+        )
+    config = run.read_optional_json(CONFIG_FILE) or {}
+    cross = run.read_optional_json(CROSS_SITE_FILE)
     return RunData(
-        path=path,
+        path=run.path,
         config=dict(config.get("run-config") or {}),
         site_reports=dict(config.get("sites") or {}),
-        rounds=read_rounds(metrics),
-        summary=summary,
-        cross_site=_check_cross_site(cross, _read_json(cross)) if cross.is_file() else None,
+        rounds=run.rounds(),
+        summary=run.read_optional_json(SUMMARY_FILE),
+        cross_site=None if cross is None else _check_cross_site(run.path / CROSS_SITE_FILE, cross),
     )
 
 

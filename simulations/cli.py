@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from common.config import RunConfig
 from common.data.partition import RESAMPLE_ROWS_PER_SITE
 from common.errors import ConfigError
 from common.tasks import task_spec
+from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, SUMMARY_FILE, RunDirectory
 from simulations.progress import RunProgress
 from simulations.runner import SimulationResources, SitePreparation, run_simulation
 
@@ -338,13 +338,6 @@ def sweep(
 RunDirArg = Annotated[Path, typer.Argument(help="The run directory (runs/<name>).")]
 
 
-def _saved_run(run_dir: Path) -> dict[str, Any]:
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{run_dir} has no config.json: not a fedward run directory, or it never started")
-    return json.loads(config_file.read_text())
-
-
 @app.command("resume")
 def resume(
     ctx: typer.Context,
@@ -352,9 +345,9 @@ def resume(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Continue a simulated run after its last completed round (same sites, same run config)."""
-    run_dir = run_dir.resolve()
-    saved = _saved_run(run_dir)
-    (run_dir / "summary.json").unlink(missing_ok=True)  # the resumed run writes a new one
+    run = RunDirectory.existing(run_dir)
+    run_dir, saved = run.path, run.config()
+    run.drop_summary()  # the resumed run writes a new one
     console.print(f"fedward sim resume {run_dir.name}: {len(saved['sites'])} sites")
     _launch(ctx).run({**saved["run-config"], "resume": True}, len(saved["sites"]), run_dir, verbose)
     print_summary(run_dir)
@@ -370,8 +363,7 @@ def leave_one_out_command(
     go into the run's cross-site.json."""
     from simulations.leave_one_out import leave_one_out
 
-    saved = _saved_run(run_dir.resolve())
-    metric = task_spec(saved["run-config"]["task"]).primary_metric
+    metric = task_spec(RunDirectory.existing(run_dir).run_config()["task"]).primary_metric
     results = leave_one_out(run_dir, _launch(ctx).run, verbose)
     table = Table(title=f"leave one site out · {metric} on the site left out")
     for col in ("site left out", metric, "95 % CI", "roc-auc"):
@@ -380,7 +372,7 @@ def leave_one_out_command(
         ci = f"{m.get(metric + '-ci-low', math.nan):.3f}–{m.get(metric + '-ci-high', math.nan):.3f}"
         table.add_row(site, f"{m.get(metric, math.nan):.3f}", ci, f"{m.get('roc-auc', math.nan):.3f}")
     console.print(table)
-    console.print(f"written to {run_dir / 'cross-site.json'}")
+    console.print(f"written to {run_dir / CROSS_SITE_FILE}")
 
 
 @app.command("scenarios")
@@ -414,20 +406,22 @@ def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
 
     if baselines:
         return read_results(run_dir)
-    summary, config = run_dir / "summary.json", run_dir / "config.json"
-    if not (summary.is_file() and config.is_file()):
+    run = RunDirectory(run_dir, create=False)
+    summary = run.read_optional_json(SUMMARY_FILE)
+    if summary is None or not run.has(CONFIG_FILE):
         return None
-    run_config = RunConfig.from_flower(json.loads(config.read_text())["run-config"])
-    federated = federated_results(json.loads(summary.read_text()), run_config)
+    run_config = RunConfig.from_flower(run.run_config())
+    federated = federated_results(summary, run_config)
     return {"scenario": spec.name, "task": run_config.task, "metric": spec.metric, "federated": federated}
 
 
 def print_summary(run_dir: Path) -> None:
     """Final table: overall and per-site metrics (the task's columns) with ε."""
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise typer.Exit(_fail(f"the run ended without {summary_file}; see {run_dir / 'flower.log'}"))
-    summary = json.loads(summary_file.read_text())
+    summary = RunDirectory(run_dir, create=False).read_optional_json(SUMMARY_FILE)
+    if summary is None:
+        raise typer.Exit(
+            _fail(f"the run ended without {run_dir / SUMMARY_FILE}; see {run_dir / 'flower.log'}")
+        )
     table = Table(title=f"{summary['task']} · {summary['strategy']} · {summary['rounds-completed']} rounds")
     columns = task_spec(summary["task"]).columns
     for col in ("site", "n test", *columns, "ε"):

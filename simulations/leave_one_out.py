@@ -10,7 +10,6 @@ data, so the evaluation runs here; a real federation has no such step. Results g
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from common.device import pick_device
 from common.errors import ConfigError
 from common.tasks import SiteSource, get_task
 from server.cross_site import CROSS_SITE, headline_metric
-from server.rundir import json_safe
+from server.rundir import SUMMARY_FILE, RunDirectory
 
 FOLDER = "leave-one-out"
 Launcher = Callable[[dict[str, Any], int, Path, bool], None]
@@ -51,7 +50,7 @@ def _federation_without(folders: list[Path], k: int, root: Path) -> Path:
 
 def evaluate_on_site(run_dir: Path, site_folder: Path, site_id: str) -> dict[str, float]:
     """A finished run's final model on one site's held-out split, with that run's preprocessing."""
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = RunDirectory.existing(run_dir).config()
     config = RunConfig.from_flower(saved["run-config"])
     task = get_task(config.task)
     site = task.load_site(SiteSource(site_id, site_folder), config)
@@ -64,8 +63,8 @@ def evaluate_on_site(run_dir: Path, site_folder: Path, site_id: str) -> dict[str
 
 def leave_one_out(run_dir: Path, launch: Launcher, verbose: bool = False) -> dict[str, dict[str, float]]:
     """Run the K leave-one-out federations of a finished simulated run; update its cross-site.json."""
-    run_dir = run_dir.resolve()
-    saved = json.loads((run_dir / "config.json").read_text())
+    run = RunDirectory.existing(run_dir)
+    run_dir, saved = run.path, run.config()
     config = RunConfig.from_flower(saved["run-config"])
     count = len(saved["sites"])
     if count < 3:
@@ -84,13 +83,12 @@ def leave_one_out(run_dir: Path, launch: Launcher, verbose: bool = False) -> dic
             "resume": False,
             "cross-site-local": False,
         }
-        if not (root / "summary.json").is_file():  # an interrupted leave-one-out study goes on
+        if not RunDirectory(root, create=False).has(SUMMARY_FILE):  # an interrupted study goes on
             launch(values, len(folders) - 1, root, verbose)
         results[f"site-{k}"] = evaluate_on_site(root, folder, f"site-{k}")
-    cross_file = run_dir / CROSS_SITE
-    cross = json.loads(cross_file.read_text()) if cross_file.is_file() else {}
+    cross = run.read_optional_json(CROSS_SITE) or {}
     cross.setdefault("sites", [f"site-{i}" for i in range(len(folders))])
     cross.setdefault("metric", headline_metric(config.task))
     cross["leave-one-out"] = results
-    cross_file.write_text(json.dumps(json_safe(cross), indent=2, sort_keys=True) + "\n")
+    run.write_json(CROSS_SITE, cross)
     return results

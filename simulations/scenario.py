@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import ErrorDetails
 
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.tasks import task_spec
 from common.tomlfile import read_toml
+from common.validation_errors import validation_problems
 from strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -220,7 +220,7 @@ class Scenario(_Table):
         try:
             RunConfig.model_validate(values)
         except ValidationError as exc:
-            raise self.fail(*(_describe(e, origin=origin) for e in exc.errors())) from exc
+            raise self.fail(*validation_problems(exc, origin=origin)) from exc
         return values
 
     def _run_config(
@@ -380,13 +380,13 @@ def parse_scenario(document: dict[str, Any], source: str | Path = "<scenario>") 
         try:
             policies[int(match[1])] = SitePolicyTable.model_validate(table)
         except ValidationError as exc:
-            problems += [_describe(e, prefix=f"privacy.{key}") for e in exc.errors()]
+            problems += validation_problems(exc, prefix=f"privacy.{key}")
     try:
         scenario = Scenario.model_validate(
             {**document, "privacy": {**privacy, "site-policies": policies}, "source": str(source)}
         )
     except ValidationError as exc:
-        problems += [_describe(e) for e in exc.errors()]
+        problems += validation_problems(exc)
     if problems:
         raise ConfigError(f"scenario {source}: " + "; ".join(problems))
     scenario.check()
@@ -479,17 +479,5 @@ def _updated(table: _Table, **changes: Any) -> Any:
 
 def _first_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(_describe(e) for e in exc.errors())
+        return "; ".join(validation_problems(exc))
     return str(exc).splitlines()[0]
-
-
-def _describe(error: ErrorDetails, *, prefix: str = "", origin: dict[str, str] | None = None) -> str:
-    loc = [str(part) for part in error["loc"]]
-    if origin and loc and loc[0] in origin:
-        loc = [origin[loc[0]], *loc[1:]]
-    where = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
-    if error["type"] == "missing":
-        return f"{where}: required key is missing"
-    return f"{where}: {error['msg']} (got {error['input']!r})"

@@ -7,7 +7,6 @@ effective scenario (`scenario.json`), the sites (`sites/`, with `partition.json`
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +15,14 @@ from typing import Any
 from common.config import RunConfig
 from common.errors import FedwardError
 from common.training import steps_per_epoch
-from server.rundir import json_safe
+from server.rundir import SUMMARY_FILE, RunDirectory
 from simulations.baselines import run_baselines, site_mean
 from simulations.runner import run_simulation
 from simulations.scenario import Scenario
 from simulations.scenario_sites import prepare_scenario_sites
 
 RESULTS_FILE = "baselines.json"
+SCENARIO_FILE = "scenario.json"  # the scenario the run was made from
 
 
 Launcher = Callable[[dict[str, Any], int, Path, bool], None]
@@ -42,21 +42,20 @@ def run_study(
 ) -> dict[str, Any]:
     """Run `scenario` into `run_dir` (which must not hold a finished run); return the comparison.
     `launch(run_config, sites, run_dir, verbose)` runs the federation (default: a local simulation)."""
-    run_dir = run_dir.resolve()
-    if (run_dir / "summary.json").exists():
+    run = RunDirectory(run_dir.resolve())
+    run_dir = run.path
+    if run.has(SUMMARY_FILE):
         raise FedwardError(f"{run_dir} already holds a run; choose another --name or remove it")
     data_root = run_dir / "sites"
     sites = prepare_scenario_sites(scenario, data_root)
     values = scenario.run_config_values(
         num_sites=len(sites), data_root=str(data_root), runs_dir=str(run_dir.parent), run_name=run_dir.name
     )
-    (run_dir / "scenario.json").write_text(
-        json.dumps(json_safe(scenario.model_dump(mode="json", by_alias=True)), indent=2) + "\n"
-    )
+    run.write_json(SCENARIO_FILE, scenario.model_dump(mode="json", by_alias=True))
     launch(values, len(sites), run_dir, verbose)
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise FedwardError(f"the run ended without {summary_file}; see {run_dir / 'flower.log'}")
+    summary = run.read_optional_json(SUMMARY_FILE)
+    if summary is None:
+        raise FedwardError(f"the run ended without {run_dir / SUMMARY_FILE}; see {run_dir / 'flower.log'}")
     config = RunConfig.from_flower(values)
     payload: dict[str, Any] = {
         "scenario": scenario.name,
@@ -67,7 +66,7 @@ def run_study(
             "local-epochs": config.local_epochs,
             "batch-size": config.batch_size,
         },
-        "federated": federated_results(json.loads(summary_file.read_text()), config),
+        "federated": federated_results(summary, config),
     }
     if baselines:
         payload |= run_baselines(config, data_root, len(sites), [s.policy for s in sites])
@@ -107,12 +106,9 @@ def federated_results(summary: dict[str, Any], config: RunConfig) -> dict[str, A
 
 def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
     """`run_dir/baselines.json` (NaN and inf written as null)."""
-    path = run_dir / RESULTS_FILE
-    path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
-    return path
+    return RunDirectory(run_dir).write_json(RESULTS_FILE, payload)
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
     """A finished study's results (None when `run_dir` has none)."""
-    path = run_dir / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunDirectory(run_dir, create=False).read_optional_json(RESULTS_FILE)

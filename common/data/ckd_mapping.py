@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import ErrorDetails
 
 from common.data.ckd_aliases import code_key, name_key
 from common.data.ckd_schema import (
@@ -43,18 +42,12 @@ from common.data.ckd_schema import (
 from common.data.ckd_units import UNITS, accepted_units, find_unit
 from common.errors import ConfigError
 from common.tomlfile import read_toml
+from common.validation_errors import KeyedValueError, validation_problems
 
 MAPPING_FILE_NAME = "ckd-mapping.toml"
 _TARGETS = (*FEATURE_NAMES, LABEL)
 _BY_NAME = {f.name: f for f in FEATURES}
-
-
-class _KeyError(ValueError):
-    """A problem with one key of a table, so the message can name it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
+_UNKNOWN_KEY = "unknown key (expected delimiter, decimal, ignore, [columns], [units], [values.*])"
 
 
 def _allowed_values(target: str) -> list[str]:
@@ -85,7 +78,7 @@ class SiteMapping(BaseModel):
     def _known_targets(cls, columns: dict[str, str]) -> dict[str, str]:
         for column, target in columns.items():
             if target.strip().lower() not in _TARGETS:
-                raise _KeyError(
+                raise KeyedValueError(
                     column, f"{target!r} is not a schema column (expected one of {', '.join(_TARGETS)})"
                 )
         return {column: target.strip().lower() for column, target in columns.items()}
@@ -97,9 +90,9 @@ class SiteMapping(BaseModel):
             feature = _BY_NAME.get(target)
             if not isinstance(feature, NumericFeature):
                 numeric = ", ".join(UNITS)
-                raise _KeyError(target, f"not a numeric schema column (units apply to {numeric})")
+                raise KeyedValueError(target, f"not a numeric schema column (units apply to {numeric})")
             if find_unit(target, unit) is None:
-                raise _KeyError(
+                raise KeyedValueError(
                     target,
                     f"unknown unit {unit!r} for {target!r} ({feature.description}); "
                     f"expected {accepted_units(target)}",
@@ -113,13 +106,15 @@ class SiteMapping(BaseModel):
         for target, codes in values.items():
             allowed = _allowed_values(target)
             if not allowed:
-                raise _KeyError(target, "codes can be given for categorical schema columns and 'class' only")
+                raise KeyedValueError(
+                    target, "codes can be given for categorical schema columns and 'class' only"
+                )
             table: dict[str, str] = {}
             for code, value in codes.items():
                 text = code_key(str(value))
                 if text and text not in {code_key(a) for a in allowed}:
                     expected = ", ".join(repr(a) for a in allowed)
-                    raise _KeyError(f'{target}."{code}"', f"{value!r} is not one of {expected} or ''")
+                    raise KeyedValueError(f'{target}."{code}"', f"{value!r} is not one of {expected} or ''")
                 table[code_key(code)] = text
             checked[target] = table
         return checked
@@ -157,16 +152,5 @@ def load_mapping(path: str | Path) -> SiteMapping:
     try:
         return SiteMapping.model_validate(document)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(validation_problems(exc, unknown_key=_UNKNOWN_KEY))
         raise ConfigError(f"site mapping {path}: {problems}") from exc
-
-
-def _describe(error: ErrorDetails) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, _KeyError):
-        return f"{where}.{cause.key}: {cause}"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: unknown key (expected delimiter, decimal, ignore, [columns], [units], [values.*])"
-    got = f" (got {error['input']!r})" if error["loc"] else ""
-    return f"{where}: {error['msg']}{got}"

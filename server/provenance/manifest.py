@@ -36,15 +36,14 @@ from server.provenance.signing import (
     signature_valid,
 )
 from server.provenance.software import software
-from server.rundir import json_safe, read_rounds
+from server.rundir import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory, json_safe
 
 FORMAT = "fedward-provenance/1"
 MANIFEST_FILE = "provenance.json"
 SIGNATURE_FILE = "provenance.sig"
 WEIGHT_FILES = ("model.safetensors", "model.pt")
 CARD_FILE = "MODEL_CARD.md"
-RECORD_FILES = ("config.json", "summary.json")
-ROUNDS_FILE = "metrics.jsonl"  # absent only when the run ended before its first round
+RECORD_FILES = (CONFIG_FILE, SUMMARY_FILE)  # ROUNDS_FILE is absent only when the run ended before round 1
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
@@ -88,18 +87,6 @@ def sha256_file(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- reading the run
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: missing from the run directory")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return value
 
 
 def sites_per_round(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -164,10 +151,10 @@ def artifact_hashes(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def build_manifest(run_dir: Path) -> dict[str, Any]:
     """The unsigned provenance manifest of a finished run directory (see the module docstring)."""
-    run = Path(run_dir).expanduser().resolve()
-    config = _read_json(run / "config.json")
-    summary = _read_json(run / "summary.json")
-    records = read_rounds(run / ROUNDS_FILE) if (run / ROUNDS_FILE).exists() else []
+    folder = RunDirectory.existing(run_dir)
+    run = folder.path
+    config, summary = folder.read_json(CONFIG_FILE), folder.read_json(SUMMARY_FILE)
+    records = folder.rounds() if folder.has(ROUNDS_FILE) else []
     run_config = config.get("run-config") or {}
     run_id = config.get("flower-run-id")
     manifest = {
