@@ -7,7 +7,8 @@ Arms, interleaved so that machine load hits both alike (ratios are the figures, 
   (fedward's own `prepare_ckd_sites` folders), the same local epochs, batch size and learning rate,
   no DP, plain evaluation (loss, accuracy);
 - **fedward**: `fedward sim ckd --no-dp` on the same shards' settings (statistics release, reply checks,
-  disclosure control, confidence intervals, run folder, signed model: everything a run does).
+  disclosure control, confidence intervals, run folder, signed model: everything a run does);
+- **fedward-dp** (smallest federation only): the same with DP-SGD at every site, for the private round's cost.
 
 Per arm: total wall (launch to exit), launch → first round result, median round, last round, peak
 memory of the whole process tree (RSS summed, sampled every 0.1 s); and `fedward --help` against
@@ -172,8 +173,8 @@ def help_seconds(tool: str) -> float:
 
 
 # ---------------------------------------------------------------- the comparison
-def compare(sites: int, rounds: int, repeats: int, work: Path) -> dict:
-    """Both arms `repeats` times at `sites` sites, alternating which goes first."""
+def compare(sites: int, rounds: int, repeats: int, work: Path, private: bool) -> dict:
+    """The arms `repeats` times at `sites` sites, alternating their order."""
     from common.config import RunConfig
     from simulations.prepare import prepare_ckd_sites
 
@@ -188,16 +189,24 @@ def compare(sites: int, rounds: int, repeats: int, work: Path) -> dict:
         str(BIN / "fedward"), "sim", "ckd", "--sites", str(sites), "--rounds", str(rounds), "--no-dp",
         "--runs-dir", str(work / "runs"),
     ]  # fmt: skip
-    arms: dict[str, list[dict]] = {"flower": [], "fedward": []}
+    commands = {"flower": flower, "fedward": fedward}
+    if private:  # the same fedward run with DP-SGD at every site (ε 3): what privacy costs per round
+        commands["fedward-dp"] = [arg for arg in fedward if arg != "--no-dp"]
+    arms: dict[str, list[dict]] = {arm: [] for arm in commands}
     for repeat in range(repeats):
-        order = ("flower", "fedward") if repeat % 2 == 0 else ("fedward", "flower")
+        order = list(commands) if repeat % 2 == 0 else list(reversed(commands))
         for arm in order:
-            result = measure(flower if arm == "flower" else fedward, work)
-            print(f"  {sites:>4} sites  {arm:<8} " + "  ".join(f"{k} {v:.2f}" for k, v in result.items()))
+            result = measure(commands[arm], work)
+            print(f"  {sites:>4} sites  {arm:<10} " + "  ".join(f"{k} {v:.2f}" for k, v in result.items()))
             arms[arm].append(result)
     medians = {arm: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for arm, runs in arms.items()}
     ratios = {k: medians["fedward"][k] / medians["flower"][k] for k in medians["flower"]}
-    return {"runs": arms, "medians": medians, "ratios": ratios}
+    out = {"runs": arms, "medians": medians, "ratios": ratios}
+    if private:
+        out["private-round-ratio"] = (
+            medians["fedward-dp"]["median-round-seconds"] / medians["fedward"]["median-round-seconds"]
+        )
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -210,6 +219,14 @@ def markdown(results: dict) -> str:
             for k in keys
         ]
         lines.append(f"| {sites} | " + " | ".join(cells) + " |")
+    for sites, r in results["sites"].items():
+        if "private-round-ratio" in r:
+            m = r["medians"]
+            lines.append(
+                f"\nfedward at {sites} sites, median round with DP-SGD (ε 3) / without: "
+                f"{r['private-round-ratio']:.2f}× ({m['fedward-dp']['median-round-seconds']:.2f} s / "
+                f"{m['fedward']['median-round-seconds']:.2f} s)"
+            )
     h = results["help"]
     lines += [
         "",
@@ -248,7 +265,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="peer-overhead-") as tmp:
         for sites in args.sites:
-            results["sites"][str(sites)] = compare(sites, args.rounds, args.repeats, Path(tmp))
+            private = sites == args.sites[0]  # the DP arm at the smallest federation only
+            results["sites"][str(sites)] = compare(sites, args.rounds, args.repeats, Path(tmp), private)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peer_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
