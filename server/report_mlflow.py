@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from common.errors import FedwardError
 from server.report_data import RunData, is_metric_key, number
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -55,6 +56,17 @@ def log_to_mlflow(run: RunData, artifacts: list[Path], experiment: str = "fedwar
         return None
     import mlflow
 
+    try:
+        return _log(mlflow, run, artifacts, experiment)
+    except Exception as exc:  # mlflow's errors (a refused store, a server down): one line, no traceback
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FedwardError(
+            f"MLflow ({os.environ['MLFLOW_TRACKING_URI']}) did not take the run: {reason} "
+            f"(the report itself is written under {run.path})"
+        ) from exc
+
+
+def _log(mlflow: Any, run: RunData, artifacts: list[Path], experiment: str) -> str:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
     with mlflow.start_run(run_name=run.name) as active:

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from common.errors import ConfigError
+from common.errors import ConfigError, FedwardError
 from server.report import make_report
 from server.report_data import load_run, pooled_confusion
 from server.report_tensorboard import TensorBoardLog
@@ -299,58 +298,39 @@ def test_mlflow_absent_nothing_fails(tmp_path, monkeypatch):
     assert report.html.is_file() and not (tmp_path / "mlruns").exists()
 
 
-class _FakeMlflow(types.ModuleType):
-    """Records the calls fedward makes, standing in for mlflow."""
-
-    def __init__(self) -> None:
-        super().__init__("mlflow")
-        self.calls: list[tuple] = []
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name == "start_run":
-            return self._start_run
-        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
-
-    def _start_run(self, run_name: str):
-        fake = self
-        fake.calls.append(("start_run", (run_name,), {}))
-
-        class Active:
-            info = types.SimpleNamespace(run_id="run-123")
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                fake.calls.append(("end_run", (), {}))
-
-        return Active()
-
-
 def test_mlflow_logs_params_metrics_per_round_and_artifacts(tmp_path, monkeypatch):
-    fake = _FakeMlflow()
-    monkeypatch.setitem(sys.modules, "mlflow", fake)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///nowhere")
+    """Against the real mlflow package (the `mlflow` extra; the dev extra installs mlflow-skinny) and a
+    local file store: what fedward logged is read back with MLflow's own client."""
+    mlflow = pytest.importorskip("mlflow")
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's opt-in for a local file store
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     report = make_report(write_run(tmp_path), tensorboard=False)
-    assert report.mlflow_run_id == "run-123"
-    by_name = {}
-    for name, args, kwargs in fake.calls:
-        by_name.setdefault(name, []).append((args, kwargs))
-    assert by_name["set_tracking_uri"] == [(("file:///nowhere",), {})]
-    assert by_name["set_experiment"] == [(("fedward",), {})]
-    assert by_name["log_params"][0][0][0]["strategy"] == "fedprox"
-    steps = [kwargs["step"] for _, kwargs in by_name["log_metrics"]]
-    assert steps == [1, 2, 3]
-    metrics = by_name["log_metrics"][2][0][0]
-    assert metrics["accuracy"] == pytest.approx(report.run.rounds[2]["overall"]["accuracy"])
-    assert metrics["site-1/epsilon"] == pytest.approx(report.run.rounds[2]["epsilon"]["site-1"])
-    assert "site-0/f1" in metrics and "site-0/tp" not in metrics
-    assert by_name["log_artifact"][0][0][0].endswith("report.html")
-    assert by_name["log_artifacts"][0][0][0].endswith("report")
-    assert fake.calls[-1][0] == "end_run"
+    assert report.mlflow_run_id
+    client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
+    logged = client.get_run(report.mlflow_run_id)
+    assert client.get_experiment(logged.info.experiment_id).name == "fedward"
+    assert logged.data.params["strategy"] == "fedprox"
+    accuracy = client.get_metric_history(report.mlflow_run_id, "accuracy")
+    assert [m.step for m in accuracy] == [1, 2, 3]
+    assert accuracy[-1].value == pytest.approx(report.run.rounds[2]["overall"]["accuracy"])
+    epsilon = client.get_metric_history(report.mlflow_run_id, "site-1/epsilon")
+    assert epsilon[-1].value == pytest.approx(report.run.rounds[2]["epsilon"]["site-1"])
+    assert "site-0/f1" in logged.data.metrics and "site-0/tp" not in logged.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
+    assert "report.html" in artifacts and "report" in artifacts
+
+
+def test_an_mlflow_store_that_refuses_the_run_is_one_clear_error_after_the_report(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    run = write_run(tmp_path, cross_site=False)
+    with pytest.raises(FedwardError, match=r"MLflow .* did not take the run"):
+        make_report(run, tensorboard=False)
+    assert (run / "report.html").is_file()
 
 
 def test_cli_prints_summary_table(tmp_path):
