@@ -10,30 +10,32 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import NamedTuple
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
+from torch.utils.data import Dataset
 
-from client.budget import RoundPlan, SiteBudget
-from client.hostile import LabelFlipped, announce, corrupt_update, hostile_mode
+from client.budget import RoundPlan, SiteBudget, SitePrivacy
 from client.mods import safe_errors_mod
 from client.policy import min_cell_count
 from client.run_state import SiteRunState
-from client.simulated_faults import DROPPED, simulated_fault
 from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
 from client.site_report import public_report
-from client.site_state import ScaffoldRound, keep_norm_layers, site_model_state
 from client.statistics_release import kept_count, release_statistics, site_delta
+from common.algorithms.base import SiteHook, TrainedRound, pick
+from common.algorithms.registry import site_hook
 from common.config import RunConfig
 from common.device import pick_device
 from common.disclosure import release_evaluation
 from common.dp_release import release_entry
 from common.errors import PrivacyError
-from common.local_state import pick
 from common.privacy import PrivacyHistory
-from common.tasks import get_task
+from common.tasks import SiteData, SiteSource, Task, get_task
 from common.training import TrainOutcome, train_model
 from common.transfer import encode_reply
 
@@ -46,14 +48,47 @@ REFUSED = 4030  # error code of a round the site's privacy policy refuses
 LOCAL_ONLY_ROUND = 0  # the round number local-only training is seeded and recorded under
 
 
-def _setup(context: Context):
+class _Setup(NamedTuple):
+    """What every handler starts from."""
+
+    config: RunConfig
+    task: Task
+    source: SiteSource
+    site: SiteData
+    privacy: SitePrivacy
+
+
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """How one training call differs: a federated round, or local-only training for the cross-site matrix."""
+
+    number: int  # the round its ledger entry and its seeds are recorded under
+    rounds: int  # rounds of planned steps it takes (local-only: the whole run's)
+    hook: SiteHook  # the strategy's site half (local-only: the plain hook, no strategy terms)
+    proximal_mu: float
+    what: str  # for the refusal log
+
+
+train_set_view: ContextVar[Callable[[Dataset, torch.nn.Module], Dataset] | None] = ContextVar(
+    "train_set_view", default=None
+)
+"""How a simulation mod sees a federated round's training set (client/hostile.py: label flips);
+unset, the training set is the site's own (always, at a deployed site: no mod sets it)."""
+
+
+def _setup(context: Context) -> _Setup:
     """Run config, task, data source and data of the site; SiteDataError (sent as a refusal) when its
     data does not load: the site sits the run out."""
     config = RunConfig.from_flower(context.run_config)
     source = site_source(context, config)
     privacy = site_privacy(context, config)  # the policy file, read once per message
     site = load_site_for_run(source, config, phi_gate_mode(privacy))
-    return config, get_task(config.task), source, site, privacy
+    return _Setup(config, get_task(config.task), source, site, privacy)
+
+
+def _refused(msg: Message, source: SiteSource, reason: str) -> Message:
+    """The error reply of a refusal by the site's policy or budget."""
+    return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
 
 
 def statistics(msg: Message, context: Context) -> Message:
@@ -67,7 +102,7 @@ def statistics(msg: Message, context: Context) -> Message:
     release = refusal or release_statistics(config, task, site, budget, run_id)
     if isinstance(release, str):
         log.warning("site %s refuses the statistics release: %s", source.site_id, release)
-        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {release}"), reply_to=msg)
+        return _refused(msg, source, release)
     delta = site_delta(config, budget, site.num_train) if config.dp else 0.0
     if release.drawn_now:  # this run paid for it: it joins the run's privacy history
         history = _history(context)
@@ -87,44 +122,72 @@ def statistics(msg: Message, context: Context) -> Message:
 
 
 def train(msg: Message, context: Context) -> Message:
-    """One round of local (DP-SGD) training from the global model, unless the site's policy or
-    lifetime budget refuses it: then an error reply with the reason, and no training step."""
+    """One round of local (DP-SGD) training from the global model, with the run strategy's site terms,
+    unless the site's policy or lifetime budget refuses it: then an error reply with the reason, and no
+    training step."""
     started = time.perf_counter()
-    config, task, source, site, privacy = _setup(context)
+    setup = _setup(context)
     shared = msg.content["config"]
     server_round = int(shared.get("server-round", 1))
-    if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
-        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
-    run_state = SiteRunState(privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
+    run_state = SiteRunState(setup.privacy.state_dir, str(shared.get("run-uid", "")), PRIVACY_STATE)
     if run_state.restore(context.state, server_round):
-        log.info("site %s: run state restored from %s (resumed run)", source.site_id, run_state.folder)
-    fault = simulated_fault(context, config, source.partition_index, server_round)
-    if fault.dropped:  # a simulated drop-out before any step: nothing reserved, nothing spent
-        return Message(Error(code=DROPPED, reason=f"site {source.site_id}: {fault.reason}"), reply_to=msg)
+        log.info("site %s: run state restored from %s (resumed run)", setup.source.site_id, run_state.folder)
+    how = _Training(
+        number=server_round,
+        rounds=1,
+        hook=site_hook(setup.config.strategy),
+        proximal_mu=float(shared.get("proximal-mu", 0.0)),
+        what=f"round {server_round}",
+    )
+    reply = _train_privately(msg, context, setup, how)
+    if reply.has_error():
+        return reply
+    run_state.save(context.state, server_round)
+    reply.content["metrics"]["site-seconds"] = time.perf_counter() - started  # the site's own compute
+    encode_reply(reply.content, setup.config.transfer_dtype)  # after DP noise: post-processing
+    return reply
+
+
+def train_local(msg: Message, context: Context) -> Message:
+    """Train a local-only model from the sent initial weights with the local compute of the whole
+    federated run (rounds x local epochs), for the cross-site matrix. The same policy checks and privacy
+    accounting as federated rounds apply; no strategy terms, no site state is touched."""
+    setup = _setup(context)
+    rounds = setup.config.num_server_rounds
+    how = _Training(LOCAL_ONLY_ROUND, rounds, SiteHook(), proximal_mu=0.0, what="local-only training")
+    return _train_privately(msg, context, setup, how)
+
+
+def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Training) -> Message:
+    """The one training path: refuse (policy) → plan and reserve the steps (budget) → train → account.
+
+    A refusal is an error reply before any step; the reply otherwise carries the trained arrays, the
+    metrics `_account` allows, and the strategy hook's records."""
+    config, task, source, site, privacy = setup
+    shared = msg.content["config"]
+    run_id = str(shared.get("run-uid") or context.run_id)
+    if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
+        return _refused(msg, source, refusal)
     budget = SiteBudget(privacy, site)
     history = _history(context)
-    plan = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
+    per_round = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
+    plan = dataclasses.replace(per_round, steps=per_round.steps * how.rounds) if per_round else None
     reason = _no_count(context, budget, plan) or budget.reserve(
-        config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), server_round
+        config, plan, site.num_train, history, run_id, how.number
     )
     if reason is not None:
-        log.warning("site %s refuses round %d: %s", source.site_id, server_round, reason)
-        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
-    fault.wait()
+        log.warning("site %s refuses %s: %s", source.site_id, how.what, reason)
+        return _refused(msg, source, reason)
 
-    device = pick_device(config.device)
     train_set, _ = task.datasets(site, shared)
     model = task.build_model(config)
     global_state = msg.content["arrays"].to_torch_state_dict()
-    model.load_state_dict(site_model_state(global_state, shared, context.state))
+    model.load_state_dict(how.hook.model_state(global_state, shared, context.state))
     start = pick(model.state_dict(), [name for name, _ in model.named_parameters()])
-    hostile = hostile_mode(context, config, source.partition_index)
-    if hostile is not None:
-        announce(source.site_id, server_round, hostile, config.hostile_scale)
-        if hostile == "label-flip":
-            train_set = LabelFlipped(train_set, _num_outputs(model, train_set))
-    scaffold = ScaffoldRound.of(msg.content, context.state)
-    local = config.local_training(server_round, source.partition_index)
+    if (view := train_set_view.get()) is not None:
+        train_set = view(train_set, model)
+    local = config.local_training(how.number, source.partition_index)
+    local = dataclasses.replace(local, epochs=local.epochs * how.rounds)
     dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
     outcome = train_model(
         model,
@@ -132,25 +195,16 @@ def train(msg: Message, context: Context) -> Message:
         task.loss,
         local,
         dp,
-        device=device,
-        proximal_mu=float(shared.get("proximal-mu", 0.0)),
-        correction=scaffold.correction(start) if scaffold else None,
+        device=pick_device(config.device),
+        proximal_mu=how.proximal_mu,
+        correction=how.hook.correction(msg.content, context.state, start),
     )
-    run_id = str(shared.get("run-uid") or context.run_id)
-    metrics = _account(context, budget, history, plan, outcome, config, run_id, server_round)
+    metrics = _account(context, budget, history, plan, outcome, config)
     model.to("cpu")
-    state = model.state_dict()
-    keep_norm_layers(model, shared, context.state)
-    content = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
-    if scaffold:
-        key, variate_delta = scaffold.finish(start, pick(state, start), outcome.steps, local.lr)
-        content[key] = variate_delta
-    run_state.save(context.state, server_round)
-    if hostile is not None:
-        sent = corrupt_update(global_state, state, hostile, config.hostile_scale, local.seed)
-        content["arrays"] = ArrayRecord(sent)
-    content["metrics"]["site-seconds"] = time.perf_counter() - started  # the site's own compute
-    encode_reply(content, config.transfer_dtype)  # after DP noise: post-processing, privacy unchanged
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    trained = TrainedRound(msg.content, context.state, model, start, outcome.steps, local.lr)
+    for key, record in how.hook.finish(trained).items():
+        content[key] = record
     return Message(content=content, reply_to=msg)
 
 
@@ -161,8 +215,6 @@ def _account(
     plan: RoundPlan | None,
     outcome: TrainOutcome,
     config: RunConfig,
-    run_id: str,
-    server_round: int,
 ) -> dict[str, float]:
     """Add the steps really taken to the run's history and the lifetime ledger; the reply's metrics.
 
@@ -193,42 +245,6 @@ def _account(
         "steps": outcome.steps,
         "privacy-steps": history.steps,
     }
-
-
-def train_local(msg: Message, context: Context) -> Message:
-    """Train a local-only model from the sent initial weights with the local compute of the whole
-    federated run (rounds x local epochs), for the cross-site matrix. The same policy checks and privacy
-    accounting as federated rounds apply; no strategy terms, no site state is touched."""
-    config, task, source, site, privacy = _setup(context)
-    shared = msg.content["config"]
-    if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
-        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {refusal}"), reply_to=msg)
-    budget = SiteBudget(privacy, site)
-    history = _history(context)
-    per_round = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
-    plan = (
-        dataclasses.replace(per_round, steps=per_round.steps * config.num_server_rounds)
-        if per_round
-        else None
-    )
-    reason = _no_count(context, budget, plan) or budget.reserve(
-        config, plan, site.num_train, history, str(shared.get("run-uid") or context.run_id), LOCAL_ONLY_ROUND
-    )
-    if reason is not None:
-        log.warning("site %s refuses local-only training: %s", source.site_id, reason)
-        return Message(Error(code=REFUSED, reason=f"site {source.site_id} refused: {reason}"), reply_to=msg)
-    train_set, _ = task.datasets(site, shared)
-    model = task.build_model(config)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    local = config.local_training(LOCAL_ONLY_ROUND, source.partition_index)
-    local = dataclasses.replace(local, epochs=config.local_epochs * config.num_server_rounds)
-    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
-    outcome = train_model(model, train_set, task.loss, local, dp, device=pick_device(config.device))
-    run_id = str(shared.get("run-uid") or context.run_id)
-    metrics = _account(context, budget, history, plan, outcome, config, run_id, LOCAL_ONLY_ROUND)
-    model.to("cpu")
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
 
 
 def _released_count(context: Context, budget: SiteBudget) -> int | None:
@@ -271,14 +287,6 @@ def _keep_history(
     context.state[PRIVACY_STATE] = ConfigRecord(record)
 
 
-@torch.no_grad()
-def _num_outputs(model: torch.nn.Module, dataset) -> int:
-    """Number of classes the model predicts (size of its output's class dimension)."""
-    model.eval()
-    x, _ = dataset[0]
-    return int(model(x.unsqueeze(0)).shape[1])
-
-
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's held-out split."""
     started = time.perf_counter()
@@ -287,7 +295,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test_set = task.datasets(site, shared)
     model = task.build_model(config)
     global_state = msg.content["arrays"].to_torch_state_dict()
-    model.load_state_dict(site_model_state(global_state, shared, context.state))
+    model.load_state_dict(site_hook(config.strategy).model_state(global_state, shared, context.state))
     final = int(shared.get("server-round", 0)) >= config.num_server_rounds
     with torch.no_grad():  # confidence intervals (bootstrap at the site) for the final model only
         metrics = task.evaluate(model, test_set, pick_device(config.device), intervals=final)
@@ -298,7 +306,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def site_app(*mods: Mod) -> ClientApp:
-    """The site's ClientApp; `mods` run first (a simulation hands its run config in this way)."""
+    """The site's ClientApp; `mods` run first, outside the safe-error mod (a simulation hands its run
+    config, simulated faults and hostile sites in this way; a deployed site's app has none)."""
     built = ClientApp(mods=[*mods, safe_errors_mod])
     built.query("statistics")(statistics)
     built.train()(train)

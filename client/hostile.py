@@ -1,9 +1,12 @@
-"""Hostile behaviour of a simulated site, for measuring robust aggregation. Never at a real site.
+"""Hostile behaviour of a simulated site, for measuring robust aggregation: a ClientApp mod
+(`hostile_mod`) that only simulations attach (`simulations/local_runtime.py`); a deployed site's app has
+no such code path.
 
 A site acts hostile only when the run config lists its partition id in `hostile-sites` and its node
-config has no `data-dir` (simulation). Modes: `sign-flip` sends w_g - s·Δ, `scale` sends w_g + s·Δ,
-`random` sends a Gaussian direction with s × the honest update's norm (Δ = w - w_g, s =
-`hostile-scale`), `label-flip` trains on flipped labels (y → k - 1 - y) and sends the result.
+config has no `data-dir` (simulation), in federated train rounds (not local-only training). Modes:
+`sign-flip` sends w_g - s·Δ, `scale` sends w_g + s·Δ, `random` sends a Gaussian direction with s × the
+honest update's norm (Δ = w - w_g, s = `hostile-scale`), `label-flip` trains on flipped labels
+(y → k - 1 - y) and sends the result.
 """
 
 from __future__ import annotations
@@ -12,10 +15,15 @@ import logging
 from collections.abc import Mapping
 
 import torch
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+from torch import nn
 from torch.utils.data import Dataset
 
+from client.app import train_set_view
+from client.simulated_faults import simulated_round
 from common.config import RunConfig
+from common.transfer import decode, encode
 
 log = logging.getLogger("fedward.client")
 
@@ -78,3 +86,41 @@ def corrupt_update(
     else:  # label-flip: the update is already the result of training on flipped labels
         return out
     return {**out, **{k: global_state[k] + factor * (local_state[k] - global_state[k]) for k in floats}}
+
+
+@torch.no_grad()
+def _num_outputs(model: nn.Module, dataset: Dataset) -> int:
+    """Number of classes the model predicts (size of its output's class dimension)."""
+    model.eval()
+    x, _ = dataset[0]
+    return int(model(x.unsqueeze(0)).shape[1])
+
+
+def _flip_labels(dataset: Dataset, model: nn.Module) -> Dataset:
+    return LabelFlipped(dataset, _num_outputs(model, dataset))
+
+
+def hostile_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: a site listed in `hostile-sites` trains on flipped labels (`label-flip`) or sends
+    a corrupted update instead of its trained one; every other message passes through unchanged."""
+    if (sim := simulated_round(msg, context)) is None:
+        return call_next(msg, context)
+    config = sim.config
+    mode = hostile_mode(context, config, sim.partition)
+    if mode is None:
+        return call_next(msg, context)
+    token = train_set_view.set(_flip_labels if mode == "label-flip" else None)
+    try:
+        reply = call_next(msg, context)
+    finally:
+        train_set_view.reset(token)
+    if reply.has_error():
+        return reply
+    announce(sim.site_id, sim.server_round, mode, config.hostile_scale)
+    if mode != "label-flip":  # label-flip: the reply already is the result of training on flipped labels
+        sent = decode(reply.content["arrays"], config.transfer_dtype).to_torch_state_dict()
+        seed = config.local_training(sim.server_round, sim.partition).seed
+        global_state = msg.content["arrays"].to_torch_state_dict()
+        corrupted = corrupt_update(global_state, sent, mode, config.hostile_scale, seed)
+        reply.content["arrays"] = encode(ArrayRecord(corrupted), config.transfer_dtype)
+    return reply

@@ -1,6 +1,8 @@
-"""Simulated site faults, to measure how a federation copes with them. Never at a real site.
+"""Simulated site faults, to measure how a federation copes with them: a ClientApp mod (`fault_mod`)
+that only simulations attach (`simulations/local_runtime.py`); a deployed site's app has no such code path.
 
-A site acts them out only when its node config has no `data-dir` (simulation), like `client/hostile.py`:
+A site acts them out in federated train rounds, and only when its node config has no `data-dir`
+(simulation), like `client/hostile.py`:
 
 - `sim-dropout = p`: in each round the site does not train with probability p. The draw is
   deterministic in (run seed, round, partition id), so a scenario replays exactly; the site replies
@@ -8,7 +10,8 @@ A site acts them out only when its node config has no `data-dir` (simulation), l
   the other sites (as long as `min-sites` of them train). Evaluation is not affected: every site still
   measures each global model.
 - `sim-stragglers = "1,3"` with `sim-straggler-seconds = s`: those partitions wait s seconds before
-  training in every round, so the round takes longer (the server waits for every reply).
+  training in every round, so the round takes longer (the server waits for every reply); the delay
+  counts towards the reply's `site-seconds`, as a slow site's compute would.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
 
 from common.config import RunConfig
+from common.errors import ConfigError
 
 log = logging.getLogger("fedward.client")
 
@@ -76,3 +81,43 @@ def simulated_fault(context: Context, config: RunConfig, partition: int, server_
     if dropped:
         log.warning("simulated site %d drops out of round %d", partition, server_round)
     return Fault(dropped=dropped, delay_seconds=0.0 if dropped else delay, probability=dropout)
+
+
+@dataclass(frozen=True)
+class SimulatedRound:
+    """A federated train message as a simulation mod sees it."""
+
+    config: RunConfig
+    partition: int
+    site_id: str
+    server_round: int
+
+
+def simulated_round(msg: Message, context: Context) -> SimulatedRound | None:
+    """The train round `msg` asks for; None for other messages and for a run config the handler will
+    refuse (through the safe-error mod)."""
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return None
+    try:
+        config = RunConfig.from_flower(context.run_config)
+    except ConfigError:
+        return None
+    partition = int(context.node_config.get("partition-id", 0))
+    site_id = str(context.node_config.get("site-id", f"site-{partition}"))
+    return SimulatedRound(config, partition, site_id, int(msg.content["config"].get("server-round", 1)))
+
+
+def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """ClientApp mod: a simulated site drops out of a train round (an error reply, nothing reserved or
+    spent) or straggles before training; every other message passes through unchanged."""
+    if (sim := simulated_round(msg, context)) is None:
+        return call_next(msg, context)
+    fault = simulated_fault(context, sim.config, sim.partition, sim.server_round)
+    if fault.dropped:
+        return Message(Error(code=DROPPED, reason=f"site {sim.site_id}: {fault.reason}"), reply_to=msg)
+    fault.wait()
+    reply = call_next(msg, context)
+    if fault.delay_seconds > 0 and not reply.has_error() and "metrics" in reply.content:
+        metrics = reply.content["metrics"]
+        metrics["site-seconds"] = float(metrics.get("site-seconds", 0.0)) + fault.delay_seconds
+    return reply

@@ -80,6 +80,8 @@ def _apps(config: dict[str, Any], background: Background):
     from flwr.serverapp import ServerApp
 
     from client.app import site_app
+    from client.hostile import hostile_mod
+    from client.simulated_faults import fault_mod
 
     server = ServerApp()
 
@@ -91,7 +93,7 @@ def _apps(config: dict[str, Any], background: Background):
         context.run_config = dict(config)
         coordinator_main(grid, context)
 
-    return server, site_app(with_run_config(config))
+    return server, site_app(with_run_config(config), fault_mod, hostile_mod)  # simulation-only mods
 
 
 def _ray_start_failed(exc: BaseException) -> bool:

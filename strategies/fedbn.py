@@ -3,7 +3,8 @@
 The server side is FedAvg plus a flag in every train and evaluate config; each site then keeps its
 own normalisation-layer weights and statistics in `context.state` and puts them over the global ones
 before training and evaluating. A model without normalisation layers (the CKD models) trains exactly
-as under FedAvg. The saved global model holds the sites' averaged normalisation layers.
+as under FedAvg. The saved global model holds the sites' averaged normalisation layers. The flag, the
+layer selection and the site half live in `common/algorithms/fedbn.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.local_state import LOCAL_NORM_LAYERS
+from common.algorithms.fedbn import LOCAL_NORM_LAYERS
 
 
 class FedBN(FedAvg):

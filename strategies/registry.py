@@ -109,8 +109,24 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], StrategySettings, int], Strategy]
     "fedbn": lambda c, s, n: FedBN(**c),
 }
 
-STRATEGIES = tuple(_BUILDERS)
+STRATEGIES = tuple(_BUILDERS)  # fedward's own; `register_strategy` may add more
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+StrategyBuilder = Callable[[dict[str, Any], StrategySettings, int], Strategy]
+
+
+def register_strategy(name: str, builder: StrategyBuilder, *, replace: bool = False) -> None:
+    """Add strategy `name`, built by `builder(Flower's common arguments, settings, sites per round)`;
+    a name already taken is a ConfigError unless `replace`. A strategy that keeps site state registers
+    its site half too (`common.algorithms.registry.register_site_hook`)."""
+    if name in _BUILDERS and not replace:
+        raise ConfigError(f"strategy {name!r} is already registered")
+    _BUILDERS[name] = builder
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove a strategy `register_strategy` added (fedward's own stay)."""
+    if name not in STRATEGIES:
+        _BUILDERS.pop(name, None)
 
 
 def sample_size(fraction: float, num_sites: int) -> int:
@@ -145,7 +161,7 @@ def build_strategy(
     """
     builder = _BUILDERS.get(name)
     if builder is None:
-        raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(_BUILDERS)}")
     train_nodes = sample_size(fraction_train, num_sites)
     common = {
         "fraction_train": fraction_train,

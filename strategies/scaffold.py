@@ -6,6 +6,8 @@ replies with its model and Δc_i. Flower's reply contract allows one ArrayRecord
 checks and aggregates replies itself:
 
     x ← x + η_g · (weighted mean of y_i - x)        c ← c + |S| / N · mean(Δc_i)
+
+The record keys, the control-variate maths and the site half live in `common/algorithms/scaffold.py`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import (
 )
 from flwr.supercore import log
 
-from common.local_state import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA
+from common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA, stepped_control
 
 
 class Scaffold(FedAvg):
@@ -86,10 +88,4 @@ class Scaffold(FedAvg):
                 deltas.append({k: a.numpy() for k, a in message.content[SCAFFOLD_CONTROL_DELTA].items()})
             else:
                 log(WARNING, "SCAFFOLD: node %d sent no control variate", message.metadata.src_node_id)
-        share = len(valid) / self.num_sites
-        for key, c in self.control.items():
-            parts = [d[key] for d in deltas if key in d]
-            if parts:
-                # mean over the replies that trained: missing Δc_i count as zero
-                step = np.sum(parts, axis=0) / len(valid)
-                self.control[key] = (c + share * step).astype(c.dtype)
+        self.control = stepped_control(self.control, deltas, len(valid), self.num_sites)

@@ -16,11 +16,14 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from client.app import app as client_app
+from client.app import site_app
+from client.hostile import hostile_mod
+from client.simulated_faults import fault_mod
 from common.config import RunConfig
 from server.app import main as server_main
 
 FIRST_NODE = 101
+client_app = site_app(fault_mod, hostile_mod)  # as a simulation builds it (simulations/local_runtime.py)
 
 
 class ServerCrashed(RuntimeError):

@@ -12,9 +12,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from common.algorithms.fedbn import LOCAL_NORM_LAYERS
+from common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA
 from common.config import RunConfig
 from common.errors import ConfigError
-from common.local_state import LOCAL_NORM_LAYERS, SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA
 from strategies.central_dp import with_central_dp
 from strategies.registry import ROBUST_STRATEGIES, STRATEGIES, StrategySettings, build_strategy
 

@@ -13,17 +13,17 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from client.app import train
-from client.hostile import LabelFlipped, corrupt_update, hostile_mode
+from client.hostile import LabelFlipped, corrupt_update, hostile_mod, hostile_mode
 from client.site import load_site, site_source
-from client.site_state import keep_norm_layers, site_model_state
-from common.config import RunConfig
-from common.local_state import (
+from common.algorithms.fedbn import (
     LOCAL_NORM_LAYERS,
     NORM_STATE,
-    SCAFFOLD_CONTROL_DELTA,
-    SCAFFOLD_STATE,
+    keep_norm_layers,
     norm_layer_keys,
+    site_model_state,
 )
+from common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA, SCAFFOLD_STATE
+from common.config import RunConfig
 from common.tasks import get_task
 from common.training import LocalTraining, train_model
 from strategies.registry import StrategySettings, build_strategy
@@ -62,14 +62,15 @@ def _start(config: RunConfig, context: Context) -> tuple[ArrayRecord, ConfigReco
 
 
 def _rounds(name: str, num_rounds: int, config: RunConfig = CONFIG, context: Context | None = None):
-    """Run `num_rounds` rounds of one CKD site against strategy `name`; the site's replies."""
-    context = context or _context(config)
+    """Run `num_rounds` rounds of one CKD site against strategy `name` (through the simulation's hostile
+    mod); the site's replies."""
+    context = context or _context(config.model_copy(update={"strategy": name}))
     strategy = _strategy(name, config)
     arrays, shared = _start(config, context)
     replies = []
     for rnd in range(1, num_rounds + 1):
         (message,) = strategy.configure_train(rnd, arrays, ConfigRecord(dict(shared)), FakeGrid([NODE]))
-        reply = train(message, context)
+        reply = hostile_mod(message, context, train)
         replies.append(reply)
         arrays, _ = strategy.aggregate_train(rnd, [reply])
     return replies, context
