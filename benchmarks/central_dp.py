@@ -3,8 +3,8 @@ without DP.
 
 The central-DP arm uses the run defaults (adaptive clipping from C = 1, the default σ, δ = 1e-5, the ε
 cap) and no DP-SGD at the sites, so the only privacy mechanism is the server's. Federations run in
-process (tests/inprocess_grid.py: the real ServerApp and ClientApp code and Flower's serialisation both
-ways, without Ray or a SuperLink), which keeps 100 sites within minutes on 2 cores. The 400-row CKD table
+process (tests/support/inprocess_grid.py: the real ServerApp and ClientApp code and Flower's serialisation
+both ways, without Ray or a SuperLink), which keeps 100 sites within minutes on 2 cores. The 400-row CKD table
 split over 100 sites leaves about 3 training rows and 1 held-out row per site. Prints a table, writes JSON
 and Markdown.
 
@@ -24,15 +24,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the in-process grid lives with the tests
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the in-process grid lives with the tests
 
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 from server.checkpoint import RoundCheckpoint  # noqa: E402
+from server.deployment.provision import write_provenance_key  # noqa: E402
 from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
-from server.provision import write_provenance_key  # noqa: E402
 from simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 ARMS = {"no-dp": {"central-dp": False}, "central-dp": {"central-dp": True}}

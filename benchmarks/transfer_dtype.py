@@ -1,7 +1,7 @@
 """Bytes of a train reply and final accuracy per `transfer-dtype` (float32, float16, bfloat16).
 
 CKD: 3 sites, IID, 10 rounds, DP-SGD at ε 3 per site (the run defaults), in process
-(tests/inprocess_grid.py: the real ServerApp and ClientApp code and Flower's serialisation both ways),
+(tests/support/inprocess_grid.py: the real ServerApp and ClientApp code and Flower's serialisation both ways),
 the dtypes interleaved per seed. Bytes are Flower's protobuf encoding of one site's train reply as sent
 (`message_to_proto(reply).ByteSize()`: model arrays and metrics). The tumour CNN's reply size is the same
 reply with the CNN's state dict (default tumour settings) in place of the CKD model. DP noise comes from
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the in-process grid lives with the tests
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the in-process grid lives with the tests
 
 from flwr.app import ArrayRecord, Message  # noqa: E402
 from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
@@ -34,8 +34,8 @@ from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E4
 from common.config import RunConfig  # noqa: E402
 from common.tasks import get_task  # noqa: E402
 from common.transfer import TRANSFER_DTYPES, encode  # noqa: E402
+from server.deployment.provision import write_provenance_key  # noqa: E402
 from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
-from server.provision import write_provenance_key  # noqa: E402
 from simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 FIELDS = ("accuracy", "roc-auc", "epsilon", "reply-bytes", "seconds")

@@ -113,7 +113,7 @@ def deidentify(
 ) -> None:
     """Write a de-identified copy of IN's DICOM files to OUT (PS3.15 Basic Profile, keyed pseudonyms,
     per-patient date shift); other files are skipped and listed."""
-    from client.deidentify import deidentify_folder, load_secret  # pydicom only for this command
+    from client.dicom.deidentify import deidentify_folder, load_secret  # pydicom only for this command
 
     result = deidentify_folder(src, dst, load_secret(secret_file), log_path=log)
     table = Table(title=f"de-identified copy {result.target}")
@@ -161,7 +161,7 @@ SuperlinkOption = Annotated[
 
 
 def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> None:
-    """Add `site check` and `site start`; `load_kit` reads a site kit (server.provision.load_site_kit)."""
+    """Add `site check` and `site start`; `load_kit` reads a site kit (`server.deployment.provision`)."""
 
     @site_app.command("check")
     def check(

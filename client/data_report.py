@@ -76,7 +76,7 @@ def _rows(report: DataReport, site: SiteData) -> None:
 
 def _phi(report: DataReport, folder: Path, phi_gate: str) -> None:
     """The DICOM PHI gate's findings (headers only), blocking under `phi_gate` "block"."""
-    from client.phi import check_folder
+    from client.dicom.gate import check_folder
 
     gate = check_folder(folder)
     report.phi = {"files-checked": gate.files_checked, "files-flagged": len(gate.flagged),

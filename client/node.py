@@ -5,7 +5,7 @@ isolation beside fedward's SuperExec, which runs only app bundles signed by the 
 Before anything connects, the data folder, the site policy, the state folder and a TLS handshake with
 the coordinator (verified against the kit's CA) are checked, so the usual mistakes end in one clear
 sentence instead of a Flower retry loop. The kit itself is read by a loader the caller passes in
-(`server.provision.load_site_kit`; `client` does not import `server`).
+(`server.deployment.provision.load_site_kit`; `client` does not import `server`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 
 
 class Kit(Protocol):
-    """What the node needs from a site kit (server.provision.SiteKit satisfies it)."""
+    """What the node needs from a site kit (server.deployment.provision.SiteKit satisfies it)."""
 
     @property
     def site(self) -> str: ...

@@ -11,7 +11,7 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
     clipping-max = 5.0
     allowed-tasks = ["ckd"]
     min-samples = 100            # fewer training samples: the round does not run
-    phi-gate = "block"           # DICOM headers with PHI: "block" (default) or "warn" (client/phi.py)
+    phi-gate = "block"           # DICOM headers with PHI: "block" (default) or "warn" (client/dicom/gate.py)
     ledger-dir = "ledger"        # optional: the lifetime privacy ledger's folder, relative to this
                                  # file's folder (default: this file's folder); see client/ledger.py
     min-cell-count = 10          # optional, default 10: no evaluation count the site sends describes

@@ -9,8 +9,8 @@ from pathlib import Path
 from flwr.app import Context
 
 from client.budget import SitePrivacy
+from client.dicom.gate import gate_site
 from client.mods import safe_reason
-from client.phi import gate_site
 from client.readiness import readiness
 from common.config import RunConfig
 from common.errors import ConfigError, SiteDataError

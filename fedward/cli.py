@@ -10,10 +10,10 @@ from rich.console import Console
 from client.cli import app as site_app
 from client.cli import register_node_commands
 from common.errors import FedwardError
-from server.cli import coordinator_app, provision_command, run_command
+from server.deployment.cli import coordinator_app, provision_command, run_command
+from server.deployment.provision import load_site_kit
 from server.provenance.cli import sign_command, verify_command
-from server.provision import load_site_kit
-from server.report_cli import report_command
+from server.report.cli import report_command
 from simulations.cli import app as sim_app
 
 app = typer.Typer(

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from common.errors import ConfigError
-from server.model_card import write_model_card
 from server.provenance.manifest import sign_run
 from server.provenance.signing import load_private_key, resolve_signing_key
 from server.provenance.software import package_version
+from server.report.model_card import write_model_card
 from server.rundir import RunDirectory
 
 TORCH_WEIGHTS = "model.pt"

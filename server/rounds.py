@@ -10,7 +10,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.tasks import Task
-from server.report_tensorboard import TensorBoardLog
+from server.report.tensorboard_log import TensorBoardLog
 from server.rundir import RunDirectory, json_safe
 from server.statistics import SiteInfo
 from strategies.validation import Rejection, non_finite_entry

@@ -215,7 +215,7 @@ def write_dicom(
 ) -> None:
     """One series folder per contrast: `folder/<contrast>/IM_<n>.dcm`, MR Image Storage.
 
-    The headers are de-identified (they pass the site's PHI gate, client/phi.py); `with_phi` writes
+    The headers are de-identified (they pass the site's PHI gate, client/dicom/gate.py); `with_phi` writes
     identifying attributes instead and `burned_in` sets BurnedInAnnotation = YES, for tests of the gate.
     """
     from pydicom.dataset import Dataset, FileMetaDataset

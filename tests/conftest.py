@@ -1,20 +1,25 @@
-"""Shared test helpers."""
+"""Shared fixtures; puts tests/support/ (helper modules, imported by name) on sys.path."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from common.datasets import ckd_csv_path
 
+SUPPORT = Path(__file__).resolve().parent / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs sign their provenance with a throwaway key, not the developer's ~/.fedward key."""
+    from server.deployment.provision import write_provenance_key
     from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
-    from server.provision import write_provenance_key
 
     folder = tmp_path_factory.mktemp("signing")
     write_provenance_key(folder)

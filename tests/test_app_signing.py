@@ -25,7 +25,7 @@ from common.app_signature import (
     verify_fab,
 )
 from common.errors import ConfigError
-from server.provision import load_site_kit, provision
+from server.deployment.provision import load_site_kit, provision
 
 PYPROJECT = """[build-system]
 requires = ["hatchling"]

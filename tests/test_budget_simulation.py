@@ -1,7 +1,7 @@
 """A federation where one hospital's lifetime budget runs out: the others finish, and a later run on the
 same data is refused at once and stops cleanly with the reason. The real ServerApp and ClientApp talk
-through Flower's serialisation in one process (tests/inprocess_grid.py); the Ray simulation path itself
-is covered by tests/test_simulation.py."""
+through Flower's serialisation in one process (tests/support/inprocess_grid.py); the Ray simulation path
+itself is covered by tests/test_simulation.py."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ from fedward.cli import app
 from server.checkpoint import CHECKPOINT, RoundCheckpoint, _Stateful
 from server.checkpoint_codec import CheckpointError, decode, encode
 from server.checkpoint_store import LEGACY_CHECKPOINT, checkpoint_files
+from server.deployment.provision import write_provenance_key
 from server.export import finalise_run
 from server.provenance.manifest import verify_run
-from server.provision import write_provenance_key
 
 
 class _Touch:

@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from client.cli import app as site_app
-from client.deidentify import Keys, deidentify_folder, load_secret
-from client.phi import check_folder
+from client.dicom.deidentify import Keys, deidentify_folder, load_secret
+from client.dicom.gate import check_folder
 from client.site import load_site
 from common.config import RunConfig
 from common.errors import ConfigError

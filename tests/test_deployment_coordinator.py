@@ -1,4 +1,5 @@
-"""`server.deploy` and `server.launch` without Flower: federation, SuperLink flags, registration, runs."""
+"""`server.deployment.superlink` and `.launch` without Flower: federation, SuperLink flags, registration,
+runs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 from common.errors import ConfigError, FedwardError
-from server import deploy, launch
-from server.provision import Federation, provision
+from server.deployment import launch, superlink
+from server.deployment.provision import Federation, provision
 
 
 @pytest.fixture()
@@ -21,10 +22,10 @@ def fed(tmp_path: Path) -> Federation:
 
 
 def test_load_federation_reads_the_provisioned_profile(fed: Federation) -> None:
-    files = deploy.load_federation(fed.root)
+    files = superlink.load_federation(fed.root)
     assert (files.name, files.address, files.port) == ("unitfed", "127.0.0.1:8123", 8123)
     assert files.public_keys == fed.site_public_keys
-    with deploy.cli_home(files, "127.0.0.1:9999") as home:
+    with superlink.cli_home(files, "127.0.0.1:9999") as home:
         profile = tomllib.loads((home / "config.toml").read_text())
     assert profile["superlink"]["default"] == "unitfed"
     assert profile["superlink"]["unitfed"] == {
@@ -36,22 +37,22 @@ def test_load_federation_reads_the_provisioned_profile(fed: Federation) -> None:
 
 def test_load_federation_names_what_is_wrong(fed: Federation, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a provisioned federation"):
-        deploy.load_federation(tmp_path)
+        superlink.load_federation(tmp_path)
     other = provision(tmp_path / "other", ["X"], sans=["127.0.0.1"])
     fed.server_cert.write_bytes(other.server_cert.read_bytes())  # a certificate from another CA
     with pytest.raises(ConfigError, match="not issued by"):
-        deploy.load_federation(fed.root)
+        superlink.load_federation(fed.root)
     os.chmod(fed.server_key, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        deploy.load_federation(fed.root)
+        superlink.load_federation(fed.root)
     fed.flwr_config.unlink()
     with pytest.raises(ConfigError, match=r"flwr-config\.toml: missing"):
-        deploy.load_federation(fed.root)
+        superlink.load_federation(fed.root)
 
 
 def test_superlink_command_has_tls_auth_database_and_no_uv_sync(fed: Federation, tmp_path: Path) -> None:
-    command = deploy.superlink_command(
-        deploy.load_federation(fed.root), host="0.0.0.0", port=8123, state_dir=tmp_path
+    command = superlink.superlink_command(
+        superlink.load_federation(fed.root), host="0.0.0.0", port=8123, state_dir=tmp_path
     )
     flags = dict(zip(command[1::2], command[2::2], strict=False))
     assert Path(command[0]).name == "flower-superlink"
@@ -60,7 +61,7 @@ def test_superlink_command_has_tls_auth_database_and_no_uv_sync(fed: Federation,
     assert "--enable-supernode-auth" in command and "--disable-runtime-dependency-installation" in command
     assert "--insecure" not in command
     assert command[command.index("--database") + 1] == str(tmp_path / "superlink.db")
-    assert deploy.local_address("0.0.0.0", 8123) == "127.0.0.1:8123"
+    assert superlink.local_address("0.0.0.0", 8123) == "127.0.0.1:8123"
 
 
 def test_register_is_idempotent_and_checks_success(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,8 +78,8 @@ def test_register_is_idempotent_and_checks_success(fed: Federation, monkeypatch:
         calls.append(args)
         return answers[args[-1]]
 
-    monkeypatch.setattr(deploy, "flwr_json", fake)
-    done = deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda _key: False)
+    monkeypatch.setattr(superlink, "flwr_json", fake)
+    done = superlink.register_sites(superlink.load_federation(fed.root), Path("."), lambda _key: False)
     assert [(r.site, r.node_id, r.new) for r in done] == [("H1", "42", True), ("H2", None, False)]
     assert calls[0] == ["supernode", "register", str(fed.site_public_keys["H1"]), "unitfed", "--name", "H1"]
 
@@ -92,17 +93,19 @@ def test_register_is_idempotent_and_checks_success(fed: Federation, monkeypatch:
             return {"success": True, "node-id": 7}
         return registered[args[-1]]
 
-    monkeypatch.setattr(deploy, "flwr_json", fresh_key_registers)
-    done = deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda key: key.stem == "H2")
+    monkeypatch.setattr(superlink, "flwr_json", fresh_key_registers)
+    done = superlink.register_sites(
+        superlink.load_federation(fed.root), Path("."), lambda key: key.stem == "H2"
+    )
     assert [(r.site, r.node_id, r.new, r.rekeyed) for r in done] == [
         ("H1", "42", True, None),
         ("H2", "7", True, fed.sites["H2"].private_key),
     ]
     assert fed.site_public_keys["H2"].read_text() != old_key
-    monkeypatch.setattr(deploy, "flwr_json", fake)
+    monkeypatch.setattr(superlink, "flwr_json", fake)
     answers["H2"] = {"success": False, "error-message": "Using SuperLink: x\n\n[code: 5] Unauthenticated."}
     with pytest.raises(FedwardError, match=r"registering site H2 .* failed: \[code: 5\] Unauthenticated"):
-        deploy.register_sites(deploy.load_federation(fed.root), Path("."), lambda _key: False)
+        superlink.register_sites(superlink.load_federation(fed.root), Path("."), lambda _key: False)
 
 
 def test_run_overrides_parse_like_flwr_and_are_validated(tmp_path: Path) -> None:

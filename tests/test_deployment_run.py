@@ -20,8 +20,8 @@ from site_policy import policy_text
 from test_app_signing import tamper, write_app
 
 from common.app_signature import load_private_key, sign_app
-from server import deploy, launch
-from server.provision import provision
+from server.deployment import launch, superlink
+from server.deployment.provision import provision
 from simulations.prepare import prepare_ckd_sites
 
 BIN = Path(sys.executable).parent
@@ -134,9 +134,11 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
         f'[superlink]\ndefault = "deployfed"\n\n[superlink.deployfed]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{fed.sites["H1"].ca_cert}"\n'
     )
-    files = deploy.load_federation(fed.root)
-    with deploy.operator_home(files) as home:
-        node_ids = [n["node-id"] for n in deploy.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]]
+    files = superlink.load_federation(fed.root)
+    with superlink.operator_home(files) as home:
+        node_ids = [
+            n["node-id"] for n in superlink.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]
+        ]
     mallory = write_app(tmp_path / "mallory", "malloryapp")
     for args in (
         ["run", str(mallory), "deployfed"],
@@ -145,7 +147,7 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
         ["supernode", "unregister", node_ids[0], "deployfed"],
         ["supernode", "register", str(foreign.site_public_keys["H1"]), "deployfed"],
     ):
-        reply = deploy.flwr_json(args, attacker)
+        reply = superlink.flwr_json(args, attacker)
         assert reply["success"] is False and "403 Forbidden" in reply["error-message"], (args, reply)
 
     wait_for("the run to end", lambda: run.poll() is not None, 240, logs)
@@ -154,8 +156,8 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
     run_id = int(re.search(r"run (\d+) submitted", output).group(1))  # type: ignore[union-attr]
 
     # the outcome, checked independently: Flower's run status and the run directory
-    with deploy.operator_home(deploy.load_federation(fed.root)) as home:
-        status = launch.run_status(deploy.load_federation(fed.root), home, run_id)
+    with superlink.operator_home(superlink.load_federation(fed.root)) as home:
+        status = launch.run_status(superlink.load_federation(fed.root), home, run_id)
     assert status["status"] == "finished:completed"
     summary = json.loads((runs / "deploy" / "summary.json").read_text())
     assert summary["rounds-completed"] == 2 and summary["stopped"] is None
@@ -175,8 +177,8 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
     )
     tamper(altered.dir / "alteredapp_pkg" / "client.py")
     outs = {"unsigned": tmp_path / "unsigned.json", "tampered": tmp_path / "tampered.json"}
-    files = deploy.load_federation(fed.root)
-    with deploy.operator_home(files) as home:
+    files = superlink.load_federation(fed.root)
+    with superlink.operator_home(files) as home:
         launch.submit_run(files, home, outsider, {"out": str(outs["unsigned"])})
         launch.submit_run(files, home, altered.dir, {"out": str(outs["tampered"])})
     wait_for("the two bundles' ServerApps", lambda: all(o.exists() for o in outs.values()), 120, logs)
@@ -191,15 +193,15 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
 
     # nothing of the outsider's ran; only the operator unregisters a site, and re-admitting it gives it
     # a new key (Flower 1.42 never re-admits an unregistered one) with which the site is back online
-    with deploy.operator_home(files) as home:
-        assert "malloryapp" not in json.dumps(deploy.flwr_json(["ls", "deployfed"], home))
+    with superlink.operator_home(files) as home:
+        assert "malloryapp" not in json.dumps(superlink.flwr_json(["ls", "deployfed"], home))
         listed = {
             n["node-id"]: n["status"]
-            for n in deploy.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]
+            for n in superlink.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]
         }
         assert set(node_ids) <= set(listed) and "unregistered" not in listed.values()
         h2 = re.search(r"site H2: registered as node (\d+)", coordinator_log.read_text()).group(1)  # type: ignore[union-attr]
-        assert deploy.flwr_json(["supernode", "unregister", h2, "deployfed"], home)["success"] is True
+        assert superlink.flwr_json(["supernode", "unregister", h2, "deployfed"], home)["success"] is True
     old_key = fed.sites["H2"].private_key.read_bytes()
     readmit = subprocess.run(
         [FEDWARD, "coordinator", "register", "--federation", str(fed.root)],
@@ -212,8 +214,8 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
     logs.append(site("H2-again", fed.sites["H2"].dir, data[1])[1])
 
     def h2_online() -> bool:
-        with deploy.operator_home(files) as home:
-            nodes = deploy.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]
+        with superlink.operator_home(files) as home:
+            nodes = superlink.flwr_json(["supernode", "list", "deployfed"], home)["nodes"]
         return {n["node-id"]: n["status"] for n in nodes}.get(new_id) == "online"
 
     wait_for("H2 back online with its new key", h2_online, 90, logs)

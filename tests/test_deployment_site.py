@@ -17,8 +17,8 @@ import pytest
 from client import node
 from common.errors import ConfigError, DataValidationError, PrivacyError
 from common.tls_probe import tls_handshake
-from server import deploy
-from server.provision import Federation, load_site_kit, provision
+from server.deployment import superlink
+from server.deployment.provision import Federation, load_site_kit, provision
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 POLICY = """[policy]
@@ -149,9 +149,9 @@ def test_site_and_coordinator_share_one_tls_probe(fed: Federation, tls_server: i
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = sock.getsockname()[1]
-    assert deploy.tls_reachable(f"127.0.0.1:{tls_server}", ca)
-    assert not deploy.tls_reachable(f"127.0.0.1:{tls_server}", foreign)
-    assert not deploy.tls_reachable(f"127.0.0.1:{closed}", ca)
+    assert superlink.tls_reachable(f"127.0.0.1:{tls_server}", ca)
+    assert not superlink.tls_reachable(f"127.0.0.1:{tls_server}", foreign)
+    assert not superlink.tls_reachable(f"127.0.0.1:{closed}", ca)
     for bad in (tmp_path / "missing.pem", fed.server_key):
         with pytest.raises(ConfigError, match=rf"CA certificate {bad}: cannot be read"):
             tls_handshake(f"127.0.0.1:{tls_server}", bad, timeout=5)

@@ -21,8 +21,8 @@ from common.errors import ConfigError
 from common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
 from common.seg_metrics import pool_segmentation
 from common.tasks import get_task
-from server.model_card import class_counts
-from server.report_data import RunData, pooled_confusion
+from server.report.data import RunData, pooled_confusion
+from server.report.model_card import class_counts
 from simulations.prepare import prepare_ckd_sites
 
 K = 10

@@ -13,9 +13,9 @@ from mri_helpers import SPEC, make_site
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from client.deidentify import deidentify_folder
-from client.phi import check_folder
-from client.phi_text import path_rules, text_rules
+from client.dicom.deidentify import deidentify_folder
+from client.dicom.gate import check_folder
+from client.dicom.text_rules import path_rules, text_rules
 from simulations.phantoms import _uid, render, scanner, write_dicom
 
 SECRET = b"test-secret-0123456789abcdef"

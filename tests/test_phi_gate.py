@@ -13,14 +13,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from client.budget import SitePrivacy
-from client.phi import (
-    CLEAN_DESCRIPTORS,
-    MODIFIED_DATES,
-    PROFILE,
-    PhiGateError,
-    check_dataset,
-    check_folder,
-)
+from client.dicom.gate import PhiGateError, check_dataset, check_folder
+from client.dicom.profile import CLEAN_DESCRIPTORS, MODIFIED_DATES, PROFILE
 from client.policy import load_policy
 from client.site import load_site, phi_gate_mode
 from common.config import RunConfig

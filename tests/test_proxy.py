@@ -1,5 +1,5 @@
-"""server/proxy.py and the operator certificate: the nginx configuration against the installed Flower,
-and site key rotation (the real proxy in front of a real federation: tests/test_deployment_run.py)."""
+"""server/deployment/proxy.py and the operator certificate: the nginx configuration against the installed
+Flower, and site key rotation (the real proxy in front of a real federation: tests/test_deployment_run.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flower_processes import require_nginx
 
-from server import deploy, proxy
-from server.provision import Federation, provision, rotate_site_key, ssh_fingerprint
+from server.deployment import proxy, superlink
+from server.deployment.provision import Federation, provision, rotate_site_key, ssh_fingerprint
 
 FLWR = Path(flwr.__file__).parent
 
@@ -74,7 +74,7 @@ def test_provision_issues_an_operator_client_certificate(fed: Federation) -> Non
     usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert fed.operator_key.stat().st_mode & 0o777 == 0o600
-    files = deploy.load_federation(fed.root)
+    files = superlink.load_federation(fed.root)
     assert (files.operator_cert, files.operator_key) == (fed.operator_cert, fed.operator_key)
 
 

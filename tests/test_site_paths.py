@@ -11,8 +11,8 @@ import pytest
 from mri_helpers import CONTRASTS, SPEC, make_site
 
 from client.data_report import check_site_data
-from client.deidentify import deidentify_folder
-from client.phi import check_folder
+from client.dicom.deidentify import deidentify_folder
+from client.dicom.gate import check_folder
 from common.config import RunConfig
 from common.data.mri.files import OUTSIDE_LINK
 from common.data.mri.manifest import read_manifest

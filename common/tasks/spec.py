@@ -27,7 +27,7 @@ def _no_classes(run_config: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class CardText:
-    """The model card's task-specific sentences (server/model_card.py)."""
+    """The model card's task-specific sentences (server/report/model_card.py)."""
 
     predicts: str  # "predicts" row of the overview
     use: str  # what the model may support, in the intended-use section

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.ed25519_keys import read_private_key, read_public_key
 from common.errors import ConfigError
-from server.provision import PROVENANCE_KEY, write_provenance_key
+from server.deployment.provision import PROVENANCE_KEY, write_provenance_key
 
 SIGNING_KEY_ENV = "FEDWARD_SIGNING_KEY"
 

@@ -46,7 +46,7 @@ def require_nginx() -> str:
     """The nginx program the coordinator's TLS proxy runs; missing: fail under CI (.ci/run installs it),
     skip elsewhere."""
     from common.errors import ConfigError
-    from server.proxy import nginx_program
+    from server.deployment.proxy import nginx_program
 
     try:
         return nginx_program()

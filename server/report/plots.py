@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from server.report_data import (
+from server.report.data import (
     BOUNDED,
     RunData,
     cross_site_matrix,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FedwardError
-from server.report_data import RunData, is_metric_key, number
+from server.report.data import RunData, is_metric_key, number
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 

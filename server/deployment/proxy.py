@@ -115,7 +115,7 @@ def render_nginx_config(config: ProxyConfig) -> str:
         f"    {kind}_temp_path {state / 'nginx-temp' / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return f"""# Written by `fedward coordinator start` (server/proxy.py); regenerated at every start.
+    return f"""# Written by `fedward coordinator start` (server/deployment/proxy.py) at every start.
 daemon off;
 worker_processes 1;
 pid {state / "nginx.pid"};

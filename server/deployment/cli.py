@@ -10,9 +10,23 @@ import typer
 from rich.console import Console
 
 from common.errors import ConfigError, FedwardError
-from server import deploy, launch, proxy
+from server.deployment import launch, proxy
+from server.deployment.provision import PROVENANCE_KEY, numbered_sites, provision
+from server.deployment.superlink import (
+    Registration,
+    check_port_free,
+    cli_home,
+    flower_env,
+    free_loopback_port,
+    load_federation,
+    local_address,
+    operator_home,
+    register_sites,
+    superlink_command,
+    supervise,
+    wait_until_serving,
+)
 from server.provenance.signing import SIGNING_KEY_ENV
-from server.provision import PROVENANCE_KEY, numbered_sites, provision
 from server.rundir import SUMMARY_FILE, RunDirectory
 
 console = Console()
@@ -78,17 +92,17 @@ def coordinator_start(
 ) -> None:
     """Run the SuperLink (TLS, SuperNode authentication, state database on disk) on 127.0.0.1 behind
     nginx, which serves the public port: the Fleet API to everyone, the Control API only to the operator's
-    client certificate (server/proxy.py). Stops on Ctrl-C/SIGTERM."""
-    fed = deploy.load_federation(federation)
+    client certificate (server/deployment/proxy.py). Stops on Ctrl-C/SIGTERM."""
+    fed = load_federation(federation)
     port = port or fed.port
     state_dir = (state or fed.root / "coordinator" / "state").expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (state_dir / "flwr-home").mkdir(exist_ok=True)
-    deploy.check_port_free(host, port)
-    internal = superlink_port or deploy.free_loopback_port()
-    deploy.check_port_free("127.0.0.1", internal)
-    command = deploy.superlink_command(fed, host="127.0.0.1", port=internal, state_dir=state_dir)
-    local = deploy.local_address("127.0.0.1", internal)
+    check_port_free(host, port)
+    internal = superlink_port or free_loopback_port()
+    check_port_free("127.0.0.1", internal)
+    command = superlink_command(fed, host="127.0.0.1", port=internal, state_dir=state_dir)
+    local = local_address("127.0.0.1", internal)
     front = proxy.ProxyConfig(
         listen_host=host,
         listen_port=port,
@@ -102,20 +116,20 @@ def coordinator_start(
     proxy.check_nginx_config(conf)
 
     def when_serving(proc: subprocess.Popen) -> None:
-        deploy.wait_until_serving(local, fed.ca_cert, proc)
+        wait_until_serving(local, fed.ca_cert, proc)
         _say(f"fedward: SuperLink of {fed.name} serving on {local} only (state {state_dir})")
         if register:
-            with deploy.cli_home(fed, local) as home:
-                _print_registrations(deploy.register_sites(fed, home))
-        deploy.wait_until_serving(deploy.local_address(host, port), fed.ca_cert)
+            with cli_home(fed, local) as home:
+                _print_registrations(register_sites(fed, home))
+        wait_until_serving(local_address(host, port), fed.ca_cert)
         _say(f"fedward: TLS proxy on {host}:{port}: Fleet API for sites, Control API for the operator only")
         _say("fedward: coordinator ready")
 
-    env = deploy.flower_env(state_dir / "flwr-home")
+    env = flower_env(state_dir / "flwr-home")
     key = fed.root / "coordinator" / PROVENANCE_KEY
     if key.is_file():  # the ServerApp (a child of the SuperLink) signs each run's provenance with it
         env.setdefault(SIGNING_KEY_ENV, str(key))
-    code = deploy.supervise(command, env, when_serving, companions=[proxy.nginx_command(conf)])
+    code = supervise(command, env, when_serving, companions=[proxy.nginx_command(conf)])
     if code > 3:  # 0-3: Flower's success and graceful exits on SIGINT/SIGQUIT/SIGTERM; < 0: a signal
         raise FedwardError(f"flower-superlink exited with code {code}")
 
@@ -127,14 +141,14 @@ def coordinator_register(
     wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the SuperLink to answer.")] = 0,
 ) -> None:
     """Register every key in coordinator/site-public-keys with the SuperLink (safe to repeat)."""
-    fed = deploy.load_federation(federation)
+    fed = load_federation(federation)
     if wait:
-        deploy.wait_until_serving(superlink or fed.address, fed.ca_cert, timeout=wait)
-    with deploy.operator_home(fed, superlink) as home:
-        _print_registrations(deploy.register_sites(fed, home))
+        wait_until_serving(superlink or fed.address, fed.ca_cert, timeout=wait)
+    with operator_home(fed, superlink) as home:
+        _print_registrations(register_sites(fed, home))
 
 
-def _print_registrations(done: list[deploy.Registration]) -> None:
+def _print_registrations(done: list[Registration]) -> None:
     for item in done:
         what = f"registered as node {item.node_id}" if item.new else "key already known to the SuperLink"
         if item.rekeyed is not None:
@@ -196,7 +210,7 @@ def run_command(
     ] = None,
 ) -> None:
     """Launch a run on the federation and wait for it; fails unless it completed every round."""
-    fed = deploy.load_federation(federation)
+    fed = load_federation(federation)
     if resume is not None:
         overrides = launch.resume_overrides(resume.expanduser().resolve(), list(run_config or []))
     else:
@@ -207,7 +221,7 @@ def run_command(
         raise ConfigError(f"{run_dir} already holds a {SUMMARY_FILE}; choose another run-name")
     if resume is not None:
         previous.drop_summary()  # the resumed run writes a new one
-    with deploy.operator_home(fed, superlink) as home:
+    with operator_home(fed, superlink) as home:
         signed = launch.sign_for_run(fed, launch.app_dir(app), home / "signed-app")
         _say(f"fedward: app {signed.identity} signed with the federation's app-signing key")
         run_id = launch.submit_run(fed, home, signed.dir, overrides)

@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.report_data import RunData, load_run
-from server.report_html import render
-from server.report_mlflow import log_to_mlflow
-from server.report_plots import ReportFigure, make_figures
-from server.report_tensorboard import write_tensorboard
+from server.report.data import RunData, load_run
+from server.report.html import render
+from server.report.mlflow_log import log_to_mlflow
+from server.report.plots import ReportFigure, make_figures
+from server.report.tensorboard_log import write_tensorboard
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`fedward site deidentify IN OUT`: a de-identified copy of a site's DICOM folder.
 
 The attribute actions are those of the PS3.15 Basic Application Level Confidentiality Profile
-(`client/phi.py`, Table E.1-1), with the Clean Descriptors and Retain Longitudinal Temporal
+(`client/dicom/profile.py`, Table E.1-1), with the Clean Descriptors and Retain Longitudinal Temporal
 Information with Modified Dates options. Everything keyed comes from HMAC-SHA256 under the site's
 secret, so a second export with the same secret gives the same pseudonyms and nobody without the
 secret can recompute them:
@@ -56,14 +56,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from client.phi import (
+from client.dicom.gate import GateReport, check_folder
+from client.dicom.profile import (
     CLEAN_DESCRIPTORS,
     DATE_VRS,
     FREE_TEXT_VRS,
     MODIFIED_DATES,
     PROFILE,
-    GateReport,
-    check_folder,
     is_overlay_or_curve,
 )
 from common.data.mri.files import inside, outside_reason

@@ -8,7 +8,7 @@ Everything is made in-process with `cryptography` (no openssl or ssh-keygen). La
     coordinator/site-public-keys/<site>.pub       keys to `flwr supernode register`
     coordinator/provenance-ed25519.key, .pub      signs each run's provenance manifest (`fedward verify`)
     coordinator/operator.crt, operator.key        the operator's TLS client certificate: the coordinator's
-                                                  proxy serves the Control API only to it (server/proxy.py)
+                                                  proxy serves the Control API only to it (proxy.py)
     coordinator/app-signing-ed25519.key, .pub     signs the app bundle of every run (`fedward run`)
     sites/<site>/ca.crt, <site>.key, <site>.pub   what the hospital receives
     sites/<site>/app-signing-ed25519.pub          the site runs only bundles signed with its key
@@ -41,7 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from common.app_signature import APP_PUBLIC_KEY, APP_SIGNING_KEY, load_public_key, public_pem
 from common.errors import ConfigError
 from common.tomlfile import read_toml
-from server.proxy import OPERATOR_OU
+from server.deployment.proxy import OPERATOR_OU
 
 SUPERLINK_PORT = 8000
 """The SuperLink's single HTTPS port in Flower 1.42 (Fleet, Control and Runtime APIs)."""
@@ -57,7 +57,7 @@ _CLOCK_SKEW = dt.timedelta(minutes=5)
 PROVENANCE_KEY = "provenance-ed25519.key"
 OPERATOR_CERT = "operator.crt"
 OPERATOR_KEY = "operator.key"
-"""The operator's TLS client certificate and key in coordinator/ (see server/proxy.py)."""
+"""The operator's TLS client certificate and key in coordinator/ (see server/deployment/proxy.py)."""
 """The coordinator's Ed25519 key that signs run provenance manifests (public half: same stem, `.pub`)."""
 
 

@@ -17,7 +17,14 @@ from typing import Any
 
 from common.app_signature import APP_SIGNING_KEY, SignedApp, load_private_key, sign_app
 from common.errors import ConfigError, FedwardError
-from server.deploy import CoordinatorFiles, failure, flower_env, flower_tool, flwr_json, retrying
+from server.deployment.superlink import (
+    CoordinatorFiles,
+    failure,
+    flower_env,
+    flower_tool,
+    flwr_json,
+    retrying,
+)
 from server.rundir import SUMMARY_FILE, RunDirectory, default_run_name
 
 FINISHED = "finished"
@@ -26,7 +33,7 @@ COMPLETED = "finished:completed"
 
 def app_dir(app: Path | None = None) -> Path:
     """The Flower app folder (holding pyproject.toml): `app`, or this source checkout."""
-    root = Path(app).expanduser().resolve() if app else Path(__file__).resolve().parent.parent
+    root = Path(app).expanduser().resolve() if app else Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise ConfigError(f"no pyproject.toml in {root}: give the fedward source folder with --app")
     return root
@@ -91,7 +98,7 @@ def sign_for_run(fed: CoordinatorFiles, app: Path, staging: Path) -> SignedApp:
         raise ConfigError(
             f"{key_file}: missing; sites run only app bundles signed with the federation's app-signing "
             "key (made by `fedward provision` since app signing; re-provision, or write one with "
-            "server.provision.write_app_signing_key and send its .pub to every site)"
+            "server.deployment.provision.write_app_signing_key and send its .pub to every site)"
         )
     return sign_app(app, load_private_key(key_file), staging)
 

@@ -1,4 +1,4 @@
-"""The DICOM PHI gate: does a site folder still carry protected health information in its headers?
+"""The DICOM PS3.15 de-identification profile that the PHI gate and `fedward site deidentify` share.
 
 The attribute table is DICOM PS3.15 Annex E, Table E.1-1 (Application Level Confidentiality Profile
 Attributes), written as data: keyword -> (action of the Basic Profile, category). Compound actions of
@@ -8,54 +8,14 @@ Option (`MODIFIED_DATES`, code 113107) and series descriptors the Clean Descript
 (`CLEAN_DESCRIPTORS`, code 113105, cleaned to the contrast vocabulary of `common.data.mri.sample`).
 Actions: X remove, Z empty (or a dummy, e.g. a keyed pseudonym), D dummy value, U replace the UID
 consistently, C clean.
-
-A file **carries PHI** when any of these holds (each is one finding: file, tag keyword, category):
-
-- a private tag is present anywhere (category "private"), or overlay or curve data ("graphics");
-- BurnedInAnnotation is YES ("burned-in": text in the pixels, which no header edit removes);
-- an X attribute is present and not empty (its category), except a date under the modified-dates
-  option when the file declares it (LongitudinalTemporalInformationModified = MODIFIED or code 113107);
-- a series descriptor holds anything but a contrast name ("free-text");
-- a person name, or LT / ST / UT free text, outside the table is present and not empty ("name",
-  "free-text"): the safety net for attributes the table does not list;
-- PatientIdentityRemoved is not YES while identifying attributes (Z, D and U attributes of the table:
-  names, ids, dates, UIDs...) or other dates are present and not empty.
-
-Only headers are read (`stop_before_pixels`), so a site's check costs about a millisecond per file.
-Findings name the attribute, never its value. Files that are not DICOM are counted and left to the loader;
-a DICOM header with an element that cannot be decoded is a finding ("unchecked").
-
-Paths are PHI too: every folder and file name under the site folder is checked with the rules of
-`client/phi_text.py` (category "path-date", "path-person-name", "path-long-number"), and NIfTI headers and
-image text metadata with `client/phi_media.py`. A file whose path breaks a rule is named by its position
-in the folder's sorted file list and its clean leading folders ("file #7 under glioma"), never by its name.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path, PurePath
-
-import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from client.phi_media import image_findings, nifti_findings
-from client.phi_text import path_rules
-from common.data.mri.files import list_site_files
 from common.data.mri.sample import contrast_name
-from common.errors import DataValidationError
-
-log = logging.getLogger("fedward.client")
-
-GATE_MODES = ("block", "warn")
-DEIDENTIFY_HINT = (
-    "de-identify the folder with `fedward site deidentify IN OUT` and train on OUT, or set "
-    'phi-gate = "warn" in the site policy to train anyway'
-)
 
 # keyword: (Basic Profile action, category) -- PS3.15 Table E.1-1.
 PROFILE: dict[str, tuple[str, str]] = {
@@ -313,178 +273,3 @@ def dates_modified(ds: Dataset) -> bool:
         return True
     codes = ds.get("DeidentificationMethodCodeSequence") or []
     return any(str(item.get("CodeValue", "")) == MODIFIED_DATES_CODE for item in codes)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One attribute that makes a file carry PHI: where, which (keyword or tag), what kind. No value."""
-
-    file: str
-    keyword: str
-    category: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.keyword} ({self.category})"
-
-
-def _name(element: DataElement) -> str:
-    return element.keyword or str(element.tag)
-
-
-def check_dataset(ds: Dataset, file: str) -> list[Finding]:
-    """The PHI findings of one dataset (header and nested sequences), one per attribute and kind."""
-    removed, modified = identity_removed(ds), dates_modified(ds)
-    found: dict[tuple[str, str], None] = {}
-
-    def visit(_: Dataset, element: DataElement) -> None:
-        keyword = element.keyword
-        if element.tag.is_private:
-            found[(str(element.tag), "private")] = None
-            return
-        if is_overlay_or_curve(element):
-            found[(_name(element), "graphics")] = None
-            return
-        if keyword == "BurnedInAnnotation":
-            if str(element.value or "").strip().upper() == "YES":
-                found[(keyword, "burned-in")] = None
-            return
-        if element.is_empty:
-            return
-        if keyword in PROFILE:
-            action, category = PROFILE[keyword]
-            if keyword in CLEAN_DESCRIPTORS:
-                if not is_clean_descriptor(element.value):
-                    found[(keyword, "free-text")] = None
-            elif not (removed and (action != "X" or (modified and keyword in MODIFIED_DATES))):
-                found[(keyword, category)] = None
-        elif element.VR == "PN":
-            found[(_name(element), "name")] = None
-        elif element.VR in FREE_TEXT_VRS:
-            found[(_name(element), "free-text")] = None
-        elif element.VR in DATE_VRS and not removed:
-            found[(_name(element), "date")] = None
-
-    ds.walk(visit)
-    return [Finding(file, keyword, category) for keyword, category in found]
-
-
-def read_header(path: Path) -> Dataset | None:
-    """The header of a DICOM file (no pixel data); None when the file is not DICOM or unreadable."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        return None
-    except Exception:  # truncated or malformed: the loader skips it with the reason
-        return None
-
-
-@dataclass
-class GateReport:
-    """What the gate found in a folder: counts per category, the flagged files and a few examples."""
-
-    folder: Path
-    files_checked: int = 0
-    not_dicom: int = 0
-    flagged: list[str] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-    examples: list[Finding] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        """No file carries PHI."""
-        return not self.flagged
-
-    def metrics(self) -> dict[str, float]:
-        """Counts only (no file names): safe for the site's data report."""
-        out = {"phi-files-checked": float(self.files_checked), "phi-files-flagged": float(len(self.flagged))}
-        out.update({f"phi-{category}": float(n) for category, n in sorted(self.counts.items())})
-        return out
-
-    def summary(self) -> str:
-        """One line: how many files carry PHI, by category."""
-        kinds = ", ".join(f"{category} {n}" for category, n in self.counts.most_common())
-        return f"{len(self.flagged)} of {self.files_checked} file(s) carry PHI" + (
-            f" (findings by category: {kinds})" if kinds else ""
-        )
-
-    def problems(self, limit: int = 10) -> list[str]:
-        """Lines for an error or a log: summary, flagged files, examples (attribute names, no values)."""
-        files = ", ".join(self.flagged[:limit]) + (" ..." if len(self.flagged) > limit else "")
-        lines = [self.summary(), f"files: {files}"]
-        lines += [str(f) for f in self.examples[:limit]]
-        return [*lines, DEIDENTIFY_HINT]
-
-
-class PhiGateError(DataValidationError):
-    """The site's files (headers, metadata or paths) carry PHI and its policy blocks training on them."""
-
-    def __init__(self, report: GateReport, limit: int = 10) -> None:
-        self.report = report
-        super().__init__(str(report.folder), report.problems(limit), limit=limit + 3)
-
-
-def file_label(rel: PurePath, number: int, flagged: list[tuple[int, str]]) -> str:
-    """How findings name a file: its relative path, or when a path component breaks a rule its number in
-    the sorted file list and the clean folders before the first such component."""
-    if not flagged:
-        return rel.as_posix()
-    prefix = PurePath(*rel.parts[: min(n for n, _ in flagged) - 1]).as_posix()
-    return f"file #{number}" + (f" under {prefix}" if prefix != "." else "")
-
-
-def _content(path: Path, kind: str, label: str) -> list[Finding] | None:
-    if kind == "dicom":
-        ds = read_header(path)
-        if ds is None:
-            return None
-        try:
-            return check_dataset(ds, label)
-        except Exception:  # an element that cannot be decoded: not known to be clean
-            return [Finding(label, "header", "unchecked")]
-    found = nifti_findings(path) if kind == "nifti" else image_findings(path)
-    return None if found is None else [Finding(label, field, category) for field, category in found]
-
-
-def check_folder(folder: Path, *, examples: int = 20) -> GateReport:
-    """Check every file the MRI loaders would read in a site folder: its path, its DICOM header or its
-    NIfTI / image metadata."""
-    folder = Path(folder)
-    report = GateReport(folder)
-    files = list_site_files(folder)
-    kinds = {p: "dicom" for p in files.dicom} | {p: "nifti" for p in files.nifti}
-    kinds |= {p: "image" for p in files.images}
-    for number, path in enumerate(sorted(kinds), start=1):
-        rel = path.relative_to(folder)
-        flagged = path_rules(rel)
-        label = file_label(rel, number, flagged)
-        findings = [Finding(label, f"path component {n}", f"path-{rule}") for n, rule in flagged]
-        content = _content(path, kinds[path], label)
-        if content is None and kinds[path] == "dicom":
-            report.not_dicom += 1
-        if content is not None or findings:
-            report.files_checked += 1
-        findings += content or []
-        if findings:
-            report.flagged.append(label)
-            report.counts.update(f.category for f in findings)
-            report.examples.extend(findings[: max(0, examples - len(report.examples))])
-    return report
-
-
-def enforce(report: GateReport, mode: str, site: str) -> None:
-    """Block (raise PhiGateError) or warn (log, examples stay local) when the report found PHI."""
-    if mode not in GATE_MODES:
-        raise ValueError(f"phi-gate must be one of {GATE_MODES}, got {mode!r}")
-    if report.passed:
-        return
-    if mode == "block":
-        raise PhiGateError(report)
-    for line in report.problems():
-        log.warning("site %s: PHI gate (warn): %s", site, line)
-
-
-def gate_site(folder: Path, mode: str, site: str) -> GateReport:
-    """Check a site folder and apply the policy's mode; the report (counts) for the site's data report."""
-    report = check_folder(folder)
-    enforce(report, mode, site)
-    return report

@@ -7,8 +7,8 @@ import math
 from html import escape
 from typing import Any
 
-from server.report_data import RunData, confidence_interval, failures, metric_keys, number
-from server.report_plots import ReportFigure
+from server.report.data import RunData, confidence_interval, failures, metric_keys, number
+from server.report.plots import ReportFigure
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1180px;

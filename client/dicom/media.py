@@ -1,7 +1,7 @@
 """PHI in the metadata of NIfTI volumes and PNG / JPEG / TIFF images (the text the pixels come with).
 
 - NIfTI: the header's text fields `descrip`, `aux_file`, `intent_name` and (NIfTI-1) `db_name` are checked
-  with the text rules of `client/phi_text.py` (category `date`, `name` or `id` by rule); any header
+  with the text rules of `client/dicom/text_rules.py` (category `date`, `name` or `id` by rule); any header
   extension is a finding (`nifti-extension`): extensions are opaque blobs, converters put whole DICOM
   headers or free-text comments in them.
 - Images: every text value PIL reads (PNG tEXt / iTXt / zTXt chunks, JPEG comments and other `info`
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from client.phi_text import text_rules
+from client.dicom.text_rules import text_rules
 
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 RULE_CATEGORY = {"date": "date", "person-name": "name", "long-number": "id"}

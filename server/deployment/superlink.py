@@ -3,8 +3,8 @@
 Everything goes through Flower's own programs (`flower-superlink`, `flwr`), with a Flower CLI home
 (`FLWR_HOME`) that holds only the federation's profile, written afresh from the provisioned folder.
 `flwr` with `--format json` exits 0 even when it fails, so every answer's "success" is checked.
-The SuperLink listens on 127.0.0.1 only; the public address is nginx's (server/proxy.py), which serves
-the Control API only to the operator's client certificate. Launching runs is in server/launch.py.
+The SuperLink listens on 127.0.0.1 only; the public address is nginx's (proxy.py), which serves
+the Control API only to the operator's client certificate. Launching runs is in launch.py.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from common.errors import ConfigError, FedwardError
 from common.tls_probe import tls_handshake
 from common.tomlfile import read_toml
-from server import proxy
-from server.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
+from server.deployment import proxy
+from server.deployment.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
 
 ALREADY_REGISTERED = "Public key already in use"
 """What the SuperLink answers (error code 23) when a key is registered a second time."""
@@ -41,7 +41,7 @@ ALREADY_REGISTERED = "Public key already in use"
 
 @dataclass(frozen=True)
 class CoordinatorFiles:
-    """The coordinator's side of a provisioned federation folder (see server/provision.py)."""
+    """The coordinator's side of a provisioned federation folder (see server/deployment/provision.py)."""
 
     root: Path
     name: str
