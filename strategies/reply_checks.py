@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from flwr.app import Message, MetricRecord
 
+from common.algorithms.registry import site_hook
 from common.config import RunConfig
 from common.dp_release import release_entry
 from common.errors import PrivacyError
@@ -170,7 +171,7 @@ def site_limits(
     no SCAFFOLD correction, no FedBN local layers); other runs get 0 (no per-site bound)."""
     tolerance = config.examples_tolerance
     norm = 0.0
-    if config.dp and config.optimizer == "sgd" and config.strategy not in ("scaffold", "fedbn"):
+    if config.dp and config.optimizer == "sgd" and site_hook(config.strategy).plain_update:
         slack = COUNT_SIGMAS * count_noise_std
         most = max(count + slack, 1.0)  # the site's true patient count is at most this...
         least = max(count - slack, 1.0)  # ...and at least this

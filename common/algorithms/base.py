@@ -36,6 +36,8 @@ class TrainedRound:
 class SiteHook:
     """The site half of a strategy. Subclasses override what their algorithm needs."""
 
+    plain_update: bool = True  # plain DP-SGD from the global model: the server's norm bound holds
+
     def model_state(
         self, global_state: Mapping[str, torch.Tensor], shared: ConfigRecord, state: RecordDict
     ) -> Mapping[str, torch.Tensor]:

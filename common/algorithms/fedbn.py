@@ -72,6 +72,8 @@ def keep_norm_layers(model: nn.Module, shared: ConfigRecord, state: RecordDict) 
 class FedBNSite(SiteHook):
     """The site half: its own normalisation layers over the global model, kept after each round."""
 
+    plain_update = False  # local layers are not the global model's
+
     def model_state(
         self, global_state: Mapping[str, torch.Tensor], shared: ConfigRecord, state: RecordDict
     ) -> Mapping[str, torch.Tensor]:

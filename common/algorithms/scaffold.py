@@ -73,6 +73,8 @@ def stepped_control(
 class ScaffoldSite(SiteHook):
     """The site half: the correction c - c_i while training, then c_i⁺ kept and Δc_i sent."""
 
+    plain_update = False  # a correction term moves the update
+
     @staticmethod
     def _controls(
         content: RecordDict, state: RecordDict
