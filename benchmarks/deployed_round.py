@@ -51,11 +51,8 @@ from common.data.ckd_schema import NUM_FEATURES
 scaling = {"feature-mean": [0.0] * NUM_FEATURES, "feature-std": [1.0] * NUM_FEATURES}
 train_set, _ = task.datasets(site, scaling)
 model = task.build_model(config)
-dp = None
-if plan is not None:
-    import dataclasses
-    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier)
-train_model(model, train_set, task.loss, config.local_training(1, 0), dp)
+dp = config.privacy if plan is not None else None
+train_model(model, train_set, task.loss, config.local_training(1, 0), dp, mechanism=plan)
 t4 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "data-load": t2 - t1, "calibration": t3 - t2, "training": t4 - t3}))
 """

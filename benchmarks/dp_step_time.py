@@ -21,7 +21,7 @@ from common.config import RunConfig
 from common.device import pick_device
 from common.models import build_tabular_model
 from common.privacy import DPConfig
-from common.training import LocalTraining, train_model
+from common.training import LocalTraining, local_mechanism, train_model
 
 
 def time_epochs(model_name: str, device: torch.device, dp: bool, n: int, batch: int, repeats: int) -> dict:
@@ -37,7 +37,9 @@ def time_epochs(model_name: str, device: torch.device, dp: bool, n: int, batch: 
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         local = LocalTraining(batch_size=batch, seed=rep)
-        out = train_model(model, data, torch.nn.functional.cross_entropy, local, privacy, device=device)
+        mechanism = local_mechanism(privacy, n, local)
+        loss = torch.nn.functional.cross_entropy
+        out = train_model(model, data, loss, local, privacy, mechanism=mechanism, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if rep:  # first epoch is warm-up

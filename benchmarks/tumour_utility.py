@@ -52,7 +52,7 @@ from common.config import RunConfig
 from common.imaging_models import build_classifier, build_segmenter
 from common.privacy import DPConfig
 from common.tasks import get_task
-from common.training import LocalTraining, make_optimizer, train_model
+from common.training import LocalTraining, local_mechanism, make_optimizer, train_model
 
 METRICS = {"tumour": ("accuracy", "roc-auc"), "tumour-seg": ("dice", "dice-voxels", "hd95")}
 # target: (metric, federated no-DP ≥ 0.99 × pooled, federated DP ε = 3 ≥ 0.95 × pooled)
@@ -280,7 +280,17 @@ def time_model(name: str, spec: dict[str, Any], batch: int, args: argparse.Names
     errors: dict[str, str] = {}
     runners: dict[str, Callable[[nn.Module, LocalTraining], int]] = {
         "non-dp": lambda m, local: train_model(m, data, spec["loss"], local, None, device=device).steps,
-        "hooks": lambda m, local: train_model(m, data, spec["loss"], local, private, device=device).steps,
+        "hooks": lambda m, local: (
+            train_model(
+                m,
+                data,
+                spec["loss"],
+                local,
+                private,
+                mechanism=local_mechanism(private, n, local),
+                device=device,
+            ).steps
+        ),
         "ghost": lambda m, local: variant_epoch(m, data, spec["criterion"](), local, "ghost", device),
         "functorch": lambda m, local: variant_epoch(m, data, spec["criterion"](), local, "functorch", device),
     }

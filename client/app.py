@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch.utils.data import Dataset
 
-from client.budget import RoundPlan, SiteBudget, SitePrivacy
+from client.budget import SiteBudget, SitePrivacy
 from client.mods import safe_errors_mod
 from client.policy import min_cell_count
 from client.run_state import SiteRunState
@@ -34,7 +34,7 @@ from common.device import pick_device
 from common.disclosure import release_evaluation
 from common.dp_release import release_entry
 from common.errors import PrivacyError
-from common.privacy import PrivacyHistory
+from common.privacy import Mechanism, PrivacyHistory
 from common.tasks import SiteData, SiteSource, Task, get_task
 from common.training import TrainOutcome, train_model
 from common.transfer import encode_reply
@@ -188,13 +188,13 @@ def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Traini
         train_set = view(train_set, model)
     local = config.local_training(how.number, source.partition_index)
     local = dataclasses.replace(local, epochs=local.epochs * how.rounds)
-    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
     outcome = train_model(
         model,
         train_set,
         task.loss,
         local,
-        dp,
+        config.privacy if plan else None,
+        mechanism=plan,
         device=pick_device(config.device),
         proximal_mu=how.proximal_mu,
         correction=how.hook.correction(msg.content, context.state, start),
@@ -212,7 +212,7 @@ def _account(
     context: Context,
     budget: SiteBudget,
     history: PrivacyHistory,
-    plan: RoundPlan | None,
+    plan: Mechanism | None,
     outcome: TrainOutcome,
     config: RunConfig,
 ) -> dict[str, float]:
@@ -257,7 +257,7 @@ def _released_count(context: Context, budget: SiteBudget) -> int | None:
     return kept_count(budget)
 
 
-def _no_count(context: Context, budget: SiteBudget, plan: RoundPlan | None) -> str | None:
+def _no_count(context: Context, budget: SiteBudget, plan: Mechanism | None) -> str | None:
     """Why a private round cannot start: no noisy count to send as num-examples."""
     if plan is None or _released_count(context, budget) is not None:
         return None

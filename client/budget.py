@@ -3,8 +3,6 @@ and reserve its steps *before* any training step (one transaction), settle what 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +14,7 @@ from client.ledger import PrivacyLedger, dataset_identity, keyed_fingerprint
 from client.policy import SitePolicy, check_round, load_policy, resolve_ledger_dir
 from common.config import RunConfig
 from common.errors import PrivacyError
-from common.privacy import Entry, PrivacyHistory, resolve_delta, resolve_noise_multiplier
-from common.training import steps_per_epoch
+from common.privacy import Mechanism, PrivacyHistory, plan_mechanism, resolve_delta
 
 if TYPE_CHECKING:
     from common.tasks.base import SiteData
@@ -28,21 +25,6 @@ CALIBRATION_STATE = "dp-calibration"
 site (it is sent with every update) and a deterministic function of those inputs, not randomness, so a
 later message (a fresh ClientApp process in deployment, or a resumed run: client/run_state.py) reuses it
 instead of re-running seconds of accountant bisection."""
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """The DP-SGD mechanism one round will run: σ, Poisson rate q, steps, δ."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    delta: float
-
-    @property
-    def entries(self) -> list[tuple[float, float, int]]:
-        """As accountant history entries."""
-        return [(self.noise_multiplier, self.sample_rate, self.steps)]
 
 
 @dataclass(frozen=True)
@@ -64,22 +46,6 @@ class SitePrivacy:
         if self.policy_file is not None and policy is not None:
             return resolve_ledger_dir(policy, self.policy_file)
         return self.state_dir
-
-
-def calibration_key(
-    config: RunConfig, delta: float, sample_rate: float, planned_steps: int, spent: tuple[Entry, ...]
-) -> str:
-    """Hash of everything the calibrated σ depends on: target ε, δ, q, planned steps, accountant and
-    the run's earlier releases."""
-    inputs = {
-        "target-epsilon": float(config.dp_target_epsilon),
-        "delta": float(delta),
-        "sample-rate": float(sample_rate),
-        "planned-steps": int(planned_steps),
-        "accountant": config.dp_accountant,
-        "spent": [[float(s), float(q), int(n)] for s, q, n in spent],
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 class SiteBudget:
@@ -105,31 +71,33 @@ class SiteBudget:
         num_train: int,
         spent: tuple[tuple[float, float, int], ...] = (),
         state: RecordDict | None = None,
-    ) -> RoundPlan | None:
+    ) -> Mechanism | None:
         """The round's mechanism (None without DP). The site's δ is its policy's when it has one. σ is
         calibrated so that the run's target ε covers its planned steps after the run's earlier releases
         `spent` (the statistics, when this run drew them); with the run's `state` (`context.state`), a σ
         calibrated earlier from the same inputs is reused and a new one is kept there."""
         if not config.dp:
             return None
-        per_epoch = steps_per_epoch(num_train, config.batch_size)
         delta = self.policy.delta if self.policy else resolve_delta(config.dp_delta, num_train)
-        planned = config.num_server_rounds * config.local_epochs * per_epoch
-        key = calibration_key(config, delta, 1.0 / per_epoch, planned, spent)
-        calibrated = state if state is not None and config.dp_noise_multiplier <= 0 else None
-        known = calibrated.config_records.get(CALIBRATION_STATE) if calibrated is not None else None
-        if known is not None and key in known:
-            sigma = float(known[key])  # type: ignore[arg-type]
-        else:
-            sigma = resolve_noise_multiplier(
-                config.privacy, delta=delta, sample_rate=1.0 / per_epoch, planned_steps=planned, spent=spent
-            )
-            if calibrated is not None:
-                calibrated[CALIBRATION_STATE] = ConfigRecord({key: sigma})  # the current inputs' σ only
-        return RoundPlan(sigma, 1.0 / per_epoch, config.local_epochs * per_epoch, delta)
+        record = state.config_records.get(CALIBRATION_STATE) if state is not None else None
+        known = {k: float(v) for k, v in record.items()} if record is not None else {}  # type: ignore[arg-type]
+        calibrated = dict(known)
+        mechanism = plan_mechanism(
+            config.privacy,
+            num_examples=num_train,
+            batch_size=config.batch_size,
+            epochs=config.local_epochs,
+            delta=delta,
+            planned_rounds=config.num_server_rounds,
+            spent=spent,
+            calibrated=calibrated,
+        )
+        if state is not None and calibrated != known:
+            state[CALIBRATION_STATE] = ConfigRecord(calibrated)  # the current inputs' σ only
+        return mechanism
 
     def refusal(
-        self, config: RunConfig, plan: RoundPlan | None, num_train: int, run_history: PrivacyHistory
+        self, config: RunConfig, plan: Mechanism | None, num_train: int, run_history: PrivacyHistory
     ) -> str | None:
         """Why this round must not run, or None; reserves nothing (for baselines without a ledger:
         a site's rounds go through `reserve`)."""
@@ -144,7 +112,7 @@ class SiteBudget:
     def reserve(
         self,
         config: RunConfig,
-        plan: RoundPlan | None,
+        plan: Mechanism | None,
         num_train: int,
         run_history: PrivacyHistory,
         run_id: str,
@@ -204,7 +172,7 @@ class SiteBudget:
             return self.ledger.history(self.fingerprint, self._keys, delta, accountant)
         return run_history
 
-    def _rules(self, config: RunConfig, plan: RoundPlan, num_train: int):
+    def _rules(self, config: RunConfig, plan: Mechanism, num_train: int):
         """check_round of the site policy for this round, as a function of the projected lifetime ε."""
         policy = self.policy
         assert policy is not None

@@ -10,9 +10,11 @@ depends on the total number of steps, so adding a round to an earlier result wou
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -78,6 +80,76 @@ def resolve_noise_multiplier(
     if not spent:
         return _calibrate(config.target_epsilon, delta, sample_rate, steps, config.accountant)
     return _calibrate_after(config.target_epsilon, delta, sample_rate, steps, config.accountant, tuple(spent))
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch; private training takes exactly this many at rate 1 / steps."""
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The DP-SGD mechanism a round runs, decided once (`plan_mechanism`) and passed down as is:
+    σ, Poisson rate q, steps, δ."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+
+    @property
+    def entries(self) -> list[Entry]:
+        """As accountant history entries."""
+        return [(self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def calibration_key(
+    config: DPConfig, delta: float, sample_rate: float, planned_steps: int, spent: tuple[Entry, ...]
+) -> str:
+    """Hash of everything a calibrated σ depends on: target ε, δ, q, planned steps, accountant and
+    the run's earlier releases."""
+    inputs = {
+        "target-epsilon": float(config.target_epsilon),
+        "delta": float(delta),
+        "sample-rate": float(sample_rate),
+        "planned-steps": int(planned_steps),
+        "accountant": config.accountant,
+        "spent": [[float(s), float(q), int(n)] for s, q, n in spent],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def plan_mechanism(
+    config: DPConfig,
+    *,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    delta: float,
+    planned_rounds: int = 1,
+    spent: tuple[Entry, ...] = (),
+    calibrated: MutableMapping[str, float] | None = None,
+) -> Mechanism:
+    """The one place σ and q are decided: Poisson rate 1 / (steps per epoch), `epochs` epochs of steps,
+    σ given or calibrated (`resolve_noise_multiplier`) over `planned_rounds` such rounds after `spent`.
+
+    `calibrated` ({`calibration_key`: σ}) reuses a σ calibrated earlier from the same inputs and is left
+    holding the current inputs' σ only (unused when σ is given)."""
+    per_epoch = steps_per_epoch(num_examples, batch_size)
+    q = 1.0 / per_epoch
+    planned = planned_rounds * epochs * per_epoch
+    key = calibration_key(config, delta, q, planned, spent)
+    known = calibrated.get(key) if calibrated is not None and config.noise_multiplier <= 0 else None
+    if known is not None:
+        sigma = float(known)
+    else:
+        sigma = resolve_noise_multiplier(
+            config, delta=delta, sample_rate=q, planned_steps=planned, spent=spent
+        )
+        if calibrated is not None and config.noise_multiplier <= 0:
+            calibrated.clear()
+            calibrated[key] = sigma
+    return Mechanism(sigma, q, epochs * per_epoch, delta)
 
 
 @lru_cache(maxsize=64)

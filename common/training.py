@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.errors import PrivacyError
 from common.local_training import OPTIMIZERS, LocalTraining
-from common.privacy import DPConfig, resolve_noise_multiplier
+from common.privacy import DPConfig, Mechanism, plan_mechanism, steps_per_epoch
 
 # Opacus' per-sample hooks fire on inputs that need no gradient; harmless and noisy.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -41,11 +42,6 @@ def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimi
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Optimiser steps in one epoch; private training takes exactly this many at rate 1 / steps."""
-    return max(1, math.ceil(num_examples / batch_size))
-
-
 def privacy_generator(device: torch.device | str, seed: int | None = None) -> torch.Generator:
     """A generator for DP noise or Poisson sampling: 64 fresh bits of OS entropy, never stored.
 
@@ -67,6 +63,28 @@ def poisson_loader(dataset: Dataset, steps: int, generator: torch.Generator) -> 
     return loader
 
 
+def local_mechanism(
+    dp: DPConfig | None,
+    num_examples: int,
+    local: LocalTraining,
+    *,
+    delta: float = 0.0,
+    planned_rounds: int = 1,
+) -> Mechanism | None:
+    """`plan_mechanism` for `local`'s batch size and epochs (None without DP), for callers without a site
+    budget (baselines, benchmarks, tests); a site plans in client/budget.py."""
+    if dp is None or not dp.enabled:
+        return None
+    return plan_mechanism(
+        dp,
+        num_examples=num_examples,
+        batch_size=local.batch_size,
+        epochs=local.epochs,
+        delta=delta,
+        planned_rounds=planned_rounds,
+    )
+
+
 def train_model(
     model: nn.Module,
     dataset: Dataset,
@@ -74,17 +92,17 @@ def train_model(
     local: LocalTraining,
     dp: DPConfig | None,
     *,
-    delta: float = 0.0,
-    planned_rounds: int = 1,
+    mechanism: Mechanism | None = None,
     device: torch.device | str = "cpu",
     proximal_mu: float = 0.0,
     correction: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainOutcome:
     """Train `model` in place on `dataset` for `local.epochs` epochs.
 
-    With `dp` enabled, Opacus DP-SGD with Poisson sampling: σ is `dp.noise_multiplier`, or derived
-    from `dp.target_epsilon` at `delta` over `planned_rounds` rounds of this size. The returned
-    `privacy_steps` is the accountant's history of the steps really taken.
+    With `dp` enabled, Opacus DP-SGD (clipping at `dp.max_grad_norm`, `dp.accountant`) runs the planned
+    `mechanism` as given: its σ, its Poisson rate q and its steps (`common.privacy.plan_mechanism`
+    decides them; nothing is re-resolved here). The returned `privacy_steps` is the accountant's history
+    of the steps really taken.
 
     `proximal_mu` > 0 adds FedProx's μ/2·||w - w_start||² to the objective (w_start: the weights the
     model has on entry, i.e. the global model); `correction` (parameter name → tensor) adds SCAFFOLD's
@@ -101,10 +119,9 @@ def train_model(
     engine = None
     train_module = model
     if private:
-        per_epoch = steps_per_epoch(n, local.batch_size)
-        q = 1.0 / per_epoch
-        planned = planned_rounds * local.epochs * per_epoch
-        sigma = resolve_noise_multiplier(dp, delta=delta, sample_rate=q, planned_steps=planned)
+        per_epoch = _planned_steps_per_epoch(mechanism, n, local)
+        assert dp is not None and mechanism is not None
+        sigma, q = mechanism.noise_multiplier, mechanism.sample_rate
         seeds = (local.seed, local.seed + 1) if local.seeded_noise else (None, None)
         loader = poisson_loader(dataset, per_epoch, privacy_generator("cpu", seeds[0]))
         from opacus import PrivacyEngine  # Opacus loads in ~2.5 s: only for private training
@@ -155,6 +172,23 @@ def train_model(
         sample_rate=q,
         privacy_steps=history,
     )
+
+
+def _planned_steps_per_epoch(mechanism: Mechanism | None, n: int, local: LocalTraining) -> int:
+    """The loader's steps per epoch, checked against the plan: the steps taken and accounted must be the
+    steps (and q) the budget reserved."""
+    if mechanism is None:
+        raise PrivacyError("private training needs its planned mechanism (common.privacy.plan_mechanism)")
+    per_epoch = steps_per_epoch(n, local.batch_size)
+    if mechanism.steps != local.epochs * per_epoch or not math.isclose(
+        mechanism.sample_rate, 1.0 / per_epoch
+    ):
+        raise PrivacyError(
+            f"the planned mechanism ({mechanism.steps} steps at q = {mechanism.sample_rate:.4g}) does not "
+            f"match the loader: {local.epochs} epoch(s) of {per_epoch} steps at q = {1.0 / per_epoch:.4g} "
+            f"for {n} examples at batch size {local.batch_size}"
+        )
+    return per_epoch
 
 
 def _param_device(params: Mapping[str, nn.Parameter], fallback: torch.device | str) -> torch.device:

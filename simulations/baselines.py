@@ -18,7 +18,6 @@ Hostile, dropout and straggler settings do not apply: baselines train on every s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -150,7 +149,7 @@ def _train_rounds(
     """`rounds` calls of the shared training loop, as a site runs them, under `budget`'s DP and policy."""
     n = len(train)  # type: ignore[arg-type]
     plan = budget.plan(config, n)
-    dp = dataclasses.replace(config.privacy, noise_multiplier=plan.noise_multiplier) if plan else None
+    dp = config.privacy if plan else None
     history, steps, refused = PrivacyHistory(), 0, None
     for server_round in range(1, config.num_server_rounds + 1):
         reason = budget.refusal(config, plan, n, history)
@@ -158,7 +157,7 @@ def _train_rounds(
             refused = f"round {server_round}: {reason}"
             break
         local = config.local_training(server_round, site_index)
-        outcome = train_model(model, train, task.loss, local, dp, device=device)
+        outcome = train_model(model, train, task.loss, local, dp, mechanism=plan, device=device)
         history.extend(outcome.privacy_steps)
         steps += outcome.steps
     model.to("cpu")

@@ -16,7 +16,7 @@ from common.data.split import split_by_patient
 from common.metrics import multiclass_metrics, pool_multiclass
 from common.privacy import DPConfig
 from common.tasks import SiteSource, get_task
-from common.training import LocalTraining, train_model
+from common.training import LocalTraining, local_mechanism, train_model
 
 
 def _config(task: str, **extra) -> RunConfig:
@@ -66,7 +66,9 @@ def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
     assert ModuleValidator.validate(net, strict=False) == []
     before = [p.detach().clone() for p in net.parameters()]
     local = LocalTraining(epochs=1, batch_size=len(train_set), lr=0.01, optimizer="adam")
-    out = train_model(net, train_set, t.loss, local, DPConfig(noise_multiplier=1.0), delta=1e-3)
+    dp = DPConfig(noise_multiplier=1.0)
+    mechanism = local_mechanism(dp, len(train_set), local, delta=1e-3)
+    out = train_model(net, train_set, t.loss, local, dp, mechanism=mechanism)
     assert out.steps == 1 and out.privacy_steps == [(1.0, 1.0, 1)]
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
     metrics = t.evaluate(net, test_set, torch.device("cpu"))
@@ -92,7 +94,9 @@ def test_private_unet_survives_empty_poisson_batches(root, monkeypatch: pytest.M
         training, "_empty_per_sample_gradients", lambda p: empty_batches.append(noise_only(p))
     )
 
-    out = train_model(net, train_set, t.loss, local, DPConfig(noise_multiplier=1.0), delta=1e-3)
+    dp = DPConfig(noise_multiplier=1.0)
+    mechanism = local_mechanism(dp, len(train_set), local, delta=1e-3)
+    out = train_model(net, train_set, t.loss, local, dp, mechanism=mechanism)
 
     n = len(train_set)
     assert empty_batches  # q = 1/n over 3n steps: empty batches happen (seeded)

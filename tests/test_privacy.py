@@ -17,6 +17,7 @@ from common.errors import PrivacyError
 from common.models import LogisticRegression
 from common.privacy import (
     DPConfig,
+    Mechanism,
     PrivacyHistory,
     compose_epsilon,
     composition_cache_info,
@@ -24,7 +25,7 @@ from common.privacy import (
     resolve_delta,
 )
 from common.tasks.base import SiteData
-from common.training import LocalTraining, train_model
+from common.training import LocalTraining, local_mechanism, train_model
 
 
 def _data(n: int = 64) -> TensorDataset:
@@ -43,8 +44,9 @@ def test_epsilon_grows_per_round_and_equals_the_accountant() -> None:
             model,
             _data(),
             torch.nn.functional.cross_entropy,
-            LocalTraining(epochs=2, batch_size=16, seed=rnd),
+            local := LocalTraining(epochs=2, batch_size=16, seed=rnd),
             dp,
+            mechanism=local_mechanism(dp, 64, local),
         )
         assert out.steps == 8  # 2 epochs x 64/16 batches
         history.extend(out.privacy_steps)
@@ -75,10 +77,9 @@ def test_noise_from_target_epsilon_spends_the_target_over_the_planned_rounds() -
             LogisticRegression(5),
             _data(),
             torch.nn.functional.cross_entropy,
-            LocalTraining(batch_size=16, seed=rnd),
+            local := LocalTraining(batch_size=16, seed=rnd),
             dp,
-            delta=delta,
-            planned_rounds=rounds,
+            mechanism=local_mechanism(dp, 64, local, delta=delta, planned_rounds=rounds),
         )
         history.extend(out.privacy_steps)
     spent = history.epsilon(delta, "rdp")
@@ -151,3 +152,23 @@ def test_memoised_step_rdp_gives_opacus_own_values() -> None:
     expected = np.array([rdp._compute_rdp(0.2, 1.3, order) for order in orders]) * 17
     for _ in range(2):  # computed, then from the memo
         assert np.array_equal(rdp.compute_rdp(q=0.2, noise_multiplier=1.3, steps=17, orders=orders), expected)
+
+
+def test_training_runs_the_planned_mechanism_as_given() -> None:
+    """σ and q are decided once (plan_mechanism): train_model neither re-resolves σ from the target ε
+    nor trains a mechanism whose steps or q differ from its loader's."""
+    dp = DPConfig(target_epsilon=2.0, accountant="rdp")  # no σ: only the plan carries one
+    local = LocalTraining(epochs=2, batch_size=16)
+    planned = Mechanism(2.5, 0.25, 8, 1e-3)
+    out = train_model(
+        LogisticRegression(5), _data(), torch.nn.functional.cross_entropy, local, dp, mechanism=planned
+    )
+    assert out.noise_multiplier == 2.5 and out.sample_rate == 0.25
+    assert out.privacy_steps == [(2.5, 0.25, 8)]
+
+    model = LogisticRegression(5)
+    before = [p.detach().clone() for p in model.parameters()]
+    for wrong in (Mechanism(2.5, 0.5, 4, 1e-3), Mechanism(2.5, 0.25, 4, 1e-3), None):  # planned for n = 32
+        with pytest.raises(PrivacyError, match="planned mechanism"):
+            train_model(model, _data(), torch.nn.functional.cross_entropy, local, dp, mechanism=wrong)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # no step taken

@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 from common.config import RunConfig
 from common.models import build_tabular_model
 from common.privacy import DPConfig
-from common.training import LocalTraining, train_model
+from common.training import LocalTraining, local_mechanism, train_model
 
 N, FEATURES, LR, SIGMA, CLIP = 32, 24, 1.0, 1.0, 1.0
 
@@ -41,7 +41,9 @@ def _noisy_sum(dataset: TensorDataset, local: LocalTraining, sigma: float) -> to
     model = _model()
     start = _flat(model)
     dp = DPConfig(noise_multiplier=sigma, max_grad_norm=CLIP)
-    train_model(model, dataset, F.cross_entropy, local, dp, delta=1e-5)
+    train_model(
+        model, dataset, F.cross_entropy, local, dp, mechanism=local_mechanism(dp, N, local, delta=1e-5)
+    )
     return (start - _flat(model)) * N / LR  # Opacus divides by the expected batch size q·n = n
 
 

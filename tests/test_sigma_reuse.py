@@ -7,11 +7,12 @@ from pathlib import Path
 
 from flwr.app import RecordDict
 
-from client.budget import CALIBRATION_STATE, SiteBudget, SitePrivacy, calibration_key
+from client.budget import CALIBRATION_STATE, SiteBudget, SitePrivacy
 from client.run_state import SiteRunState
 from common import privacy
 from common.config import RunConfig
 from common.dp_release import release_entry
+from common.privacy import calibration_key
 
 SPENT = (release_entry(6.0),)  # the run drew its statistics release: σ is calibrated after it
 
@@ -66,4 +67,6 @@ def test_every_input_of_the_calibration_is_part_of_its_key() -> None:
         assert budget.plan(config, n, spent=spent, state=reuse) == fresh, what
         assert fresh != base, what
     prv = RunConfig(**{**_config(3.0).model_dump(), "dp_accountant": "prv"})  # (PRV's bisection: seconds)
-    assert calibration_key(prv, 1e-3, 0.1, 30, SPENT) != calibration_key(_config(3.0), 1e-3, 0.1, 30, SPENT)
+    assert calibration_key(prv.privacy, 1e-3, 0.1, 30, SPENT) != calibration_key(
+        _config(3.0).privacy, 1e-3, 0.1, 30, SPENT
+    )

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.privacy import DPConfig
-from common.training import LocalTraining, train_model
+from common.training import LocalTraining, local_mechanism, train_model
 
 LOCAL = LocalTraining(epochs=2, batch_size=8, lr=0.3, seed=5)
 
@@ -77,7 +77,9 @@ def test_fedprox_term_acts_under_opacus() -> None:
     moved = {}
     for mu in (0.0, 5.0):
         model = _model()
-        out = train_model(model, _data(), F.cross_entropy, LOCAL, dp, proximal_mu=mu)
+        data = _data()
+        mechanism = local_mechanism(dp, len(data), LOCAL)
+        out = train_model(model, data, F.cross_entropy, LOCAL, dp, mechanism=mechanism, proximal_mu=mu)
         assert out.noise_multiplier == 0.5 and out.privacy_steps
         moved[mu] = float((_flat(model) - start).norm())
     assert moved[5.0] < 0.6 * moved[0.0]
