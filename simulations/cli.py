@@ -422,28 +422,25 @@ def print_summary(run_dir: Path) -> None:
         raise typer.Exit(
             _fail(f"the run ended without {run_dir / SUMMARY_FILE}; see {run_dir / 'flower.log'}")
         )
-    table = Table(title=f"{summary['task']} · {summary['strategy']} · {summary['rounds-completed']} rounds")
-    columns = task_spec(summary["task"]).columns
-    for col in ("site", "n test", *columns, "ε"):
-        table.add_column(col, justify="right" if col != "site" else "left")
+    from server.report.cli import fitted_tables  # the report's layout: no cell cut at 80 columns
+
+    title = f"{summary['task']} · {summary['strategy']} · {summary['rounds-completed']} rounds"
+    metrics = task_spec(summary["task"]).columns
 
     def cell(value) -> str:
         return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
-    for site, info in summary["sites"].items():
-        ev = info.get("evaluate") or {}
-        eps = info.get("epsilon")
-        table.add_row(
-            site, "–" if ev.get("num-examples") is None else f"{int(ev['num-examples'])}",  # null: suppressed
-            *(cell(ev.get(k)) for k in columns),
-            "∞" if not summary["dp"] else cell(eps),
-        )  # fmt: skip
-    ov = summary["overall"]
-    table.add_row(
-        "[bold]overall", f"{int(ov.get('num-examples', 0))}",
-        *(cell(ov.get(k)) for k in columns), "",
-    )  # fmt: skip
-    console.print(table)
+    sites = list(summary["sites"].items())
+    evaluations = [info.get("evaluate") or {} for _, info in sites] + [summary["overall"]]
+    counts = [
+        "–" if ev.get("num-examples") is None else f"{int(ev['num-examples'])}"  # null: suppressed
+        for ev in evaluations
+    ]
+    epsilon = ["∞" if not summary["dp"] else cell(info.get("epsilon")) for _, info in sites] + [""]
+    columns = [("n test", counts), ("ε", epsilon)]
+    columns += [(key, [cell(ev.get(key)) for ev in evaluations]) for key in metrics]
+    for table in fitted_tables(title, [site for site, _ in sites] + ["overall"], columns, console):
+        console.print(table)
     console.print(f"wall time {summary['wall-seconds']:.1f} s · run directory {run_dir}")
 
 
