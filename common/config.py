@@ -71,6 +71,9 @@ class RunConfig(BaseModel):
     sim_dropout: float = Field(0.0, ge=0, lt=1)
     sim_stragglers: str = ""
     sim_straggler_seconds: float = Field(0.0, ge=0)
+    # privacy audit, honoured only in simulation (`fedward sim audit`, client/audit_mod.py)
+    audit_dir: str = ""  # the audit's folder: canaries, coins, the coordinator's observations
+    audit_site: int = Field(0, ge=0)  # partition of the site that holds the canaries
     data_root: str = ""
     partition: str = "iid"
     dirichlet_alpha: float = Field(0.5, gt=0)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.audit.canaries import CanaryInjection, active_canaries
 from common.errors import PrivacyError
 from common.local_training import OPTIMIZERS, LocalTraining
 from common.privacy import DPConfig, Mechanism, plan_mechanism, steps_per_epoch
@@ -139,7 +140,10 @@ def train_model(
                 noise_generator=privacy_generator(_param_device(params, device), seeds[1]),
             )
         optimizer.secure_mode = True  # Opacus' noise robust to floating-point attacks (sum of 4 draws)
+        if (canaries := active_canaries.get()) is not None:
+            _inject_before_noise(optimizer, params, canaries, q)
     else:  # no privacy claim: reproducible from the run seed
+        canaries = active_canaries.get()
         torch.manual_seed(local.seed)
         generator = torch.Generator().manual_seed(local.seed)
         loader = DataLoader(dataset, batch_size=local.batch_size, shuffle=True, generator=generator)
@@ -153,6 +157,9 @@ def train_model(
                 loss = loss_fn(train_module(xb), yb)
                 loss.backward()
                 losses.append(float(loss.detach()))
+                if not private and canaries is not None:  # audit only: a canary as one more example
+                    grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+                    canaries.step_gradient(grads, local.batch_size / max(n, 1), 1.0 / len(yb))
             else:  # Poisson sampling drew an empty batch: a noise-only step, no forward pass (layers
                 # without an Opacus grad sampler, such as ConvTranspose3d or PReLU, fail on batch 0)
                 _empty_per_sample_gradients(params)
@@ -172,6 +179,20 @@ def train_model(
         sample_rate=q,
         privacy_steps=history,
     )
+
+
+def _inject_before_noise(
+    optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter], canaries: CanaryInjection, q: float
+) -> None:
+    """Audit only (common/audit/canaries.py): the sampled canaries join each step's clipped sum, then
+    Opacus adds its noise as always."""
+    add_noise = optimizer.add_noise
+
+    def with_canaries() -> None:
+        canaries.step_gradient({k: p.summed_grad for k, p in params.items() if p.requires_grad}, q)
+        add_noise()
+
+    optimizer.add_noise = with_canaries
 
 
 def _planned_steps_per_epoch(mechanism: Mechanism | None, n: int, local: LocalTraining) -> int:

@@ -144,31 +144,11 @@ def ckd(
     """Federated CKD on the shipped UCI data: partitions, DP-SGD at each site, FedAvg."""
     run_name = name or f"ckd-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
-    data_root = run_dir / "sites"
-    prepare = SitePreparation(
-        "simulations.prepare:prepare_ckd_sites",
-        {
-            "out_dir": str(data_root), "num_sites": sites, "partition": partition.value, "alpha": alpha,
-            "test_fraction": RunConfig().test_fraction, "seed": seed, "rows_per_site": rows_per_site,
-        },
+    config, prepare = _ckd_setup(
+        run_dir, sites, rounds, seed,
+        partition=partition.value, alpha=alpha, rows_per_site=rows_per_site, fraction_train=fraction_train,
+        fraction_evaluate=fraction_evaluate, model=model, strategy=strategy, dp=not no_dp, epsilon=epsilon,
     )  # fmt: skip
-    config = RunConfig(
-        task="ckd",
-        num_server_rounds=rounds,
-        min_sites=sites,
-        fraction_train=fraction_train,
-        fraction_evaluate=fraction_evaluate,
-        seed=seed,
-        model=model,
-        strategy=strategy,
-        dp=not no_dp,
-        dp_target_epsilon=epsilon,
-        data_root=str(data_root),
-        partition=partition.value,
-        dirichlet_alpha=alpha,
-        runs_dir=str(run_dir.parent),
-        run_name=run_name,
-    )
     dp_text = "no DP" if no_dp else f"DP-SGD, ε ≤ {epsilon:g} per site"
     sampled = "" if fraction_train == 1 else f", {fraction_train:g} of them sampled per round"
     console.print(
@@ -176,6 +156,30 @@ def ckd(
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose, prepare)
     print_summary(run_dir)
+
+
+def _ckd_setup(
+    run_dir: Path, sites: int, rounds: int, seed: int, *, partition: str = "iid", alpha: float = 0.5,
+    rows_per_site: int = RESAMPLE_ROWS_PER_SITE, **settings: Any,
+) -> tuple[RunConfig, SitePreparation]:  # fmt: skip
+    """The run config and the sites' data preparation of a CKD simulation in `run_dir`; `settings`:
+    fraction_train/_evaluate, model, strategy, dp, epsilon (as `dp_target_epsilon`) and further keys."""
+    data_root = run_dir / "sites"
+    prepare = SitePreparation(
+        "simulations.prepare:prepare_ckd_sites",
+        {
+            "out_dir": str(data_root), "num_sites": sites, "partition": partition, "alpha": alpha,
+            "test_fraction": RunConfig().test_fraction, "seed": seed, "rows_per_site": rows_per_site,
+        },
+    )  # fmt: skip
+    if "epsilon" in settings:
+        settings["dp_target_epsilon"] = settings.pop("epsilon")
+    config = RunConfig(
+        task="ckd", num_server_rounds=rounds, min_sites=sites, seed=seed, data_root=str(data_root),
+        partition=partition, dirichlet_alpha=alpha, runs_dir=str(run_dir.parent), run_name=run_dir.name,
+        **settings,
+    )  # fmt: skip
+    return config, prepare
 
 
 class PhantomFormat(StrEnum):
@@ -336,6 +340,89 @@ def sweep(
 
 
 RunDirArg = Annotated[Path, typer.Argument(help="The run directory (runs/<name>).")]
+
+
+@app.command("audit")
+def audit(
+    ctx: typer.Context,
+    sites: Annotated[int, typer.Option(min=2, help="Number of simulated hospitals.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 10,
+    epsilon: Annotated[float, typer.Option(min=0.01, help="Target ε per site over the whole run.")] = 3.0,
+    no_dp: Annotated[
+        bool, typer.Option("--no-dp", help="Control: train without DP (the audit must see the leak).")
+    ] = False,
+    seeded_noise: Annotated[
+        bool,
+        typer.Option(
+            "--seeded-noise",
+            help="Control: DP noise replayable from the run seed (research switch); a coordinator who "
+            "knows the seed removes it, and the audit must flag a leak.",
+        ),
+    ] = False,
+    canaries: Annotated[
+        int, typer.Option(min=2, help="Gradient canaries at the audited site (at most one per weight).")
+    ] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of partitions, splits and the initial model.")] = 0,
+    name: Annotated[str, typer.Option(help="Run name (default: audit-ckd-<time>).")] = "",
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
+    verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
+) -> None:
+    """Privacy audit of a federated CKD run: one site holds canaries; ε lower bounds beside the claimed ε."""
+    from simulations.audit import analyse, prepare_canaries
+
+    if no_dp and seeded_noise:
+        raise ConfigError("--no-dp and --seeded-noise are two different controls: choose one")
+    run_name = name or f"audit-ckd-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (runs_dir / run_name).resolve()
+    audit_dir = run_dir / "audit"
+    config, prepare = _ckd_setup(
+        run_dir,
+        sites,
+        rounds,
+        seed,
+        dp=not no_dp,
+        epsilon=epsilon,
+        dp_seeded_noise=seeded_noise,
+        audit_dir=str(audit_dir),
+    )
+    drawn = prepare_canaries(config, audit_dir, canaries)
+    control = "no DP (control)" if no_dp else f"DP-SGD, ε ≤ {epsilon:g}"
+    control += ", SEEDED noise (control)" if seeded_noise else ""
+    console.print(
+        f"fedward sim audit: {sites} CKD sites, {rounds} rounds, {control}; "
+        f"{drawn.count} canaries at site-{config.audit_site}"
+    )
+    _launch(ctx).run(config.to_flower(), sites, run_dir, verbose, prepare)
+    print_summary(run_dir)
+    print_audit(analyse(run_dir, audit_dir, config, sites))
+
+
+def print_audit(result: dict) -> None:
+    """The audit's table: claimed ε beside each adversary's lower bound."""
+    claimed = result["claimed"]["epsilon"]
+    table = Table(
+        title=f"Empirical privacy of {result['site']} ({result['canaries']} canaries, 95 % confidence)"
+    )
+    for column in ("adversary", "ε lower bound", "claimed ε", "correct / guesses"):
+        table.add_column(column)
+    for adversary, entry in result["adversaries"].items():
+        table.add_row(
+            adversary,
+            f"{entry['epsilon-lower-bound']:.2f}",
+            "∞ (no DP)" if claimed is None else f"{claimed:.2f}",
+            f"{entry['correct']} / {entry['guesses']}",
+        )
+    console.print(table)
+    mia = result["membership-inference"]
+    tprs = ", ".join(
+        f"TPR@{k} FPR {'n/a' if v is None else f'{v:.3f}'}" for k, v in mia["tpr-at-fpr"].items()
+    )
+    console.print(
+        f"membership inference (loss attack, final model): AUC {mia['auc']:.3f}, {tprs} "
+        f"({mia['members']} members, {mia['non-members']} non-members)"
+    )
+    if result["leak"]:
+        console.print("[bold red]LEAK: the measured lower bound exceeds the claimed ε[/]")
 
 
 @app.command("resume")

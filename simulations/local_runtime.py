@@ -80,6 +80,7 @@ def _apps(config: dict[str, Any], background: Background):
     from flwr.serverapp import ServerApp
 
     from client.app import site_app
+    from client.audit_mod import audit_mod
     from client.hostile import hostile_mod
     from client.simulated_faults import fault_mod
 
@@ -93,7 +94,9 @@ def _apps(config: dict[str, Any], background: Background):
         context.run_config = dict(config)
         coordinator_main(grid, context)
 
-    return server, site_app(with_run_config(config), fault_mod, hostile_mod)  # simulation-only mods
+    return server, site_app(
+        with_run_config(config), fault_mod, hostile_mod, audit_mod
+    )  # simulation-only mods
 
 
 def _ray_start_failed(exc: BaseException) -> bool:

@@ -161,10 +161,12 @@ def run_simulation(
     resources = resources or SimulationResources()
     run_config = {**RunConfig().to_flower(), **run_config, **(overrides or {})}
     checked = RunConfig.from_flower(run_config)  # unknown keys and bad values fail before anything starts
-    if resources.ray_address and (checked.hostile_sites or checked.sim_dropout or checked.sim_stragglers):
+    simulated = checked.hostile_sites or checked.sim_dropout or checked.sim_stragglers or checked.audit_dir
+    if resources.ray_address and simulated:
         raise ConfigError(
-            "hostile sites and simulated faults are client mods of the local simulation only; "
-            "a Ray cluster runs the app as deployed (drop hostile-sites / sim-dropout / sim-stragglers)"
+            "hostile sites, simulated faults and audits are client mods of the local simulation only; "
+            "a Ray cluster runs the app as deployed (drop hostile-sites / sim-dropout / sim-stragglers / "
+            "audit-dir)"
         )
     echo = echo or (lambda line: print(line, end="", flush=True))
     work = Path(tempfile.mkdtemp(prefix="fedward-sim-"))

@@ -17,13 +17,16 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
 from client.app import site_app
+from client.audit_mod import audit_mod
 from client.hostile import hostile_mod
 from client.simulated_faults import fault_mod
 from common.config import RunConfig
 from server.app import main as server_main
 
 FIRST_NODE = 101
-client_app = site_app(fault_mod, hostile_mod)  # as a simulation builds it (simulations/local_runtime.py)
+client_app = site_app(
+    fault_mod, hostile_mod, audit_mod
+)  # as a simulation builds it (simulations/local_runtime.py)
 
 
 class ServerCrashed(RuntimeError):
@@ -43,6 +46,7 @@ class InProcessGrid:
         run_config: dict[str, Any],
         num_sites: int,
         crash: Callable[[Message], bool] | None = None,
+        app: Callable[[Message, Context], Message] | None = None,
     ) -> None:
         self.contexts = {
             FIRST_NODE + i: Context(
@@ -55,6 +59,7 @@ class InProcessGrid:
             for i in range(num_sites)
         }
         self.crash = crash
+        self.app = app or client_app  # a test may hand its own ClientApp (extra mods)
         self.replies: list[Message] = []  # everything the sites sent, as sent (the strategy may cap weights)
         self.sent: list[Message] = []  # every instruction the server sent, in order
 
@@ -73,7 +78,7 @@ class InProcessGrid:
             received = _wire(message)
             self.sent.append(received)
             try:
-                reply = client_app(received, self.contexts[message.metadata.dst_node_id])
+                reply = self.app(received, self.contexts[message.metadata.dst_node_id])
             except Exception as exc:  # Flower turns a ClientApp exception into an error reply too
                 reply = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=received)
             self.replies.append(_wire(reply))  # a copy the strategy's in-place changes do not touch
