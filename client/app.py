@@ -24,6 +24,7 @@ from client.budget import SiteBudget, SitePrivacy
 from client.mods import safe_errors_mod
 from client.policy import min_cell_count
 from client.run_state import SiteRunState
+from client.secure_aggregation import secure_aggregation_mod
 from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
 from client.site_report import public_report
 from client.statistics_release import kept_count, release_statistics, site_delta
@@ -307,8 +308,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def site_app(*mods: Mod) -> ClientApp:
     """The site's ClientApp; `mods` run first, outside the safe-error mod (a simulation hands its run
-    config, simulated faults and hostile sites in this way; a deployed site's app has none)."""
-    built = ClientApp(mods=[*mods, safe_errors_mod])
+    config, simulated faults and hostile sites in this way; a deployed site's app has none). The
+    secure-aggregation mod runs inside the safe-error mod, and is inert without its record."""
+    built = ClientApp(mods=[*mods, safe_errors_mod, secure_aggregation_mod])
     built.query("statistics")(statistics)
     built.train()(train)
     built.train("local")(train_local)

@@ -5,7 +5,8 @@ The audited site (partition `audit-site`) reads the canaries and their secret co
 (written by simulations/audit.py before the run) and trains every federated round with them
 (common/audit/canaries.py). For each train reply, the update the coordinator sees (reply arrays as
 received, minus the global arrays sent) is kept: the audited site's in full, every other site's at the
-canary coordinates (in full too under the seeded-noise switch, whose adversary replays every site's noise). A deployed site's app has no such mod (client/app.py `app`).
+canary coordinates (in full too under the seeded-noise switch, whose adversary replays every site's
+noise). A deployed site's app has no such mod (client/app.py `app`).
 """
 
 from __future__ import annotations

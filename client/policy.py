@@ -19,6 +19,9 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
     allowed-apps = ["fedward==0.1.0"]  # optional: only these signed apps run here, as
                                  # "name==version" or "sha256:<app digest or FAB hash>"
                                  # (common/app_signature.py; client/app_gate.py)
+    secure-aggregation-min-sites = 3  # optional: with secure aggregation, the fewest sites (this one
+                                 # included) whose sum this site's update may be part of
+                                 # (client/secure_aggregation.py)
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class SitePolicy(BaseModel):
     ledger_dir: str | None = Field(None, min_length=1)
     min_cell_count: int = Field(10, ge=1)
     allowed_apps: list[Annotated[str, Field(pattern=ALLOWED_APP_ENTRY)]] | None = Field(None, min_length=1)
+    secure_aggregation_min_sites: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _clipping_range(self) -> SitePolicy:

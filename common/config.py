@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ConfigError
 from common.local_training import LocalTraining
@@ -48,6 +48,11 @@ class RunConfig(BaseModel):
     central_dp_clipping_norm: float = Field(1.0, gt=0)  # fixed C, or the initial C when adaptive
     central_dp_delta: float = Field(1e-5, gt=0, lt=1)  # refused unless < 1/number of sites
     central_dp_max_epsilon: float = Field(10.0, ge=0)  # stop before a release would pass it; 0 = no cap
+    # secure aggregation (SecAgg+, common/secure_aggregation.py): the coordinator sees only the sum
+    secure_aggregation: bool = False
+    secure_aggregation_threshold: float = Field(0.66, gt=0, le=1)  # share of a round's sites that unmask
+    secure_aggregation_clipping_range: float = Field(8.0, gt=0)  # weighted coordinates clipped to ±this
+    secure_aggregation_bits: int = Field(22, ge=2, le=30)  # quantisation levels 2^bits in the ring 2^32
     # aggregation strategy parameters (see strategies/registry.py)
     proximal_mu: float = Field(0.01, ge=0)
     server_lr: float = Field(0.0, ge=0)
@@ -117,6 +122,14 @@ class RunConfig(BaseModel):
             max_grad_norm=self.dp_max_grad_norm,
             accountant=self.dp_accountant,
         )
+
+    @model_validator(mode="after")
+    def _secure_aggregation(self) -> RunConfig:
+        if self.secure_aggregation:  # flwr and cryptography: imported only when needed (`--help` stays fast)
+            from common.secure_aggregation import check_config
+
+            check_config(self)
+        return self
 
     @field_validator("hostile_sites", "sim_stragglers", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -13,6 +14,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.config import RunConfig
 from common.errors import ConfigError, FedwardError
+from common.secure_aggregation import SecAggParameters
 from common.tasks import get_task
 from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from server.cross_site import CROSS_SITE, cross_site_matrix
@@ -21,6 +23,7 @@ from server.provenance.signing import resolve_signing_key
 from server.rounds import RoundRecorder, RunStopped
 from server.run_grid import RunGrid
 from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
+from server.secure_aggregation import SecureAggregationGrid
 from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
 from strategies.central_dp import with_central_dp
 from strategies.observed import ObservedStrategy
@@ -59,6 +62,16 @@ def _site_limits(config: RunConfig, sites: list, model: ArrayRecord) -> dict[int
         )
         for s in sites
     }
+
+
+def _round_grid(grid: Grid, config: RunConfig, sites: list, limits: dict[int, SiteLimits]) -> RunGrid:
+    """The strategy's grid: the run's sites only; with secure aggregation, every train round runs the
+    protocol, with the largest count a site may claim as the public weight unit."""
+    nodes = [s.node_id for s in sites]
+    if not config.secure_aggregation:
+        return RunGrid(grid, nodes)
+    unit = max((lim.max_examples for lim in limits.values()), default=0) or 1.0
+    return SecureAggregationGrid(grid, nodes, SecAggParameters.from_config(config), unit)
 
 
 def _central_privacy(strategy) -> dict | None:
@@ -178,7 +191,7 @@ def main(grid: Grid, context: Context) -> None:
     validated = ValidatedStrategy(
         aggregation,
         max_update_norm=config.max_update_norm,
-        norm_factor=config.update_norm_factor,
+        norm_factor=0.0 if config.secure_aggregation else config.update_norm_factor,  # no update to check
         on_reject=recorder.on_rejections,
         on_reject_evaluate=recorder.on_evaluation_rejections,
         limits=limits.get,
@@ -190,6 +203,8 @@ def main(grid: Grid, context: Context) -> None:
     seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
     limits.update(_site_limits(config, sites, initial))
+    if config.secure_aggregation:  # the server never holds one site's update: each site clips its own
+        limits.update({n: dataclasses.replace(lim, max_update_norm=0.0) for n, lim in limits.items()})
     done = 0
     if checkpoint is not None:
         done = checkpoint.server_round
@@ -217,7 +232,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         if done < config.num_server_rounds:
             result = strategy.start(
-                grid=RunGrid(grid, (s.node_id for s in sites)),  # never a left-out node
+                grid=_round_grid(grid, config, sites, limits),  # never a left-out node
                 initial_arrays=start_arrays,
                 num_rounds=config.num_server_rounds - done,
                 train_config=ConfigRecord(shared),

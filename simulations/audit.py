@@ -17,23 +17,27 @@ records against every site's held-out records.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from client.audit_mod import OBSERVED
+from client.budget import SiteBudget, SitePrivacy
 from common.audit.canaries import GradientCanaries, draw_canaries
 from common.audit.membership import attack_metrics
 from common.audit.one_run import AuditBound, audit_bound
 from common.config import RunConfig
 from common.tasks import get_task
 from common.training import predict_proba, privacy_generator
+from server.rundir import SUMMARY_FILE, RunDirectory
 
-AUDIT_FILE = "audit.json"
-DEFAULT_CANARIES = 500
+SUMMARY_KEY = "empirical-privacy"  # in summary.json
+REFERENCE_MODELS = 8  # offline LiRA's reference models
 
 
 def parameter_shapes(config: RunConfig) -> dict[str, tuple[int, ...]]:
@@ -153,28 +157,62 @@ def _bound_entry(bound: AuditBound) -> dict[str, Any]:
     }
 
 
-def membership_inference(config: RunConfig, run_dir: Path, data_root: Path, num_sites: int) -> dict:
-    """Loss attack on the final model: every site's training records (members) against every site's
-    held-out records (non-members); score = −loss."""
-    from simulations.baselines import load_sites
+def _confidence(model: torch.nn.Module, dataset: Dataset) -> np.ndarray:
+    """Each record's logit-scaled confidence in its true class, log(p / (1 − p)) (Carlini et al.)."""
+    probs, labels = predict_proba(model, dataset)
+    p = np.clip(probs[np.arange(len(labels)), labels].astype(np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def membership_inference(
+    config: RunConfig, run_dir: Path, data_root: Path, num_sites: int, references: int = REFERENCE_MODELS
+) -> dict[str, Any]:
+    """Membership inference on the final model: every site's training records (members) against every
+    site's held-out records (non-members).
+
+    Offline LiRA (Carlini et al. 2022): `references` models are trained by the same code and settings
+    on random halves of all those records; a record's score is how far the final model's confidence in it
+    lies above its confidence under the reference models that did not train on it (a Gaussian fit).
+    Without references the score is the confidence itself (a loss attack)."""
+    from simulations.baselines import initial_model, load_sites, train_rounds
 
     task = get_task(config.task)
-    model = task.build_model(config)
-    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    final = task.build_model(config)
+    final.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     preprocessing = json.loads((run_dir / "config.json").read_text())["preprocessing"]
-    members, others = [], []
-    for site in load_sites(config, data_root, num_sites):
-        train, test = task.datasets(site, preprocessing)
-        for dataset, into in ((train, members), (test, others)):
-            if len(dataset):
-                probs, labels = predict_proba(model, dataset)
-                into.append(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)))
-    return attack_metrics(np.concatenate(members), np.concatenate(others))
+    splits = [task.datasets(site, preprocessing) for site in load_sites(config, data_root, num_sites)]
+    population = ConcatDataset([train for train, _ in splits] + [test for _, test in splits])
+    member = np.zeros(len(population), dtype=bool)
+    member[: sum(len(train) for train, _ in splits)] = True
+    target = _confidence(final, population)
+    if references < 2:
+        return {**attack_metrics(target[member], target[~member]), "attack": "loss"}
+    rng = np.random.default_rng(secrets.randbits(128))
+    out_scores: list[list[float]] = [[] for _ in range(len(population))]
+    if config.dp and config.dp_delta * len(population) / 2 > 1:  # the run's δ suits the sites, not the halves
+        config = config.model_copy(update={"dp_delta": 0.0})
+    for _ in range(references):
+        trained_on = rng.random(len(population)) < 0.5
+        model = initial_model(task, config)
+        subset = Subset(population, np.flatnonzero(trained_on).tolist())
+        train_rounds(task, config, model, subset, SiteBudget(SitePrivacy(), []), 0, torch.device("cpu"))
+        for index, value in zip(
+            np.flatnonzero(~trained_on), _confidence(model, population)[~trained_on], strict=True
+        ):
+            out_scores[index].append(float(value))
+    mean = np.array([np.mean(v) if v else 0.0 for v in out_scores])
+    spread = np.array([np.std(v) if len(v) > 1 else 1.0 for v in out_scores]) + 1e-6
+    score = (target - mean) / spread
+    return {
+        **attack_metrics(score[member], score[~member]),
+        "attack": "lira-offline",
+        "reference-models": references,
+    }
 
 
 def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -> dict[str, Any]:
     """The audit of a finished run: bounds per adversary, membership inference; written to audit.json."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     site_id = f"site-{config.audit_site}"
     site = summary["sites"].get(site_id) or {}
     claimed = site.get("epsilon")
@@ -201,6 +239,7 @@ def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -
     claimed_value = None if claimed is None or not np.isfinite(claimed) else float(claimed)
     result = {
         "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), Dirac gradient canaries",
+        "run": run_dir.name,
         "site": site_id,
         "claimed": {
             "epsilon": claimed_value,
@@ -216,5 +255,16 @@ def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -
         "leak": claimed_value is not None and bound > claimed_value,
         "membership-inference": membership_inference(config, run_dir, Path(config.data_root), num_sites),
     }
-    (run_dir / AUDIT_FILE).write_text(json.dumps(result, indent=2))
+    record_audit(run_dir, result)
     return result
+
+
+def record_audit(run_dir: Path, result: dict[str, Any]) -> None:
+    """Put the audit into the run's summary.json (key "empirical-privacy") and sign the run again: the
+    model card is rewritten with it and the provenance manifest covers the changed summary."""
+    from server.export import finalise_run
+
+    run = RunDirectory.existing(run_dir)
+    summary = json.loads((run.path / SUMMARY_FILE).read_text())
+    run.write_json(SUMMARY_FILE, {**summary, SUMMARY_KEY: result})
+    finalise_run(run.path)

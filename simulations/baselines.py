@@ -60,8 +60,8 @@ def pooled_baseline(
     union = ConcatDataset([train for train, _ in splits])
     if config.dp and config.dp_delta * len(union) > 1:  # the run's δ suits the sites, not the union
         config = config.model_copy(update={"dp_delta": 0.0})
-    model = _initial_model(task, config)
-    trained = _train_rounds(task, config, model, union, SiteBudget(SitePrivacy(), []), 0, device)
+    model = initial_model(task, config)
+    trained = train_rounds(task, config, model, union, SiteBudget(SitePrivacy(), []), 0, device)
     per_site = {
         site.site_id: task.evaluate(model, test, device)
         for site, (_, test) in zip(sites, splits, strict=True)
@@ -90,8 +90,8 @@ def local_baselines(
     for index, site in enumerate(sites):
         train, test = task.datasets(site, _shared(task, [site]))
         policy = policies[index] if index < len(policies) else None
-        model = _initial_model(task, config)
-        trained = _train_rounds(
+        model = initial_model(task, config)
+        trained = train_rounds(
             task, config, model, train, SiteBudget(SitePrivacy(None, policy), []), index, device
         )
         per_site[site.site_id] = {**task.evaluate(model, test, device), **trained}
@@ -131,13 +131,13 @@ def _shared(task: Task, sites: Sequence[SiteData]) -> dict[str, Any]:
     return task.combine_statistics([task.statistics(site)[0].sum(axis=0) for site in sites])
 
 
-def _initial_model(task: Task, config: RunConfig) -> nn.Module:
+def initial_model(task: Task, config: RunConfig) -> nn.Module:
     """The federation's initial global model (the server seeds it the same way)."""
     torch.manual_seed(config.seed)
     return task.build_model(config)
 
 
-def _train_rounds(
+def train_rounds(
     task: Task,
     config: RunConfig,
     model: nn.Module,

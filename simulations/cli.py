@@ -29,6 +29,12 @@ STRATEGY_NAMES = (
     "bulyan, scaffold, fedbn"
 )  # as in strategies/registry.py (a test keeps them equal); the registry imports Flower
 SWEEP_KEYS = ("epsilon", "strategy", "alpha", "sites", "rounds")  # as simulations/scenario.py sweeps
+AUDIT_HELP = (
+    "Audit the run: site 0 trains with gradient canaries; ε lower bounds of the coordinator and of the final "
+    "model's recipients, and membership inference, go beside the claimed ε (summary.json, report)."
+)
+AUDIT_CANARIES = 1000  # gradient canaries of an audit (capped at one per trainable weight)
+
 
 app = typer.Typer(help="Simulate several hospitals on one machine.", no_args_is_help=True)
 console = Console()
@@ -281,6 +287,7 @@ def run(
     baselines: Annotated[
         bool, typer.Option(help="Also train pooled and local-only baselines and compare (baselines.json).")
     ] = True,
+    audit: Annotated[bool, typer.Option(help=AUDIT_HELP)] = False,
     name: Annotated[str, typer.Option(help="Run name (default: <scenario>-<time>).")] = "",
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
@@ -293,8 +300,12 @@ def run(
     spec = load_scenario(find_scenario(scenario))
     run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
     console.print(f"fedward sim run {spec.name}: {_describe(spec)}")
-    payload = run_study(spec, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run)
+    payload = run_study(
+        spec, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run, audit=_canaries(audit)
+    )
     print_summary(run_dir)
+    if audit:
+        print_audit(payload["empirical-privacy"])
     if baselines:
         print_comparison(console, payload)
         console.print(f"comparison written to {run_dir / 'baselines.json'}")
@@ -309,6 +320,7 @@ def sweep(
     ],
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per value: the scenario's seed, +1, ...")] = 1,
     baselines: Annotated[bool, typer.Option(help="Also run pooled and local-only baselines per run.")] = True,
+    audit: Annotated[bool, typer.Option(help=AUDIT_HELP + " Plots lower bound vs claimed ε.")] = False,
     name: Annotated[str, typer.Option(help="Sweep folder name (default: <scenario>-sweep-<key>).")] = "",
     runs_dir: Annotated[Path, typer.Option(help="Where the sweep folder goes.")] = Path("runs"),
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
@@ -326,11 +338,18 @@ def sweep(
 
     def run_one(variant: Scenario, run_dir: Path) -> dict:
         done = _finished(run_dir, variant, baselines)
-        if done is not None:
+        if done is not None and (not audit or "empirical-privacy" in done):
             console.print(f"reusing {run_dir.name}")
             return done
         console.print(f"[bold]{run_dir.name}[/bold]: {_describe(variant)}")
-        return run_study(variant, run_dir, baselines=baselines, verbose=verbose, launch=_launch(ctx).run)
+        return run_study(
+            variant,
+            run_dir,
+            baselines=baselines,
+            verbose=verbose,
+            launch=_launch(ctx).run,
+            audit=_canaries(audit),
+        )
 
     result = run_sweep(spec, key, values, seeds, sweep_dir, run_one)
     console.print(sweep_table(result))
@@ -340,6 +359,10 @@ def sweep(
 
 
 RunDirArg = Annotated[Path, typer.Argument(help="The run directory (runs/<name>).")]
+
+
+def _canaries(audit: bool) -> int:
+    return AUDIT_CANARIES if audit else 0
 
 
 @app.command("audit")
@@ -361,7 +384,7 @@ def audit(
     ] = False,
     canaries: Annotated[
         int, typer.Option(min=2, help="Gradient canaries at the audited site (at most one per weight).")
-    ] = 500,
+    ] = AUDIT_CANARIES,
     seed: Annotated[int, typer.Option(help="Seed of partitions, splits and the initial model.")] = 0,
     name: Annotated[str, typer.Option(help="Run name (default: audit-ckd-<time>).")] = "",
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
@@ -369,12 +392,13 @@ def audit(
 ) -> None:
     """Privacy audit of a federated CKD run: one site holds canaries; ε lower bounds beside the claimed ε."""
     from simulations.audit import analyse, prepare_canaries
+    from simulations.study import AUDIT_FOLDER
 
     if no_dp and seeded_noise:
         raise ConfigError("--no-dp and --seeded-noise are two different controls: choose one")
     run_name = name or f"audit-ckd-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
-    audit_dir = run_dir / "audit"
+    audit_dir = run_dir / AUDIT_FOLDER
     config, prepare = _ckd_setup(
         run_dir,
         sites,
@@ -499,7 +523,14 @@ def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
         return None
     run_config = RunConfig.from_flower(run.run_config())
     federated = federated_results(summary, run_config)
-    return {"scenario": spec.name, "task": run_config.task, "metric": spec.metric, "federated": federated}
+    audit = {"empirical-privacy": summary["empirical-privacy"]} if "empirical-privacy" in summary else {}
+    return {
+        "scenario": spec.name,
+        "task": run_config.task,
+        "metric": spec.metric,
+        "federated": federated,
+        **audit,
+    }
 
 
 def print_summary(run_dir: Path) -> None:

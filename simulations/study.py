@@ -23,6 +23,7 @@ from simulations.scenario_sites import prepare_scenario_sites
 
 RESULTS_FILE = "baselines.json"
 SCENARIO_FILE = "scenario.json"  # the scenario the run was made from
+AUDIT_FOLDER = "audit"  # an audited run's canaries, coins and the updates the coordinator received
 
 
 Launcher = Callable[[dict[str, Any], int, Path, bool], None]
@@ -39,9 +40,12 @@ def run_study(
     baselines: bool = True,
     verbose: bool = False,
     launch: Launcher = _default_launch,
+    audit: int = 0,
 ) -> dict[str, Any]:
     """Run `scenario` into `run_dir` (which must not hold a finished run); return the comparison.
-    `launch(run_config, sites, run_dir, verbose)` runs the federation (default: a local simulation)."""
+    `launch(run_config, sites, run_dir, verbose)` runs the federation (default: a local simulation).
+    `audit` > 0: site 0 trains with that many gradient canaries and the run is audited
+    (simulations/audit.py); the result is the payload's "empirical-privacy"."""
     run = RunDirectory(run_dir.resolve())
     run_dir = run.path
     if run.has(SUMMARY_FILE):
@@ -52,6 +56,11 @@ def run_study(
         num_sites=len(sites), data_root=str(data_root), runs_dir=str(run_dir.parent), run_name=run_dir.name
     )
     run.write_json(SCENARIO_FILE, scenario.model_dump(mode="json", by_alias=True))
+    if audit:
+        from simulations.audit import prepare_canaries
+
+        values["audit-dir"] = str(run_dir / AUDIT_FOLDER)
+        prepare_canaries(RunConfig.from_flower(values), run_dir / AUDIT_FOLDER, audit)
     launch(values, len(sites), run_dir, verbose)
     summary = run.read_optional_json(SUMMARY_FILE)
     if summary is None:
@@ -68,6 +77,10 @@ def run_study(
         },
         "federated": federated_results(summary, config),
     }
+    if audit:
+        from simulations.audit import analyse
+
+        payload["empirical-privacy"] = analyse(run_dir, run_dir / AUDIT_FOLDER, config, len(sites))
     if baselines:
         payload |= run_baselines(config, data_root, len(sites), [s.policy for s in sites])
         payload["budget"]["steps"] = {

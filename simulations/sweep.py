@@ -90,6 +90,13 @@ def run_sweep(
         result = summarise(scenario, key, values, num_seeds, runs)
         (sweep_dir / "sweep.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     plot_sweep(result, sweep_dir / "sweep.png")
+    if audited := [r["audit"] for r in runs if r.get("audit") and r["audit"]["claimed-epsilon"] is not None]:
+        from server.report.plots import plot_audit_curve
+
+        points = [
+            (a["claimed-epsilon"], {k: v for k, v in a.items() if k != "claimed-epsilon"}) for a in audited
+        ]
+        plot_audit_curve(points, sweep_dir / "sweep-audit.png")
     return result
 
 
@@ -101,6 +108,11 @@ def final_metrics(payload: dict[str, Any], metric: str) -> dict[str, Any]:
     spent = [m.get("epsilon") for m in payload["federated"]["sites"].values()]
     finite = [e for e in spent if e is not None and math.isfinite(e)]
     out["epsilon-spent"] = max(finite) if finite else None
+    if (audit := payload.get("empirical-privacy")) is not None:
+        out["audit"] = {
+            "claimed-epsilon": audit["claimed"]["epsilon"],
+            **{name: a["epsilon-lower-bound"] for name, a in audit["adversaries"].items()},
+        }
     return out
 
 

@@ -8,6 +8,7 @@ DP (OS-entropy noise) every adversary's bound stays at or below the claimed ε.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from common.audit.canaries import CanaryInjection, GradientCanaries, active_cana
 from common.audit.membership import attack_metrics
 from common.audit.one_run import audit_bound, epsilon_lower_bound, p_value
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.local_training import LocalTraining
 from common.privacy import DPConfig, Mechanism
 from common.training import train_model
+from server.provenance.manifest import verify_run
 from simulations.audit import analyse, prepare_canaries
 from simulations.prepare import prepare_ckd_sites
 
@@ -130,3 +133,12 @@ def test_audit_controls_see_the_leaks_and_dp_holds(tmp_path: Path) -> None:
         assert entry["epsilon-lower-bound"] <= private["claimed"]["epsilon"]
     mia = private["membership-inference"]
     assert mia["members"] > 0 and mia["non-members"] > 0 and 0.0 <= mia["auc"] <= 1.0
+    run = tmp_path / "runs" / private["run"]
+    assert json.loads((run / "summary.json").read_text())["empirical-privacy"] == private
+    assert verify_run(run).ok  # signed again with the audit in the summary
+
+
+def test_an_audit_with_secure_aggregation_is_refused() -> None:
+    # the audit's coordinator scores each site's own update, which secure aggregation hides
+    with pytest.raises(ConfigError, match="audit-dir"):
+        RunConfig(secure_aggregation=True, audit_dir="/tmp/audit")

@@ -1,0 +1,227 @@
+"""Secure aggregation (SecAgg+ on the Message API) in real federations: fedward's ServerApp main and a
+real ClientApp per site, every message serialised as on the wire (tests/support/inprocess_grid.py).
+
+What the ServerApp receives from a site is never its update (a masked vector, uniform in Z_2^32); the
+aggregate equals plain FedAvg's up to quantisation; a site dropping out at the masked-vector stage is
+survived; too many dropouts stop the run with a clear error and nothing signed; combinations that need
+individual updates are refused, naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flower_fakes import flower_identity  # noqa: F401 (fixture)
+from flwr.app import Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from safetensors.numpy import load_file
+from scipy import stats
+from site_policy import policy_text
+from test_no_patient_data_leaves import _check_listed, _listed_fields
+
+from client.app import site_app
+from client.hostile import hostile_mod
+from client.simulated_faults import fault_mod
+from common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.secure_aggregation import (
+    COLLECT,
+    MASKED_KEY,
+    MASKED_RECORD,
+    MODULUS,
+    RECORD,
+    Key,
+    SecureAggregationError,
+)
+from simulations.prepare import prepare_ckd_sites
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+SECURE = {"secure-aggregation": True}
+
+
+def _config(tmp_path: Path, sites: int, name: str, **overrides: Any) -> dict[str, Any]:
+    data = tmp_path / "sites"
+    if not data.exists():
+        prepare_ckd_sites(data, sites, "iid")
+    settings = {"num-server-rounds": 1, "min-sites": sites, "dp": False, "run-name": name, **overrides}
+    return ckd_run_config(data, tmp_path / "runs", **settings)
+
+
+def _run(config: dict[str, Any], sites: int, app=None) -> InProcessGrid:
+    grid = InProcessGrid(config, sites, app=app)
+    run_server(grid, config)
+    return grid
+
+
+def _model(tmp_path: Path, name: str) -> dict[str, np.ndarray]:
+    return load_file(tmp_path / "runs" / name / "model.safetensors")
+
+
+def _tolerance(config: dict[str, Any], sites: int) -> float:
+    """Quantisation error bound of the mean: each site's stochastic rounding errs by less than one step
+    2R/2^bits, and the sum is divided by Σ w_i / W ≥ sites / 2 here (iid sites, each near the weight unit
+    W = the largest count a site may claim)."""
+    parsed = RunConfig.from_flower(config)
+    step = 2 * parsed.secure_aggregation_clipping_range / 2**parsed.secure_aggregation_bits
+    return 2 * step
+
+
+def _masked(grid: InProcessGrid) -> dict[int, np.ndarray]:
+    """What the ServerApp received at the masked-vector stage, by site."""
+    out = {}
+    for reply in grid.replies:
+        record = reply.content.config_records.get(RECORD) if not reply.has_error() else None
+        if record is not None and record[Key.STAGE] == COLLECT:
+            out[reply.metadata.src_node_id] = reply.content[MASKED_RECORD][MASKED_KEY].numpy()
+    return out
+
+
+def _drop_at_training(node: int):
+    """A test-local mod: site `node` dies instead of training (in a secure round: at the masked-vector
+    stage, after it has shared its keys)."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        record = msg.content.config_records.get(RECORD)
+        training = record is None or record[Key.STAGE] == COLLECT
+        if msg.metadata.message_type == MessageType.TRAIN and msg.metadata.dst_node_id == node and training:
+            return Message(Error(code=4080, reason=f"node {node} killed mid-round"), reply_to=msg)
+        return call_next(msg, context)
+
+    return mod
+
+
+def test_the_server_sees_masked_vectors_and_the_aggregate_equals_fedavg(tmp_path: Path) -> None:
+    sites = 3
+    plain_config = _config(tmp_path, sites, "plain")
+    secure_config = _config(tmp_path, sites, "secure", **SECURE)
+    plain = _run(plain_config, sites)
+    secure = _run(secure_config, sites)
+
+    # what the ServerApp received: no site's arrays anywhere, only masked vectors at the collect stage
+    train = [r for r in secure.replies if r.metadata.message_type == "train"]
+    assert train and not any(r.has_error() for r in train)
+    assert all(not r.content.array_records or set(r.content.array_records) == {MASKED_RECORD} for r in train)
+    masked = _masked(secure)
+    assert len(masked) == sites
+    local = {  # each site's true update, from the plain run (training without DP is deterministic)
+        r.metadata.src_node_id: r.content["arrays"]
+        for r in plain.replies
+        if r.metadata.message_type == "train"
+    }
+    start = next(m for m in plain.sent if m.metadata.message_type == "train").content["arrays"]
+    for node, vector in masked.items():
+        assert vector.dtype == np.uint32
+        uniform = vector.astype(np.float64) / MODULUS
+        assert stats.kstest(uniform, "uniform").pvalue > 1e-4  # uniform-looking in the ring
+        update = np.concatenate([(local[node][k].numpy() - start[k].numpy()).ravel() for k in start])
+        assert abs(np.corrcoef(uniform[: update.size], update)[0, 1]) < 0.1  # nothing of the update
+
+    # the aggregate equals plain FedAvg's global model up to quantisation
+    want, got = _model(tmp_path, "plain"), _model(tmp_path, "secure")
+    assert want.keys() == got.keys()
+    tolerance = _tolerance(secure_config, sites)
+    for key in want:
+        assert np.allclose(got[key], want[key], rtol=0, atol=tolerance), key
+    moved = max(float(np.abs(want[k] - start[k].numpy()).max()) for k in want)
+    assert moved > 100 * tolerance  # the round did move the model: the comparison means something
+
+
+def test_scaffold_control_variates_travel_masked_and_aggregate_as_plain_scaffold(tmp_path: Path) -> None:
+    sites, overrides = 3, {"strategy": "scaffold", "num-server-rounds": 2}  # round 2 uses the variate
+    _run(_config(tmp_path, sites, "plain", **overrides), sites)
+    secure_config = _config(tmp_path, sites, "secure", **overrides, **SECURE)
+    secure = _run(secure_config, sites)
+    layouts = [r.content[RECORD][Key.LAYOUT] for r in secure.replies if r.content.get(MASKED_RECORD)]
+    assert len(layouts) == 2 * sites and all(SCAFFOLD_CONTROL_DELTA in text for text in layouts)
+    want, got = _model(tmp_path, "plain"), _model(tmp_path, "secure")
+    tolerance = 10 * _tolerance(secure_config, sites)  # round 2 trains from models within tolerance
+    for key in want:
+        assert np.allclose(got[key], want[key], rtol=0, atol=tolerance), key
+
+
+def test_with_dp_the_run_completes_and_sends_only_masked_vectors(tmp_path: Path) -> None:
+    sites = 3
+    config = _config(tmp_path, sites, "secure-dp", dp=True, **SECURE)
+    grid = _run(config, sites)
+    train = [r for r in grid.replies if r.metadata.message_type == "train"]
+    assert not any(r.has_error() for r in train)
+    assert all("arrays" not in r.content for r in train)
+    listed = _listed_fields()
+    for reply in grid.replies:  # every field the protocol sends is in docs/privacy.md's table
+        _check_listed(reply, listed)
+    masked = _masked(grid)
+    assert len(masked) == sites
+    for vector in masked.values():
+        assert stats.kstest(vector.astype(np.float64) / MODULUS, "uniform").pvalue > 1e-4
+    metrics = [r.content["metrics"] for r in train if "metrics" in r.content]
+    assert len(metrics) == sites and all(0 < m["epsilon"] < np.inf for m in metrics)  # plaintext, public
+    assert (tmp_path / "runs" / "secure-dp" / "provenance.json").is_file()
+
+    # a coordinator that promised secure aggregation and sends a plain train message is refused
+    collect = next(m for m in grid.sent if RECORD in m.content and m.content[RECORD][Key.STAGE] == COLLECT)
+    del collect.content[RECORD]
+    (reply,) = grid.send_and_receive([collect])
+    assert reply.has_error() and "plain train message" in reply.error.reason
+
+
+def test_a_site_refuses_a_round_with_fewer_sites_than_its_policy_allows(tmp_path: Path) -> None:
+    sites = 3
+    config = _config(tmp_path, sites, "secure-policy", dp=True, **SECURE)
+    (tmp_path / "sites" / "site-0" / "policy.toml").write_text(policy_text(secure_aggregation_min_sites=4))
+    grid = _run(config, sites)
+    refusals = [r for r in grid.replies if r.has_error() and r.metadata.src_node_id == 101]
+    assert refusals and "3 site(s) in the round, fewer than the 4 this site" in refusals[0].error.reason
+    assert set(_masked(grid)) == {102, 103}  # the others (2 = the threshold of 3) go on without it
+
+
+def test_a_site_dying_at_the_masked_vector_stage_leaves_the_mean_of_the_others(tmp_path: Path) -> None:
+    sites, victim = 4, 102
+    overrides = {"min-sites": 2}
+    plain_config = _config(tmp_path, sites, "plain", **overrides)
+    secure_config = _config(tmp_path, sites, "secure", **overrides, **SECURE)
+    app = site_app(_drop_at_training(victim), fault_mod, hostile_mod)
+    _run(plain_config, sites, app)
+    secure = _run(secure_config, sites, app)
+
+    assert any(r.has_error() and r.metadata.src_node_id == victim for r in secure.replies)
+    assert set(_masked(secure)) == {101, 103, 104}  # the victim had shared its keys, then died
+    shared = {r.metadata.src_node_id for r in secure.replies if not r.has_error() and RECORD in r.content
+              and r.content[RECORD][Key.STAGE] == "share-keys"}  # fmt: skip
+    assert victim in shared
+    want, got = _model(tmp_path, "plain"), _model(tmp_path, "secure")  # plain: FedAvg of the 3 others
+    tolerance = _tolerance(secure_config, sites)
+    for key in want:
+        assert np.allclose(got[key], want[key], rtol=0, atol=tolerance), key
+    _run(_config(tmp_path, sites, "all", **overrides), sites)  # with the victim the mean is another
+    everyone = _model(tmp_path, "all")
+    assert max(float(np.abs(everyone[k] - want[k]).max()) for k in want) > 100 * tolerance
+
+
+def test_more_dropouts_than_the_threshold_allows_stop_the_run_unsigned(tmp_path: Path) -> None:
+    sites = 4  # threshold 0.66 of 4: 3 sites must send their masked vectors
+    config = _config(tmp_path, sites, "secure", **{"min-sites": 2}, **SECURE)
+    first, second = _drop_at_training(101), _drop_at_training(102)
+    app = site_app(first, second, fault_mod, hostile_mod)
+    with pytest.raises(SecureAggregationError, match=r"only 2 of the 4 sampled sites .* fewer than the 3"):
+        _run(config, sites, app)
+    run = tmp_path / "runs" / "secure"
+    assert not (run / "provenance.json").exists() and not list(run.glob("checkpoint*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"strategy": "krum"}, "strategy"),
+        ({"central-dp": True}, "central-dp"),
+        ({"max-update-norm": 5.0}, "max-update-norm"),
+    ],
+)
+def test_combinations_that_need_individual_updates_are_refused(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"secure-aggregation with {key}"):
+        RunConfig.from_flower({**SECURE, **overrides})
+    RunConfig.from_flower(overrides)  # fine without secure aggregation
