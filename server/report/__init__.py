@@ -2,6 +2,7 @@
 
 - `data`: reads a run directory (through `server.rundir`) into `RunData`, and what to plot from it.
 - `plots`: the report's PNG figures (matplotlib, Agg canvas).
+- `empirical_privacy`: summary.json's privacy audit (`fedward sim audit`) as the report and card read it.
 - `html`: the self-contained `report.html`.
 - `tensorboard_log`: TensorBoard event files of a run (also written live by `server.rounds`).
 - `mlflow_log`: optional MLflow logging (named so that it never shadows the `mlflow` package).

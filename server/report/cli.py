@@ -137,6 +137,11 @@ def print_report(report: Report, out: Console | None = None) -> None:
         out.print("[yellow]no summary.json: the run is unfinished or crashed[/yellow]")
     elif stopped:
         out.print(f"[red]stopped:[/red] {escape(str(stopped))}", highlight=False)
+    audit = report.run.empirical_privacy
+    if audit is not None:
+        line = f"empirical privacy at {audit.site}: ε ≥ {audit.epsilon_lower_bound:.2f} (95 %), claimed "
+        line += "none (DP off)" if audit.claimed_epsilon is None else f"{audit.claimed_epsilon:.2f}"
+        out.print(escape(line) + (" [bold red]LEAK[/bold red]" if audit.leak else ""), highlight=False)
     out.print(f"report: {report.html}", highlight=False, soft_wrap=True)
     out.print(f"figures: {len(report.images)} PNG in {report.html.parent / 'report'}", highlight=False)
     for figure in report.figures:

@@ -12,6 +12,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.tasks import task_spec
+from server.report.empirical_privacy import EmpiricalPrivacy, read_empirical_privacy
 from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
 
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
@@ -33,6 +34,7 @@ class RunData:
     rounds: list[dict[str, Any]]  # metrics.jsonl, in order
     summary: dict[str, Any] | None  # summary.json (None while a run is unfinished or crashed)
     cross_site: dict[str, Any] | None  # cross-site.json, when evaluated
+    empirical_privacy: EmpiricalPrivacy | None = None  # summary.json's audit, after `fedward sim audit`
 
     @property
     def name(self) -> str:
@@ -91,13 +93,15 @@ def load_run(path: Path) -> RunData:
         )
     config = run.read_optional_json(CONFIG_FILE) or {}
     cross = run.read_optional_json(CROSS_SITE_FILE)
+    summary = run.read_optional_json(SUMMARY_FILE)
     return RunData(
         path=run.path,
         config=dict(config.get("run-config") or {}),
         site_reports=dict(config.get("sites") or {}),
         rounds=run.rounds(),
-        summary=run.read_optional_json(SUMMARY_FILE),
+        summary=summary,
         cross_site=None if cross is None else _check_cross_site(run.path / CROSS_SITE_FILE, cross),
+        empirical_privacy=read_empirical_privacy(summary, run.path / SUMMARY_FILE),
     )
 
 

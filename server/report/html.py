@@ -8,6 +8,14 @@ from html import escape
 from typing import Any
 
 from server.report.data import RunData, confidence_interval, failures, metric_keys, number
+from server.report.empirical_privacy import (
+    claimed_text,
+    explanation,
+    guesses_text,
+    leak_text,
+    membership_text,
+    percent,
+)
 from server.report.plots import ReportFigure
 
 _CSS = """
@@ -23,6 +31,7 @@ tr.overall td { font-weight: 600; background: #f8f9fa; }
 .ci { color: #6c7781; font-size: 0.85em; white-space: nowrap; }
 .note { color: #6c7781; font-style: italic; }
 .status-ok { color: #1a7f37; } .status-stop { color: #b32d2e; font-weight: 600; }
+.leak { color: #b32d2e; font-weight: 600; border-left: 4px solid #b32d2e; padding-left: 8px; }
 figure { margin: 8px 0 18px; } figure img { max-width: 100%; height: auto; border: 1px solid #eceef0; }
 figcaption { color: #50575e; font-size: 0.9em; }
 details pre { background: #f6f7f7; padding: 10px; overflow-x: auto; }
@@ -169,15 +178,55 @@ def status_section(run: RunData) -> str:
     return "<h2>Run status</h2>" + status
 
 
-def figure_section(figure: ReportFigure) -> str:
+def _embedded(figure: ReportFigure) -> str:
     """The figure as an embedded PNG, or a note saying why it is absent."""
-    title = f"<h2>{escape(figure.title)}</h2>"
     if figure.path is None:
-        return title + f'<p class="note">{escape(figure.note)}</p>'
+        return f'<p class="note">{escape(figure.note)}</p>'
     data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
     alt, name = escape(figure.title), escape(figure.name)
     img = f'<img src="data:image/png;base64,{data}" alt="{alt}" id="fig-{name}">'
-    return f"{title}<figure>{img}<figcaption>{escape(figure.path.name)}</figcaption></figure>"
+    return f"<figure>{img}<figcaption>{escape(figure.path.name)}</figcaption></figure>"
+
+
+def figure_section(figure: ReportFigure) -> str:
+    """The figure under its own heading."""
+    return f"<h2>{escape(figure.title)}</h2>" + _embedded(figure)
+
+
+def empirical_privacy_section(run: RunData, figure: ReportFigure | None) -> str:
+    """The privacy audit (summary.json's "empirical-privacy"): each adversary's ε lower bound beside the
+    claimed ε, membership inference on the final model, a leak warning, what it means, and its plot."""
+    audit = run.empirical_privacy
+    if audit is None:
+        return ""
+    claimed = claimed_text(audit)
+    lead = f"Audited site {audit.site}: {audit.method}"
+    if audit.canaries is not None and audit.canaries_included is not None:
+        lead += f"; {audit.canaries} canaries, {audit.canaries_included} of them included"
+    delta = "" if audit.claimed_delta is None else f", δ = {_delta(audit.claimed_delta)}"
+    lead += f". Claimed guarantee: ε = {claimed}{delta}."
+    rows = [
+        ("", [escape(b.label), escape(fmt(b.epsilon, 2)), escape(claimed), escape(guesses_text(b))])
+        for b in audit.adversaries
+    ]
+    rows.append(
+        ("overall", ["strongest adversary", escape(fmt(audit.epsilon_lower_bound, 2)), escape(claimed), ""])
+    )
+    header = ["adversary", f"ε lower bound ({percent(audit.confidence)})", "claimed ε", "correct / guesses"]
+    parts = [
+        "<h2>Empirical privacy</h2>",
+        f"<p>{escape(lead)}</p>",
+        _table(header, rows),
+    ]
+    leak = leak_text(audit)
+    if leak:
+        parts.append(f'<p class="leak">{escape(leak)}</p>')
+    if audit.membership is not None:
+        parts.append(f"<p>{escape(membership_text(audit.membership))}</p>")
+    parts.append(f"<p>{escape(' '.join(explanation(audit)))}</p>")
+    if figure is not None:
+        parts.append(_embedded(figure))
+    return "".join(parts)
 
 
 def data_section(run: RunData) -> str:
@@ -215,13 +264,15 @@ def render(run: RunData, figures: list[ReportFigure], generated: str) -> str:
     if "wall-seconds" in summary:
         parts.append(f"wall time {fmt(summary['wall-seconds'], 1)} s")
     meta = " · ".join(escape(p) for p in parts)
+    audit_figure = next((f for f in figures if f.name == "empirical-privacy"), None)
     body = [
         f"<h1>fedward report: {escape(run.name)}</h1>",
         f'<p class="meta">{meta}<br>generated {escape(generated)} from {escape(str(run.path))}</p>',
         status_section(run),
         summary_section(run),
         privacy_section(run),
-        *(figure_section(f) for f in figures),
+        empirical_privacy_section(run, audit_figure),
+        *(figure_section(f) for f in figures if f is not audit_figure),
         data_section(run),
         config_section(run),
     ]

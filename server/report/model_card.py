@@ -13,6 +13,16 @@ from typing import Any
 from common.errors import ConfigError
 from common.tasks import TASKS, CardText, task_spec
 from server.provenance.manifest import CARD_FILE, WEIGHT_FILES, sha256_file
+from server.report.empirical_privacy import (
+    EmpiricalPrivacy,
+    claimed_text,
+    explanation,
+    guesses_text,
+    leak_text,
+    membership_text,
+    percent,
+    read_empirical_privacy,
+)
 from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory
 
 
@@ -194,6 +204,11 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
             "once per data set, its ε shown on its own below) and, with cross-site evaluation, the "
             'local-only model. "ε lifetime" covers every run on the site\'s data set.'
         )
+    else:
+        lines.append(
+            "**No differential privacy** (`dp = false`): the weights carry no formal privacy guarantee and "
+            "may reveal information about individual training records."
+        )
     if summary.get("dp-seeded-noise"):
         lines += [
             "",
@@ -201,11 +216,6 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
             "seed, so anyone who knows the run configuration can subtract it: this model has **no** "
             "privacy guarantee, whatever ε says.",
         ]
-    else:
-        lines.append(
-            "**No differential privacy** (`dp = false`): the weights carry no formal privacy guarantee and "
-            "may reveal information about individual training records."
-        )
     rows = [
         [
             site,
@@ -233,6 +243,31 @@ def _privacy(rc: dict, summary: dict, sites: dict) -> list[str]:
             "",
         ]
     return lines
+
+
+def _empirical_privacy(audit: EmpiricalPrivacy | None) -> list[str]:
+    """The privacy audit (`fedward sim audit`): ε lower bounds beside the claimed ε, membership inference."""
+    if audit is None:
+        return []
+    claimed = claimed_text(audit)
+    rows = [[b.label, _num(b.epsilon, ".2f"), claimed, guesses_text(b)] for b in audit.adversaries]
+    rows.append(["**strongest adversary**", f"**{_num(audit.epsilon_lower_bound, '.2f')}**", claimed, ""])
+    header = ["adversary", f"ε lower bound ({percent(audit.confidence)})", "claimed ε", "correct / guesses"]
+    lines = [
+        "## Empirical privacy (audit)",
+        "",
+        f"Audited site {audit.site}: {audit.method}"
+        + (f", {audit.canaries} canaries." if audit.canaries is not None else "."),
+        "",
+        *_table(header, rows),
+        "",
+    ]
+    leak = leak_text(audit)
+    if leak:
+        lines += [f"**{leak}**", ""]
+    if audit.membership is not None:
+        lines += [membership_text(audit.membership), ""]
+    return [*lines, " ".join(explanation(audit)), ""]
 
 
 def _skew(sites: dict) -> str | None:
@@ -326,6 +361,7 @@ def model_card(run_dir: Path) -> str:
         _data(rc, config, sites),
         _metrics(summary, sites),
         _privacy(rc, summary, sites),
+        _empirical_privacy(read_empirical_privacy(summary, run.path / SUMMARY_FILE)),
         _limitations(rc, summary, sites),
         _how_to_load(),
     ]

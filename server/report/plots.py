@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,15 @@ from server.report.data import (
 
 DPI = 110
 UNITS = {"hd95": "hd95 (mm)"}
-FILES = ("metrics-per-round.png", "site-metrics.png", "epsilon.png", "cross-site.png", "confusion-matrix.png")
+FILES = (
+    "metrics-per-round.png",
+    "site-metrics.png",
+    "epsilon.png",
+    "cross-site.png",
+    "confusion-matrix.png",
+    "empirical-privacy.png",
+)
+LEAK_COLOUR = "#b32d2e"  # the report's red (html.py)
 
 
 @dataclass(frozen=True)
@@ -205,10 +214,73 @@ def confusion(run: RunData, out: Path) -> ReportFigure:
     return ReportFigure("confusion", title, _save(fig, out / "confusion-matrix.png"))
 
 
+def plot_audit_curve(
+    points: Sequence[tuple[float | None, Mapping[str, float]]],
+    path: Path,
+    *,
+    title: str = "Empirical ε lower bound vs claimed ε",
+) -> Path:
+    """Each adversary's ε lower bound against the claimed ε, with the line y = x: a point above it is a
+    leak. `points` are (claimed ε, {adversary: lower bound}), one per audited run of a sweep (seeds at
+    the same ε are drawn as points, joined through their mean); a run without DP (claimed ε None) has no
+    place on the x axis and is drawn as a dotted horizontal line per adversary. Writes the PNG `path`."""
+    if not points:
+        raise ValueError("plot_audit_curve needs at least one (claimed ε, bounds) point")
+    adversaries = list(dict.fromkeys(name for _, bounds in points for name in bounds))
+    on_axis = [(float(c), b) for c, b in points if c is not None and math.isfinite(c)]
+    dp_off = [b for c, b in points if c is None or not math.isfinite(c)]
+    claimed = sorted({c for c, _ in on_axis})
+    seen = [float(b) for _, bounds in points for b in bounds.values() if math.isfinite(b)]
+    top = 1.1 * max([*claimed, *seen, 1.0])
+    right = 1.1 * max(claimed) if claimed else top
+    fig = Figure(figsize=(6.4, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    diagonal = [0.0, max(right, top)]
+    ax.fill_between(diagonal, diagonal, max(right, top), color=LEAK_COLOUR, alpha=0.07, linewidth=0,
+                    label="bound above claim: leak")  # fmt: skip
+    ax.plot(diagonal, diagonal, linestyle="--", color="black", linewidth=1, label="y = x (claimed ε)")
+    markers = "osD^v<>px*"
+    for index, (name, colour) in enumerate(zip(adversaries, _colours(len(adversaries)), strict=True)):
+        placed = [(c, float(b[name])) for c, b in on_axis if name in b]
+        if placed:
+            marker = markers[index % len(markers)]
+            ax.scatter(*zip(*placed, strict=True), color=colour, marker=marker, s=36, zorder=3, label=name)
+            levels = sorted({x for x, _ in placed})
+            if len(levels) > 1:
+                means = [float(np.mean([y for x, y in placed if x == level])) for level in levels]
+                ax.plot(levels, means, color=colour, linewidth=1.2)
+        for bounds in dp_off:
+            if name in bounds:
+                ax.axhline(float(bounds[name]), color=colour, linestyle=":", label=f"{name}, DP off")
+    ax.set_xlim(0, right)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("claimed ε (DP accounting)")
+    ax.set_ylabel("empirical ε lower bound (95 %)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one entry per DP-off adversary line
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def empirical_privacy(run: RunData, out: Path) -> ReportFigure:
+    """The audited site's claimed ε beside each adversary's lower bound (summary.json's audit)."""
+    title = "Empirical privacy: lower bound vs claimed ε"
+    audit = run.empirical_privacy
+    if audit is None:
+        return ReportFigure("empirical-privacy", title, None, "No privacy audit ran (fedward sim audit).")
+    bounds = {b.name: b.epsilon for b in audit.adversaries}
+    path = out / "empirical-privacy.png"
+    return ReportFigure("empirical-privacy", title, plot_audit_curve([(audit.claimed_epsilon, bounds)], path))
+
+
 def make_figures(run: RunData, out: Path) -> list[ReportFigure]:
-    """Every figure of the report, written under `out` (created); absent ones carry a note."""
+    """Every figure of the report, written under `out` (created); absent ones carry a note. The audit's
+    figure is there only when the run was audited."""
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:  # a figure absent this time must not survive from an earlier report
         (out / name).unlink(missing_ok=True)
     makers = (metrics_per_round, site_metrics, epsilon_per_site, cross_site_heatmap, confusion)
-    return [make(run, out) for make in makers]
+    figures = [make(run, out) for make in makers]
+    return figures + ([empirical_privacy(run, out)] if run.empirical_privacy else [])
