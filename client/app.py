@@ -15,12 +15,13 @@ from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch.utils.data import Dataset
 
 from client.budget import SiteBudget, SitePrivacy
+from client.distributed_dp import distributed_share, ledger_label, sites_in_sum
 from client.mods import safe_errors_mod
 from client.policy import min_cell_count
 from client.run_state import SiteRunState
@@ -145,7 +146,8 @@ def train(msg: Message, context: Context) -> Message:
         return reply
     run_state.save(context.state, server_round)
     reply.content["metrics"]["site-seconds"] = time.perf_counter() - started  # the site's own compute
-    encode_reply(reply.content, setup.config.transfer_dtype)  # after DP noise: post-processing
+    if not setup.config.distributed_dp:  # a distributed-DP share stays whole numbers
+        encode_reply(reply.content, setup.config.transfer_dtype)  # after DP noise: post-processing
     return reply
 
 
@@ -169,12 +171,18 @@ def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Traini
     run_id = str(shared.get("run-uid") or context.run_id)
     if (refusal := seeded_noise_refusal(context, config, privacy)) is not None:
         return _refused(msg, source, refusal)
+    sites, label = 0, "train"
+    if config.distributed_dp:
+        sites, refusal = sites_in_sum(shared, privacy.policy)
+        if refusal is not None:
+            return _refused(msg, source, refusal)
+        label = ledger_label(sites)
     budget = SiteBudget(privacy, site)
     history = _history(context)
     per_round = budget.plan(config, site.num_train, spent=_releases(context), state=context.state)
     plan = dataclasses.replace(per_round, steps=per_round.steps * how.rounds) if per_round else None
     reason = _no_count(context, budget, plan) or budget.reserve(
-        config, plan, site.num_train, history, run_id, how.number
+        config, plan, site.num_train, history, run_id, how.number, label
     )
     if reason is not None:
         log.warning("site %s refuses %s: %s", source.site_id, how.what, reason)
@@ -187,6 +195,13 @@ def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Traini
     start = pick(model.state_dict(), [name for name, _ in model.named_parameters()])
     if (view := train_set_view.get()) is not None:
         train_set = view(train_set, model)
+    if config.distributed_dp and plan is not None:  # a noisy gradient sum in place of a model
+        outcome, share = distributed_share(
+            model, train_set, task.loss, config, plan, sites, pick_device(config.device)
+        )
+        metrics = _account(context, budget, history, plan, outcome, config)
+        arrays = ArrayRecord({key: Array(value) for key, value in share.items()})
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
     local = config.local_training(how.number, source.partition_index)
     local = dataclasses.replace(local, epochs=local.epochs * how.rounds)
     outcome = train_model(

@@ -82,11 +82,12 @@ class SiteBudget:
         record = state.config_records.get(CALIBRATION_STATE) if state is not None else None
         known = {k: float(v) for k, v in record.items()} if record is not None else {}  # type: ignore[arg-type]
         calibrated = dict(known)
+        full_batch = config.distributed_dp  # one full-batch gradient step a round (distributed_dp.py)
         mechanism = plan_mechanism(
             config.privacy,
             num_examples=num_train,
-            batch_size=config.batch_size,
-            epochs=config.local_epochs,
+            batch_size=num_train if full_batch else config.batch_size,
+            epochs=1 if full_batch else config.local_epochs,
             delta=delta,
             planned_rounds=config.num_server_rounds,
             spent=spent,
@@ -117,9 +118,11 @@ class SiteBudget:
         run_history: PrivacyHistory,
         run_id: str,
         server_round: int,
+        label: str = "train",
     ) -> str | None:
         """Policy rules, lifetime cap check and reservation of the planned steps, atomically (one ledger
-        transaction); the refusal reason, or None when the round may train. Call `settle` after it."""
+        transaction); the refusal reason, or None when the round may train. Call `settle` after it.
+        `label` names what the steps are and against whom their ε holds (the ledger keeps it)."""
         if plan is None:
             return NO_DP if self.policy is not None else None
         self._composed_at = (plan.delta, config.dp_accountant)
@@ -128,7 +131,7 @@ class SiteBudget:
         check = self._rules(config, plan, num_train) if self.policy is not None else None
         token, reason = self.ledger.reserve(
             self.fingerprint, self._keys, run_id, server_round, plan.entries, plan.delta,
-            config.dp_accountant, config.task, check,
+            config.dp_accountant, config.task, check, label,
         )  # fmt: skip
         self._reservation = token
         return reason

@@ -22,6 +22,9 @@ kebab-case, under one `[policy]` table; unknown keys are errors:
     secure-aggregation-min-sites = 3  # optional: with secure aggregation, the fewest sites (this one
                                  # included) whose sum this site's update may be part of
                                  # (client/secure_aggregation.py)
+    distributed-dp-min-sites = 4  # optional: this site accepts distributed DP (it adds only a share of
+                                 # the noise) when every sum holds at least this many sites' noise;
+                                 # absent: it refuses distributed DP (common/distributed_dp.py)
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class SitePolicy(BaseModel):
     min_cell_count: int = Field(10, ge=1)
     allowed_apps: list[Annotated[str, Field(pattern=ALLOWED_APP_ENTRY)]] | None = Field(None, min_length=1)
     secure_aggregation_min_sites: int | None = Field(None, ge=2)
+    distributed_dp_min_sites: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _clipping_range(self) -> SitePolicy:

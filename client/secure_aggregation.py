@@ -37,6 +37,7 @@ from flwr.supercore.primitives.asymmetric import (
 
 from client.site import site_privacy
 from common.config import RunConfig
+from common.distributed_dp import SITES_KEY
 from common.errors import ConfigError
 from common.secure_aggregation import (
     COLLECT,
@@ -54,6 +55,7 @@ from common.secure_aggregation import (
     Layout,
     SecAggParameters,
     encode_contribution,
+    encode_integers,
     mask_vector,
     pairwise_seed,
     pairwise_sign,
@@ -250,6 +252,8 @@ def _collect(
         seed_shares.append(seed_share)
         key_shares.append(key_share)
 
+    if config.distributed_dp:  # the handler sizes its noise share for the fewest sites in this sum
+        msg.content["config"][SITES_KEY] = int(state["needed"])
     secrets = context.state.config_records.pop(STATE)  # the train handler never writes them to disk
     try:
         reply = call_next(msg, context)
@@ -278,12 +282,15 @@ def _masked_vector(
     decode_reply(reply.content, config.transfer_dtype)
     records = dict(reply.content.array_records)
     layout = Layout.of(records)
-    reference = layout.flatten({WEIGHTED_RECORD: msg.content[WEIGHTED_RECORD]}, missing_as_zero=True)
-    update = layout.flatten(records) - reference  # the model as w_local − w_global, other records as sent
-    q_weight = weight_ratio(
-        float(reply.content["metrics"][WEIGHT_KEY]), float(state[Key.WEIGHT_UNIT]), params
-    )
-    vector = encode_contribution(update, layout.weighted(), q_weight, params)
+    if config.distributed_dp:  # already integers with their noise share: into the ring as they are
+        vector = encode_integers(layout.flatten(records))
+    else:
+        reference = layout.flatten({WEIGHTED_RECORD: msg.content[WEIGHTED_RECORD]}, missing_as_zero=True)
+        update = layout.flatten(records) - reference  # the model as w_local − w_global, others as sent
+        q_weight = weight_ratio(
+            float(reply.content["metrics"][WEIGHT_KEY]), float(state[Key.WEIGHT_UNIT]), params
+        )
+        vector = encode_contribution(update, layout.weighted(), q_weight, params)
     binding = bytes(state["binding"])
     vector = vector + mask_vector(bytes(state["seed"]), binding, vector.size)
     me = msg.metadata.dst_node_id

@@ -53,6 +53,7 @@ class RunConfig(BaseModel):
     secure_aggregation_threshold: float = Field(0.66, gt=0, le=1)  # share of a round's sites that unmask
     secure_aggregation_clipping_range: float = Field(8.0, gt=0)  # weighted coordinates clipped to ±this
     secure_aggregation_bits: int = Field(22, ge=2, le=30)  # quantisation levels 2^bits in the ring 2^32
+    distributed_dp: bool = False  # each site adds a noise share, the sum carries it all (distributed_dp.py)
     # aggregation strategy parameters (see strategies/registry.py)
     proximal_mu: float = Field(0.01, ge=0)
     server_lr: float = Field(0.0, ge=0)
@@ -129,6 +130,10 @@ class RunConfig(BaseModel):
             from common.secure_aggregation import check_config
 
             check_config(self)
+        if self.distributed_dp:
+            from common.distributed_dp import check_config as check_distributed
+
+            check_distributed(self)
         return self
 
     @field_validator("hostile_sites", "sim_stragglers", mode="before")

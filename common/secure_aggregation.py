@@ -94,14 +94,22 @@ class SecAggParameters:
     threshold: float  # share of the participants whose shares reconstruct a secret
     clipping_range: float  # every weighted coordinate is clipped to ±this before quantisation
     bits: int  # quantisation levels 2^bits; the ring is Z_2^32
+    distributed_dp: bool = False  # sites send noisy integer gradient sums (common/distributed_dp.py)
+    unit: float = 0.0  # distributed DP: the value of one integer unit (γ)
+    step_size: float = 0.0  # distributed DP: the gradient step the coordinator takes with the mean (lr)
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SecAggParameters:
-        """The parameters of `config` (`secure-aggregation-*` keys)."""
+        """The parameters of `config` (`secure-aggregation-*` keys, and `distributed-dp`)."""
+        from common.distributed_dp import granularity
+
         return cls(
             threshold=config.secure_aggregation_threshold,
             clipping_range=config.secure_aggregation_clipping_range,
             bits=config.secure_aggregation_bits,
+            distributed_dp=config.distributed_dp,
+            unit=granularity(config.dp_max_grad_norm, config.secure_aggregation_bits),
+            step_size=config.lr,
         )
 
     @property
@@ -130,6 +138,7 @@ class SecAggParameters:
             "threshold": self.threshold,
             "clipping-range": self.clipping_range,
             "bits": self.bits,
+            "distributed-dp": self.distributed_dp,
             "server-round": int(server_round),
             "weight-unit": float(weight_unit),
             "keys": [[int(n), keys[n][0].hex(), keys[n][1].hex()] for n in sorted(keys)],
@@ -267,6 +276,21 @@ def encode_contribution(
     scale = np.where(weighted, q_weight / params.target_range, 1.0)
     (quantised,) = quantize([values * scale], params.clipping_range, params.target_range)
     return np.concatenate([quantised.astype(np.uint64), np.array([q_weight], dtype=np.uint64)])
+
+
+def encode_integers(values: np.ndarray) -> np.ndarray:
+    """Distributed DP: a site's integer vector (noise share included) in the ring as it is, then a weight
+    slot of 1 (the sum's last entry counts the sites)."""
+    integers = np.rint(values).astype(np.int64)
+    if not np.array_equal(integers, values):
+        raise SecureAggregationError("distributed DP: a site's contribution must be whole numbers")
+    return np.concatenate([(integers % MODULUS).astype(np.uint64), np.array([1], dtype=np.uint64)])
+
+
+def decode_integers(total: np.ndarray) -> np.ndarray:
+    """Distributed DP: the sites' integer sum from the ring, read as signed (within ±2^31)."""
+    values = total[:-1].astype(np.int64)
+    return np.where(values >= MODULUS // 2, values - MODULUS, values)
 
 
 def decode_sum(

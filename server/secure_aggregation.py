@@ -33,11 +33,13 @@ from common.secure_aggregation import (
     SETUP,
     SHARE_KEYS,
     UNMASK,
+    WEIGHT_KEY,
     WEIGHTED_RECORD,
     Key,
     Layout,
     SecAggParameters,
     SecureAggregationError,
+    decode_integers,
     decode_sum,
     mask_vector,
     pairwise_seed,
@@ -175,7 +177,11 @@ class _Round:
         )
         binding = params.binding(self.server_round, self.grid.weight_unit, keys)
         total = self._unmasked_sum(vectors, unmask, keys, binding, dropped, len(order))
-        mean = decode_sum(total, layout.weighted(), len(active), params)
+        if params.distributed_dp:  # Σ noisy clipped gradient sums: one step of the mean gradient
+            count = sum(float(collected[n].content["metrics"][WEIGHT_KEY]) for n in active)
+            mean = -params.step_size * params.unit * decode_integers(total) / max(count, 1.0)
+        else:
+            mean = decode_sum(total, layout.weighted(), len(active), params)
         aggregate = self._aggregate(layout, mean)
         replies = [
             Message(
