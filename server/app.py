@@ -263,6 +263,8 @@ def main(grid: Grid, context: Context) -> None:
         "resumed-after-round": checkpoint.server_round if checkpoint else None,
         "dp": config.dp,
         "dp-seeded-noise": config.dp_seeded_noise,
+        "secure-aggregation": config.secure_aggregation,
+        "distributed-dp": config.distributed_dp,  # ε against a non-colluding coordinator (docs/privacy.md)
         "stopped": recorder.stop_reason,
         "central-dp": _central_privacy(aggregation),
         "overall": last.get("overall", {}),

@@ -115,6 +115,7 @@ def test_the_aggregate_is_one_step_of_the_clipped_gradient_sum_with_the_sums_noi
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds-completed"] == 1
     assert all(0 < s["epsilon"] <= 2.0 for s in summary["sites"].values())
+    assert summary["distributed-dp"] and "does not collude" in (run / "MODEL_CARD.md").read_text()
 
     collect = [m for m in grid.sent if m.metadata.message_type == "train" and "arrays" in m.content]
     initial = collect[0].content["arrays"].to_torch_state_dict()
