@@ -184,6 +184,13 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
         connect: Annotated[
             bool, typer.Option(help="With --kit: also check the TLS connection to the coordinator.")
         ] = True,
+        contrasts: Annotated[
+            str | None,
+            typer.Option(
+                help="MRI tasks: the contrasts the run will ask for (its mri-contrasts, e.g. t1ce,flair); "
+                "read the data with them and count, per contrast, the patients who lack it."
+            ),
+        ] = None,
     ) -> None:
         """Report what the site's data holds, as a run would read it (classes, missing values, skipped
         files, PHI, unit conversions); with --kit also check kit, policy, state and the coordinator.
@@ -196,7 +203,8 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
             _print_plan(plan, connected=connect)
             site_policy = plan.policy
         tasks = list(task or (site_policy.allowed_tasks if site_policy else ["ckd"]))
-        if not print_data_reports(data, tasks, site_policy, report):
+        wanted = _contrasts(contrasts) if contrasts is not None else None
+        if not print_data_reports(data, tasks, site_policy, report, contrasts=wanted):
             raise typer.Exit(1)
 
     @site_app.command("start")
@@ -294,13 +302,29 @@ def _print_plan(plan: node.NodePlan, *, connected: bool) -> None:
     _say(f"fedward: coordinator {plan.superlink}: {reached}")
 
 
-def print_data_reports(data: Path, tasks: list[str], site_policy, json_path: Path) -> bool:
-    """Check `data` for each task, print the reports and write them as JSON; True when none blocks."""
+def _contrasts(text: str) -> tuple[str, ...]:
+    """`--contrasts t1ce,flair` as canonical names; ConfigError naming the option otherwise."""
+    from common.data.mri.sample import parse_contrasts
+
+    try:
+        return parse_contrasts(text)
+    except ValueError as exc:
+        raise ConfigError(f"--contrasts: {exc}") from None
+
+
+def print_data_reports(
+    data: Path, tasks: list[str], site_policy, json_path: Path, *, contrasts: tuple[str, ...] | None = None
+) -> bool:
+    """Check `data` for each task (MRI tasks with `contrasts`, when given), print the reports and write
+    them as JSON; True when none blocks."""
     from client.data_report import check_site_data, print_report
 
     gate = site_policy.phi_gate if site_policy else "block"
     least = site_policy.min_samples if site_policy else 1
-    reports = [check_site_data(data, t, phi_gate=gate, min_samples=least, policy=site_policy) for t in tasks]
+    reports = [
+        check_site_data(data, t, phi_gate=gate, min_samples=least, policy=site_policy, contrasts=contrasts)
+        for t in tasks
+    ]
     for one in reports:
         print_report(one, console)
     json_path.write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")

@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from client.policy import SitePolicy
-from client.readiness import readiness
+from client.readiness import contrast_readiness, missing_contrasts, readiness
 from common.config import RunConfig
 from common.errors import DataValidationError, FedwardError
 from common.tasks import TaskSpec, task_spec
 
 if TYPE_CHECKING:
-    from common.tasks import SiteData
+    from common.tasks import SiteData, SiteSource
 
 log = logging.getLogger("fedward.client")
 
@@ -44,8 +44,10 @@ class DataReport:
     skipped: list[str] = field(default_factory=list)
     phi: dict[str, Any] = field(default_factory=dict)
     conversions: list[str] = field(default_factory=list)
+    # with `contrasts`: contrast -> patients with it and without it (MRI tasks)
+    contrasts: dict[str, dict[str, int]] = field(default_factory=dict)
     cell_issues: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # too small or skewed to train or evaluate well
+    warnings: list[str] = field(default_factory=list)  # too small, skewed or short of a contrast
     blocking: list[str] = field(default_factory=list)
 
     @property
@@ -88,13 +90,51 @@ def _phi(report: DataReport, folder: Path, phi_gate: str) -> None:
         )
 
 
-def _load(report: DataReport, folder: Path, spec: TaskSpec, config: RunConfig, phi_gate: str) -> SiteData:
-    """Load `folder` as a run would (PHI gate first for imaging) and count samples, patients, classes."""
+def _contrasts(report: DataReport, found: dict[str, set[str]], contrasts: tuple[str, ...]) -> None:
+    """Per contrast the run asks for, patients with and without it; blocks and warnings (counts only)."""
+    for name, lacking in (missing_contrasts(found, contrasts) if found else {}).items():
+        report.contrasts[name] = {"patients-with": len(found) - lacking, "patients-without": lacking}
+    checked = contrast_readiness(found, contrasts)
+    report.blocking.extend(checked.blocking)
+    report.warnings.extend(checked.warnings)
+
+
+def _read(
+    report: DataReport,
+    spec: TaskSpec,
+    source: SiteSource,
+    config: RunConfig,
+    contrasts: tuple[str, ...] | None,
+) -> SiteData:
+    """The task's site data; for an MRI task with `contrasts`, first the contrast check on the same scan
+    (the folder is read once)."""
+    task = spec.build()
+    if not (contrasts and spec.imaging):  # no monai import for a table task
+        return task.load_site(source, config)
+    from common.tasks.mri import MriTask
+
+    if not isinstance(task, MriTask):
+        return task.load_site(source, config)
+    scan = task.scan(source, config)
+    _contrasts(report, scan.contrasts, contrasts)
+    return task.site_from_scan(source, config, scan)
+
+
+def _load(
+    report: DataReport,
+    folder: Path,
+    spec: TaskSpec,
+    config: RunConfig,
+    phi_gate: str,
+    contrasts: tuple[str, ...] | None = None,
+) -> SiteData:
+    """Load `folder` as a run would (PHI gate first for imaging) and count samples, patients, classes;
+    with `contrasts`, an MRI task's folder is also checked for every patient having each of them."""
     from common.tasks import SiteSource
 
     if spec.imaging:
         _phi(report, folder, phi_gate)
-    site = spec.build().load_site(SiteSource("site", folder), config)
+    site = _read(report, spec, SiteSource("site", folder), config, contrasts)
     if spec.unit == "rows":
         _rows(report, site)
         patients: list[object] = list(range(report.samples))
@@ -122,15 +162,19 @@ def check_site_data(
     phi_gate: str = "block",
     min_samples: int = 1,
     policy: SitePolicy | None = None,
+    contrasts: tuple[str, ...] | None = None,
 ) -> DataReport:
     """Scan `folder` for `task` as a training run would (with `config`'s image settings, else the
     defaults); problems that stop training are listed in `blocking`, sites too small or too skewed to
-    train or evaluate well in `warnings`. Never raises for what the data holds."""
+    train or evaluate well in `warnings`. `contrasts` (canonical names, MRI tasks) replaces the config's
+    mri-contrasts and reports how many patients lack each. Never raises for what the data holds."""
     report = DataReport(str(folder), task)
     config = (config or RunConfig()).model_copy(update={"task": task})
+    if contrasts:
+        config = config.model_copy(update={"mri_contrasts": ",".join(contrasts)})
     site = None
     try:
-        site = _load(report, folder, task_spec(task), config, phi_gate)
+        site = _load(report, folder, task_spec(task), config, phi_gate, contrasts)
     except DataValidationError as exc:
         report.blocking.extend(str(p) for p in exc.problems)
     except FedwardError as exc:
@@ -165,6 +209,11 @@ def print_report(report: DataReport, console: Console) -> None:
         for name, counts in report.per_class.items():
             table.add_row(name, str(counts["samples"]), str(counts["patients"]))
         console.print(table)
+    if report.contrasts:
+        table = Table("contrast", "patients with", "patients without", title="contrasts the run asks for")
+        for name, counts in report.contrasts.items():
+            table.add_row(name, str(counts["patients-with"]), str(counts["patients-without"]))
+        console.print(table)
     if report.missing_per_feature:
         table = Table("feature", "missing", title="missing values")
         for name, count in sorted(report.missing_per_feature.items(), key=lambda kv: -kv[1]):
@@ -175,7 +224,7 @@ def print_report(report: DataReport, console: Console) -> None:
         ("cells blanked or rows dropped", report.cell_issues),
         ("files skipped", report.skipped),
         ("PHI findings", report.phi.get("examples", [])),
-        ("warnings: too small or skewed to train or evaluate well", report.warnings),
+        ("warnings: the site runs, but trains or evaluates less well", report.warnings),
         ("blocking problems", report.blocking),
     )
     for title, lines in sections:

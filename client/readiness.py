@@ -6,6 +6,7 @@ findings name counts and rules, never values, and stay at the site.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,3 +98,35 @@ def _classes(
             f"the held-out split holds no {', '.join(absent)}: its ROC AUC is undefined (NaN), and so are "
             "the per-class rates of the missing class(es)"
         )
+
+
+def missing_contrasts(found: Mapping[str, Collection[str]], contrasts: Sequence[str]) -> dict[str, int]:
+    """Per contrast the run asks for, how many patients of `found` (patient -> contrasts the loaders
+    recognised in any of their studies) have it in none."""
+    return {name: sum(name not in have for have in found.values()) for name in contrasts}
+
+
+def contrast_readiness(found: Mapping[str, Collection[str]], contrasts: Sequence[str]) -> Readiness:
+    """Block when a contrast the run asks for is missing for every patient, warn when for some (counts
+    only, no patient id)."""
+    out = Readiness()
+    asked = ", ".join(contrasts)
+    if not found:
+        out.warnings.append(
+            f"no DICOM series or NIfTI case found, so the contrasts {asked} could not be checked (2D "
+            "images have none: a grey-level image fills every input channel)"
+        )
+        return out
+    total = len(found)
+    for name, lacking in missing_contrasts(found, contrasts).items():
+        if lacking == total:
+            out.blocking.append(
+                f"contrast {name}: missing for all {total} patients, and the run asks for {asked}; add the "
+                f"{name} series (named as in docs/site-data.md) or the site cannot take part"
+            )
+        elif lacking:
+            out.warnings.append(
+                f"contrast {name}: missing for {lacking} of {total} patients; their studies without it are "
+                "skipped, so they neither train nor evaluate"
+            )
+    return out

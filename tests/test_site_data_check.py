@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from client.data_report import check_site_data
 from client.policy import load_policy
 from common.config import RunConfig
+from common.errors import ConfigError
 from fedward.cli import app
 from simulations.phantoms import generate_site
 
@@ -143,3 +145,100 @@ def test_empty_and_single_class_held_out_splits_evaluate(ckd_csv: Path) -> None:
     single = task.evaluate(model, TensorDataset(x, y), torch.device("cpu"), intervals=True)
     assert empty == {"num-examples": 0.0}
     assert single["num-examples"] == 1.0 and math.isnan(single["roc-auc"])
+
+
+# ----------------------------------------------------------------------------- --contrasts
+
+WANTED = ("t1ce", "flair")
+
+
+@pytest.fixture(scope="module")
+def contrast_sites(
+    phantom_sites: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The clean DICOM site (6 patients, t1ce and flair series), a copy without two patients' flair
+    series, one without any t1ce series, and a NIfTI site (4 cases) with one case's flair removed."""
+    root = tmp_path_factory.mktemp("contrasts")
+    clean = phantom_sites["clean"]
+    patients = sorted(p for p in clean.iterdir() if p.is_dir() and p.name != "masks")
+    some = shutil.copytree(clean, root / "some-without-flair")
+    for patient in patients[:2]:
+        shutil.rmtree(some / patient.name / "study-1" / "flair")
+    none = shutil.copytree(clean, root / "none-with-t1ce")
+    for patient in patients:
+        shutil.rmtree(none / patient.name / "study-1" / "t1ce")
+    nifti = generate_site(root / "nifti", 2, 4, fmt="nifti", spec=SPEC, seed=5)
+    next(nifti.rglob("*_flair.nii.gz")).unlink()
+    return {"all": clean, "some": some, "none": none, "nifti": nifti}
+
+
+def test_every_contrast_present_gives_no_contrast_finding(contrast_sites: dict[str, Path]) -> None:
+    report = check_site_data(contrast_sites["all"], "tumour", config=MRI, contrasts=WANTED)
+
+    assert report.ok, report.blocking
+    assert report.contrasts == {c: {"patients-with": 6, "patients-without": 0} for c in WANTED}
+    assert not [w for w in report.warnings if "contrast" in w]
+
+
+def test_a_contrast_missing_for_some_patients_warns_with_the_count(contrast_sites: dict[str, Path]) -> None:
+    report = check_site_data(contrast_sites["some"], "tumour", config=MRI, contrasts=WANTED)
+
+    assert report.ok, report.blocking  # the other four patients still train
+    assert report.contrasts["flair"] == {"patients-with": 4, "patients-without": 2}
+    assert report.contrasts["t1ce"] == {"patients-with": 6, "patients-without": 0}
+    assert [w for w in report.warnings if w.startswith("contrast ")] == [
+        "contrast flair: missing for 2 of 6 patients; their studies without it are skipped, so they neither "
+        "train nor evaluate"
+    ]
+    assert report.patients == 4
+
+
+def test_a_contrast_missing_for_every_patient_blocks(contrast_sites: dict[str, Path]) -> None:
+    report = check_site_data(contrast_sites["none"], "tumour", config=MRI, contrasts=WANTED)
+
+    assert not report.ok
+    assert report.contrasts["t1ce"] == {"patients-with": 0, "patients-without": 6}
+    assert report.blocking[0].startswith(
+        "contrast t1ce: missing for all 6 patients, and the run asks for t1ce, flair"
+    )
+    assert not any("S1P" in line for line in report.blocking + report.warnings if line.startswith("contrast"))
+
+
+def test_the_nifti_loader_reports_its_cases_contrasts(contrast_sites: dict[str, Path]) -> None:
+    report = check_site_data(contrast_sites["nifti"], "tumour", config=MRI, contrasts=WANTED)
+
+    assert report.contrasts["flair"] == {"patients-with": 3, "patients-without": 1}
+    assert any(w.startswith("contrast flair: missing for 1 of 4 patients") for w in report.warnings)
+
+
+def test_image_folders_have_no_contrast_to_check(tmp_path: Path) -> None:
+    images = generate_site(tmp_path / "png", 2, 3, fmt="png", spec=SPEC, seed=5)
+    flat = MRI.model_copy(update={"image_depth": 0})
+
+    report = check_site_data(images, "tumour", config=flat, contrasts=WANTED)
+
+    assert report.ok and report.contrasts == {}
+    assert any(w.startswith("no DICOM series or NIfTI case found") for w in report.warnings)
+
+
+def test_site_check_contrasts_option_end_to_end(contrast_sites: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    args = ["--task", "tumour", "--json", str(out)]
+
+    code, output = _site_check("--data", str(contrast_sites["some"]), "--contrasts", "T1-Gd, FLAIR", *args)
+    assert code == 0, output
+    report = json.loads(out.read_text())[0]
+    assert report["contrasts"]["flair"] == {"patients-with": 4, "patients-without": 2}
+    assert "contrasts the run asks for" in output and "contrast flair: missing for 2 of 6" in output
+
+    code, output = _site_check("--data", str(contrast_sites["none"]), "--contrasts", "t1ce,flair", *args)
+    assert code == 1 and "BLOCKED" in output and "Traceback" not in output
+    assert "contrast t1ce: missing for all 6 patients" in json.loads(out.read_text())[0]["blocking"][0]
+
+    code, output = _site_check("--data", str(contrast_sites["all"]), *args)  # default: no contrast check
+    assert json.loads(out.read_text())[0]["contrasts"] == {}
+
+    bad = CliRunner().invoke(
+        app, ["site", "check", "--data", str(contrast_sites["all"]), "--contrasts", "dwi"]
+    )
+    assert isinstance(bad.exception, ConfigError) and "--contrasts" in str(bad.exception)

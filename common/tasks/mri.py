@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 from common.config import RunConfig
 from common.data.mri.patients import PatientSampled
 from common.data.mri.preprocess import model_input
-from common.data.mri.sample import MriSample, SkipFile, Skipped, parse_contrasts
+from common.data.mri.sample import MriSample, ScanResult, SkipFile, Skipped, parse_contrasts
 from common.data.mri.site import scan_site
 from common.data.patient_keys import mri_patient_keys
 from common.data.split import split_by_patient
@@ -82,13 +82,21 @@ class MriTask(Task):
 
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
         """Every usable sample of the site folder; unusable files are skipped with a reason."""
+        return self.site_from_scan(source, config, self.scan(source, config))
+
+    def scan(self, source: SiteSource, config: RunConfig) -> ScanResult:
+        """Read the site folder once with the run's contrasts: samples, skip reasons and each patient's
+        recognised contrasts (`fedward site check --contrasts` reads those before `site_from_scan`)."""
         if source.data_dir is None:
             raise ConfigError(
                 f"site {source.site_id}: the {self.name} task needs a data folder "
                 "(node config data-dir, or run config data-root with site-<i> folders)"
             )
+        return scan_site(source.data_dir, contrasts_of(config))
+
+    def site_from_scan(self, source: SiteSource, config: RunConfig, scan: ScanResult) -> SiteData:
+        """Preprocess and split by patient what `scan` found; DataValidationError when nothing is usable."""
         contrasts = contrasts_of(config)
-        scan = scan_site(source.data_dir, contrasts)
         skipped = list(scan.skipped)
         images, targets, patients, voxels, strata = [], [], [], [], []
         for sample in scan.samples:

@@ -228,6 +228,7 @@ def load_dicom(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
             result.skipped.append(Skipped(where, "series without PatientID"))
             continue
         chosen = _assign_contrasts(group, contrasts)
+        result.found(patient, chosen)
         missing = [c for c in contrasts if c not in chosen]
         if missing:
             seen = ", ".join(repr(s.description) for s in group)

@@ -40,6 +40,9 @@ def load_nifti(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
     for folder, found in sorted(cases.items()):
         case = folder.name
         where = relative(folder, root)
+        entry = manifest.lookup(case)
+        patient = entry.patient_id if entry is not None else case
+        result.found(patient, (c for c in contrasts if c in found))
         missing = [c for c in contrasts if c not in found]
         if missing:
             result.skipped.append(Skipped(where, f"missing contrast(s) {', '.join(missing)}"))
@@ -48,12 +51,10 @@ def load_nifti(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
         if bad is not None:
             result.skipped.append(bad)
             continue
-        entry = manifest.lookup(case)
         label = entry.label if entry is not None else UNLABELLED
         mask = None
         if "seg" in found:
             mask = load_mask(found["seg"], image.shape[1:], root, result.skipped, label)
-        patient = entry.patient_id if entry is not None else case
         result.samples.append(MriSample(patient, label, image, where, affine, mask))
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,9 +117,18 @@ class ScanResult:
     skipped: list[Skipped] = field(default_factory=list)
     files_read: int = 0
     files: list[Path] = field(default_factory=list)  # every image file of the site (data-set fingerprint)
+    # patient -> the run's contrasts the 3D loaders recognised in any of the patient's studies or cases,
+    # whether or not a study was then usable (`fedward site check --contrasts`; stays at the site)
+    contrasts: dict[str, set[str]] = field(default_factory=dict)
+
+    def found(self, patient: str, contrasts: Iterable[str]) -> None:
+        """Record contrasts recognised in one of `patient`'s studies (or cases)."""
+        self.contrasts.setdefault(patient, set()).update(contrasts)
 
     def extend(self, other: ScanResult) -> None:
         """Add another loader's findings."""
         self.samples += other.samples
         self.skipped += other.skipped
         self.files_read += other.files_read
+        for patient, contrasts in other.contrasts.items():
+            self.found(patient, contrasts)
