@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from client import node
 from client.ledger import LEDGER_FILE, PrivacyLedger
 from client.policy import load_policy, resolve_ledger_dir, validate_policy_for
 from common.errors import ConfigError, FedwardError
+
+if TYPE_CHECKING:
+    from common.config import RunConfig
 
 app = typer.Typer(help="Site (hospital) commands.", no_args_is_help=True)
 policy_app = typer.Typer(help="The site's privacy policy.", no_args_is_help=True)
@@ -191,6 +194,10 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
                 "read the data with them and count, per contrast, the patients who lack it."
             ),
         ] = None,
+        image_depth: Annotated[
+            int | None,
+            typer.Option(min=0, help="MRI tasks: the run's image-depth (slices; 0 for 2D image folders)."),
+        ] = None,
     ) -> None:
         """Report what the site's data holds, as a run would read it (classes, missing values, skipped
         files, PHI, unit conversions); with --kit also check kit, policy, state and the coordinator.
@@ -204,7 +211,10 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
             site_policy = plan.policy
         tasks = list(task or (site_policy.allowed_tasks if site_policy else ["ckd"]))
         wanted = _contrasts(contrasts) if contrasts is not None else None
-        if not print_data_reports(data, tasks, site_policy, report, contrasts=wanted):
+        from common.config import RunConfig
+
+        settings = RunConfig() if image_depth is None else RunConfig(image_depth=image_depth)
+        if not print_data_reports(data, tasks, site_policy, report, contrasts=wanted, config=settings):
             raise typer.Exit(1)
 
     @site_app.command("start")
@@ -313,7 +323,13 @@ def _contrasts(text: str) -> tuple[str, ...]:
 
 
 def print_data_reports(
-    data: Path, tasks: list[str], site_policy, json_path: Path, *, contrasts: tuple[str, ...] | None = None
+    data: Path,
+    tasks: list[str],
+    site_policy,
+    json_path: Path,
+    *,
+    contrasts: tuple[str, ...] | None = None,
+    config: RunConfig | None = None,
 ) -> bool:
     """Check `data` for each task (MRI tasks with `contrasts`, when given), print the reports and write
     them as JSON; True when none blocks."""
@@ -322,7 +338,9 @@ def print_data_reports(
     gate = site_policy.phi_gate if site_policy else "block"
     least = site_policy.min_samples if site_policy else 1
     reports = [
-        check_site_data(data, t, phi_gate=gate, min_samples=least, policy=site_policy, contrasts=contrasts)
+        check_site_data(
+            data, t, config=config, phi_gate=gate, min_samples=least, policy=site_policy, contrasts=contrasts
+        )
         for t in tasks
     ]
     for one in reports:

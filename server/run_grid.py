@@ -18,8 +18,11 @@ class RunGrid(Grid):
         self.node_ids = frozenset(node_ids)
 
     def get_node_ids(self) -> Iterable[int]:
-        """The run's sites that are connected now."""
-        return [nid for nid in self.inner.get_node_ids() if nid in self.node_ids]
+        """The run's sites, connected or not: a site that went offline mid-run is still sampled and the
+        SuperLink answers its messages with an error reply (the round records it as a failure, and the
+        run stops below min-sites), where the strategy would otherwise wait forever for every site."""
+        connected = [nid for nid in self.inner.get_node_ids() if nid in self.node_ids]
+        return connected + sorted(self.node_ids - set(connected))
 
     def set_run(self, run: Run) -> None:
         """As the wrapped grid."""

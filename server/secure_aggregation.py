@@ -108,9 +108,11 @@ class _Round:
                 Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=self.group_id)
             )
         replies = self.grid.inner.send_and_receive(sent, timeout=self.timeout)
+        # the node a reply answers for: the SuperLink answers for an unavailable node from its own id
+        destination = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
         usable: dict[int, Message] = {}
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if node not in contents:
                 continue
             if reply.has_error():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flower_processes import require_nginx, stop_groups, wait_for
+from flower_processes import Procs, free_port, require_nginx, wait_for
 from site_policy import policy_text
 from test_app_signing import tamper, write_app
 
@@ -34,47 +33,20 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Procs:
-    """fedward commands, each in its own process group (with the Flower programs it starts)."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
-        log = self.logs / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        self.started.append(proc)
-        return proc, log
-
-    def stop_all(self) -> None:
-        stop_groups(self.started, grace=10)
-
-
 @pytest.fixture()
-def procs(tmp_path: Path) -> Iterator[_Procs]:
+def procs(tmp_path: Path) -> Iterator[Procs]:
     """Every process group started by the test dies at teardown."""
-    started = _Procs(tmp_path)
+    started = Procs(tmp_path)
     try:
         yield started
     finally:
         started.stop_all()
 
 
-def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Path, procs: _Procs) -> None:
+def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Path, procs: Procs) -> None:
     require_nginx()  # the coordinator's TLS proxy
     started = time.monotonic()
-    port = _free_port()
+    port = free_port()
     fed = provision(tmp_path / "federation", ["H1", "H2"], sans=["127.0.0.1"], port=port, name="deployfed")
     foreign = provision(tmp_path / "other", ["H1"], sans=["127.0.0.1"], port=port, name="other")
     data = prepare_ckd_sites(tmp_path / "data", 2, "iid")
@@ -96,7 +68,7 @@ def test_provisioned_federation_runs_ckd_and_rejects_a_foreign_kit(tmp_path: Pat
             [
                 FEDWARD, "site", "start", "--kit", str(kit), "--data", str(folder),
                 "--state", str(tmp_path / f"state-{name}"), "--policy", str(policy),
-                "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()),
+                "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
             ],
         )  # fmt: skip
 

@@ -242,3 +242,13 @@ def test_site_check_contrasts_option_end_to_end(contrast_sites: dict[str, Path],
         app, ["site", "check", "--data", str(contrast_sites["all"]), "--contrasts", "dwi"]
     )
     assert isinstance(bad.exception, ConfigError) and "--contrasts" in str(bad.exception)
+
+
+def test_site_check_reads_2d_image_folders_at_the_runs_image_depth(tmp_path: Path) -> None:
+    images = generate_site(tmp_path / "png", 2, 3, fmt="png", spec=SPEC, seed=5)
+    args = ["--data", str(images), "--task", "tumour", "--json", str(tmp_path / "report.json")]
+
+    code, output = _site_check(*args)  # volumes expected (image-depth 16): no 2D image is usable
+    assert code == 1 and "BLOCKED" in output
+    code, output = _site_check(*args, "--image-depth", "0")
+    assert code == 0, output
