@@ -442,7 +442,8 @@ def print_audit(result: dict) -> None:
         f"TPR@{k} FPR {'n/a' if v is None else f'{v:.3f}'}" for k, v in mia["tpr-at-fpr"].items()
     )
     console.print(
-        f"membership inference (loss attack, final model): AUC {mia['auc']:.3f}, {tprs} "
+        f"membership inference ({mia.get('attack', 'loss')} attack, final model): "
+        f"AUC {mia['auc']:.3f}, {tprs} "
         f"({mia['members']} members, {mia['non-members']} non-members)"
     )
     if result["leak"]:
