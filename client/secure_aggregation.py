@@ -16,24 +16,11 @@ A site refuses (an error reply, no secret sent) when fewer than max(threshold co
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.crypto.shamir import create_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt, generate_shared_key
-from flwr.common.secure_aggregation.secaggplus_utils import (
-    share_keys_plaintext_concat,
-    share_keys_plaintext_separate,
-)
-from flwr.supercore.primitives.asymmetric import (
-    bytes_to_private_key,
-    bytes_to_public_key,
-    generate_key_pairs,
-    private_key_to_bytes,
-    public_key_to_bytes,
-)
 
 from client.site import site_privacy
 from common.config import RunConfig
@@ -54,9 +41,15 @@ from common.secure_aggregation import (
     Key,
     Layout,
     SecAggParameters,
+    SecureAggregationError,
+    check_public_key,
+    decrypt_shares,
     encode_contribution,
     encode_integers,
+    encrypt_shares,
+    generate_key_pair,
     mask_vector,
+    new_secret,
     pairwise_seed,
     pairwise_sign,
     weight_ratio,
@@ -117,7 +110,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         if stage == COLLECT:
             return _collect(msg, context, request, state, call_next, config)
         return _unmask(msg, context, request, state)
-    except Refusal as refusal:
+    except (Refusal, SecureAggregationError) as refusal:
         return _refuse(msg, context, str(refusal))
 
 
@@ -127,20 +120,20 @@ def _reply(msg: Message, fields: dict, records: dict | None = None) -> Message:
 
 
 def _setup(msg: Message, context: Context, request: ConfigRecord) -> Message:
-    """Fresh key pairs for this round; reply with the public halves."""
+    """Fresh X25519 key pairs for this round; reply with the raw public halves."""
     weight_unit = float(request.get(Key.WEIGHT_UNIT, 0.0))
     if not weight_unit > 0:
         return _refuse(msg, context, f"weight unit {weight_unit!r}, expected a number > 0")
-    sk1, pk1 = generate_key_pairs()
-    sk2, pk2 = generate_key_pairs()
+    sk1, pk1 = generate_key_pair()
+    sk2, pk2 = generate_key_pair()
     state = {
         Key.STAGE: SETUP,
         Key.SERVER_ROUND: int(request.get(Key.SERVER_ROUND, 0)),
         Key.WEIGHT_UNIT: weight_unit,
-        "sk1": private_key_to_bytes(sk1),
-        "pk1": public_key_to_bytes(pk1),
-        "sk2": private_key_to_bytes(sk2),
-        "pk2": public_key_to_bytes(pk2),
+        "sk1": sk1,
+        "pk1": pk1,
+        "sk2": sk2,
+        "pk2": pk2,
     }
     context.state[STATE] = ConfigRecord(state)
     return _reply(msg, {Key.STAGE: SETUP, Key.PUBLIC_KEY_1: state["pk1"], Key.PUBLIC_KEY_2: state["pk2"]})
@@ -169,6 +162,8 @@ def _share_keys(
     me = msg.metadata.dst_node_id
     if not (len(nodes) == len(pk1s) == len(pk2s)) or len(set(nodes)) != len(nodes):
         raise Refusal("a malformed list of participants")
+    for key in pk1s + pk2s:
+        check_public_key(key)
     if len(set(pk1s + pk2s)) != 2 * len(nodes):
         raise Refusal("two participants with the same public key")
     keys = dict(zip(nodes, zip(pk1s, pk2s, strict=True), strict=True))
@@ -178,20 +173,20 @@ def _share_keys(
     needed = _min_sites(context, config, threshold)
     if len(nodes) < needed:
         raise Refusal(f"{len(nodes)} site(s) in the round, fewer than the {needed} this site requires")
-    seed = os.urandom(32)
+    seed = new_secret()
     seed_shares = create_shares(seed, threshold, len(nodes))
     key_shares = create_shares(bytes(state["sk1"]), threshold, len(nodes))
-    sk2 = bytes_to_private_key(bytes(state["sk2"]))
+    sk2 = bytes(state["sk2"])
+    binding = params.binding(int(state[Key.SERVER_ROUND]), float(state[Key.WEIGHT_UNIT]), keys)
     destinations, ciphertexts = [], []
     own_seed_share = own_key_share = b""
     for index, node in enumerate(nodes):
         if node == me:
             own_seed_share, own_key_share = seed_shares[index], key_shares[index]
             continue
-        shared = generate_shared_key(sk2, bytes_to_public_key(keys[node][1]))
-        plaintext = share_keys_plaintext_concat(me, node, seed_shares[index], key_shares[index])
+        shares = (seed_shares[index], key_shares[index])
         destinations.append(node)
-        ciphertexts.append(encrypt(shared, plaintext))
+        ciphertexts.append(encrypt_shares(sk2, keys[node][1], me, node, binding, shares))
     state.update(
         {
             Key.STAGE: SHARE_KEYS,
@@ -201,7 +196,7 @@ def _share_keys(
             Key.NODES: nodes,
             "pk1s": pk1s,
             "pk2s": pk2s,
-            "binding": params.binding(int(state[Key.SERVER_ROUND]), float(state[Key.WEIGHT_UNIT]), keys),
+            "binding": binding,
             Key.OWNERS: [me],
             "seed-shares": [own_seed_share],
             "key-shares": [own_key_share],
@@ -234,20 +229,20 @@ def _collect(
             "requires"
         )
     pk2s = dict(zip(nodes, state["pk2s"], strict=True))
-    sk2 = bytes_to_private_key(bytes(state["sk2"]))
+    sk2 = bytes(state["sk2"])
     owners, seed_shares, key_shares = (
         list(state[Key.OWNERS]),
         list(state["seed-shares"]),
         list(state["key-shares"]),
     )
+    binding = bytes(state["binding"])
     for source, ciphertext in zip(sources, ciphertexts, strict=True):
-        shared = generate_shared_key(sk2, bytes_to_public_key(pk2s[source]))
-        try:
-            src, dst, seed_share, key_share = share_keys_plaintext_separate(decrypt(shared, ciphertext))
-        except Exception:
+        try:  # made by `source` for this site, this round and this key list, or refused
+            seed_share, key_share = decrypt_shares(
+                sk2, bytes(pk2s[source]), source, me, binding, bytes(ciphertext)
+            )
+        except SecureAggregationError:
             raise Refusal(f"an undecryptable share from node {source}") from None
-        if (src, dst) != (source, me):
-            raise Refusal(f"a share from node {src} to node {dst} forwarded as from node {source}")
         owners.append(source)
         seed_shares.append(seed_share)
         key_shares.append(key_share)
@@ -296,7 +291,7 @@ def _masked_vector(
     me = msg.metadata.dst_node_id
     pk1s = dict(zip((int(n) for n in state[Key.NODES]), state["pk1s"], strict=True))
     for other in sources:
-        mask = mask_vector(pairwise_seed(bytes(state["sk1"]), pk1s[other]), binding, vector.size)
+        mask = mask_vector(pairwise_seed(bytes(state["sk1"]), bytes(pk1s[other])), binding, vector.size)
         vector = vector + mask if pairwise_sign(me, other) > 0 else vector + (MODULUS - mask)
     return (vector % MODULUS).astype(np.uint32), layout
 

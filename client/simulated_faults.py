@@ -26,6 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.secure_aggregation import RECORD as SECURE_AGGREGATION
 
 log = logging.getLogger("fedward.client")
 
@@ -104,7 +105,9 @@ def simulated_round(msg: Message, context: Context) -> SimulatedRound | None:
         return None
     partition = int(context.node_config.get("partition-id", 0))
     site_id = str(context.node_config.get("site-id", f"site-{partition}"))
-    return SimulatedRound(config, partition, site_id, int(msg.content["config"].get("server-round", 1)))
+    records = msg.content.config_records  # a secure-aggregation stage other than training has no config
+    shared = records.get("config") or records.get(SECURE_AGGREGATION) or {}
+    return SimulatedRound(config, partition, site_id, int(shared.get("server-round", 1)))
 
 
 def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

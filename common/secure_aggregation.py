@@ -1,23 +1,27 @@
 """Secure aggregation (SecAgg+ on Flower's Message API): what the coordinator and the sites agree on.
 
 Four stages per training round, every message a `train` message carrying the `RECORD` ConfigRecord
-(`server/secure_aggregation.py` runs them, `client/secure_aggregation.py` answers them):
+(`server/secure_aggregation.py` runs them, `client/secure_aggregation.py` answers them); only the
+masked-vector stage also carries the round's train content (its `config` record and the global model):
 
-1. setup: each site makes two fresh EC key pairs (one for masks, one for encrypting shares);
-2. share keys: each site gets every participant's public keys, Shamir-shares its self-mask seed and its
-   mask key (threshold t of n), and sends each share encrypted to its owner (through the coordinator);
+1. setup: each site makes two fresh X25519 key pairs (one for masks, one for encrypting shares), each
+   private key derived from a 31-byte secret, and sends the raw 32-byte public keys;
+2. share keys: each site gets every participant's public keys, Shamir-shares its 31-byte self-mask seed
+   and its mask key's 31-byte secret (threshold t of n; 2 chunks of Flower's Shamir each), and sends each
+   owner its two shares, AES-GCM-encrypted with the sender, owner and the masks' binding (below) as
+   associated data (through the coordinator);
 3. collect masked vectors: with the shares addressed to it, each site trains (the round's real train
    content) and sends its update, weighted, clipped and quantised into the ring Z_2^32, plus its
    self mask and ± one pairwise mask per other participant: uniform noise to anyone without the keys;
 4. unmask: the survivors send the shares of the survivors' self-mask seeds and of the dropped sites'
    mask keys; the coordinator removes every mask and learns only the sum.
 
-All cryptography is Flower's (`flwr.common.secure_aggregation`: ECDH + HKDF, Fernet, Shamir, quantisation)
-or the `cryptography` package's. The one exception is the mask generator: Flower's `pseudo_rand_gen`
-folds its seed to 32 bits (numpy's RandomState), which a coordinator can search; here each mask is the
-AES-256-CTR keystream of the full seed (`mask_vector`), with the round's parameters as the nonce, so a
-coordinator that sends different parameters (a weight unit, a key list) to different sites gets masks
-that do not cancel.
+All cryptography is Flower's (`flwr.common.secure_aggregation`: Shamir, quantisation) or the
+`cryptography` package's (X25519 key agreement, HKDF-SHA256, AES-GCM, AES). The one exception is the mask
+generator: Flower's `pseudo_rand_gen` folds its seed to 32 bits (numpy's RandomState), which a
+coordinator can search; here each mask is the AES-256-CTR keystream of the full seed (`mask_vector`),
+with the round's parameters as the nonce, so a coordinator that sends different parameters (a weight
+unit, a key list) to different sites gets masks that do not cancel.
 
 The vector (`Layout`) holds every floating-point entry of every ArrayRecord of the train reply: the
 model record `arrays` as the update w_local − w_global multiplied by the site's own weight (its
@@ -32,16 +36,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from common.errors import ConfigError, FedwardError
 
@@ -64,8 +73,8 @@ class Key:
     STAGE = "stage"
     SERVER_ROUND = "server-round"
     WEIGHT_UNIT = "weight-unit"  # setup: the run's public weight unit (a count no honest site exceeds)
-    PUBLIC_KEY_1 = "public-key-1"  # setup reply: the mask key; share keys: every participant's, in order
-    PUBLIC_KEY_2 = "public-key-2"  # the key that encrypts shares
+    PUBLIC_KEY_1 = "public-key-1"  # setup reply: the mask key (raw X25519); share keys: every participant's
+    PUBLIC_KEY_2 = "public-key-2"  # the key that encrypts shares (raw X25519)
     NODES = "nodes"  # share keys: the participants, in the order of the public keys
     DESTINATIONS = "destinations"  # share keys reply: the owner of each ciphertext
     SOURCES = "sources"  # collect: the site each forwarded ciphertext comes from
@@ -81,6 +90,11 @@ class Key:
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "scaffold")
 MODULUS_BITS = 32
 MODULUS = 2**MODULUS_BITS
+KEY_BYTES = 32  # a raw X25519 public key
+# self-mask seeds and private-key secrets: 248 bits of OS entropy, the most that Flower's Shamir (PKCS#7
+# padding to 16-byte chunks) splits into 2 chunks
+SECRET_BYTES = 31
+NONCE_BYTES = 12  # AES-GCM nonce of a share ciphertext
 
 
 class SecureAggregationError(FedwardError):
@@ -155,9 +169,95 @@ def mask_vector(seed: bytes, binding: bytes, size: int) -> np.ndarray:
     return np.frombuffer(stream, dtype="<u4").astype(np.uint64)
 
 
-def pairwise_seed(private_key: bytes, public_key: bytes) -> bytes:
-    """The seed two sites share: ECDH of one's mask key and the other's public mask key (Flower's HKDF)."""
-    return generate_shared_key(bytes_to_private_key(private_key), bytes_to_public_key(public_key))
+def _hkdf(material: bytes, purpose: bytes) -> bytes:
+    """32 bytes of HKDF-SHA256 of `material`, `purpose` as its info."""
+    kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedward secure aggregation " + purpose)
+    return kdf.derive(material)
+
+
+def new_secret() -> bytes:
+    """A fresh secret to Shamir-share (a self-mask seed, a private key's secret): OS entropy."""
+    return os.urandom(SECRET_BYTES)
+
+
+def _private_key(secret: bytes) -> X25519PrivateKey:
+    """The X25519 private key of a secret (HKDF of it: the secret is what is Shamir-shared)."""
+    if not isinstance(secret, bytes) or len(secret) != SECRET_BYTES:
+        raise SecureAggregationError(
+            f"secure aggregation: a private key's secret must be {SECRET_BYTES} bytes"
+        )
+    return X25519PrivateKey.from_private_bytes(_hkdf(secret, b"private key"))
+
+
+def generate_key_pair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair: (its 31-byte secret, the raw 32-byte public key)."""
+    secret = new_secret()
+    return secret, _private_key(secret).public_key().public_bytes_raw()
+
+
+def check_public_key(public_key: bytes) -> None:
+    """SecureAggregationError unless `public_key` is a raw X25519 public key (32 bytes)."""
+    if not isinstance(public_key, bytes) or len(public_key) != KEY_BYTES:
+        size = len(public_key) if isinstance(public_key, bytes) else type(public_key).__name__
+        raise SecureAggregationError(
+            f"secure aggregation: a public key of {size} bytes, expected a raw X25519 key of {KEY_BYTES}"
+        )
+
+
+def _agree(secret: bytes, public_key: bytes, purpose: bytes) -> bytes:
+    """32 bytes two sites share: X25519 of one's private key (of `secret`) and the other's public key,
+    through HKDF-SHA256 with `purpose` as its info (one key pair never yields the same bytes for two
+    purposes)."""
+    check_public_key(public_key)
+    try:
+        shared = _private_key(secret).exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:  # a low-order public key (an all-zero shared secret)
+        raise SecureAggregationError(
+            "secure aggregation: a key agreement with an invalid public key"
+        ) from None
+    return _hkdf(shared, purpose)
+
+
+def pairwise_seed(secret: bytes, public_key: bytes) -> bytes:
+    """The seed two sites share: X25519 of one's mask key and the other's public mask key, HKDF'd."""
+    return _agree(secret, public_key, b"pairwise mask")
+
+
+def _associated_data(source: int, destination: int, binding: bytes) -> bytes:
+    return struct.pack("<QQ", source, destination) + binding
+
+
+def encrypt_shares(
+    secret: bytes,
+    public_key: bytes,
+    source: int,
+    destination: int,
+    binding: bytes,
+    shares: tuple[bytes, bytes],
+) -> bytes:
+    """The two shares `source` sends `destination`: AES-GCM (a fresh nonce first) under the key their
+    share-encryption keys agree on, with both nodes and the masks' binding as associated data (so a
+    ciphertext replayed from another round, pair or key list does not decrypt)."""
+    nonce = os.urandom(NONCE_BYTES)
+    key = AESGCM(_agree(secret, public_key, b"share encryption"))
+    return nonce + key.encrypt(nonce, b"".join(shares), _associated_data(source, destination, binding))
+
+
+def decrypt_shares(
+    secret: bytes, public_key: bytes, source: int, destination: int, binding: bytes, ciphertext: bytes
+) -> tuple[bytes, bytes]:
+    """The (self-mask seed share, mask key share) of `encrypt_shares`; SecureAggregationError if the
+    ciphertext was not made for this pair and binding."""
+    key = AESGCM(_agree(secret, public_key, b"share encryption"))
+    associated = _associated_data(source, destination, binding)
+    try:
+        plaintext = key.decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], associated)
+    except (InvalidTag, ValueError):
+        raise SecureAggregationError(
+            f"secure aggregation: shares from node {source} that do not decrypt for this round"
+        ) from None
+    half = len(plaintext) // 2
+    return plaintext[:half], plaintext[half:]  # two shares of equally long secrets
 
 
 def pairwise_sign(own: int, other: int) -> int:

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 
 from common.secure_aggregation import (
     COLLECT,
+    KEY_BYTES,
     MASKED_KEY,
     MASKED_RECORD,
     MODULUS,
@@ -39,6 +40,7 @@ from common.secure_aggregation import (
     Layout,
     SecAggParameters,
     SecureAggregationError,
+    check_public_key,
     decode_integers,
     decode_sum,
     mask_vector,
@@ -81,6 +83,16 @@ class SecureAggregationGrid(RunGrid):
         return _Round(self, messages, timeout).run()
 
 
+def _raw_keys(record: ConfigRecord) -> bool:
+    """Whether a setup reply holds two raw X25519 public keys."""
+    try:
+        for key in (Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2):
+            check_public_key(record.get(key))
+    except SecureAggregationError:
+        return False
+    return True
+
+
 class _Round:
     """One secure-aggregation round over the strategy's train messages."""
 
@@ -100,10 +112,10 @@ class _Round:
         self.failures[node] = Message(Error(code=LEFT_OUT, reason=reason), reply_to=self.originals[node])
 
     def _exchange(self, stage: str, contents: dict[int, RecordDict]) -> dict[int, Message]:
-        """Send one stage's messages; the usable replies by node (errors kept for the strategy)."""
+        """Send one stage's messages; the usable replies by node (errors kept for the strategy). Only the
+        masked-vector stage carries the round's train content; the others carry the protocol's record."""
         sent = []
         for node, content in contents.items():
-            content.setdefault("config", self.config)  # the round's public config, as in any train message
             sent.append(
                 Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=self.group_id)
             )
@@ -121,6 +133,11 @@ class _Round:
             record = reply.content.config_records.get(RECORD)
             if record is None or record.get(Key.STAGE) != stage:
                 self._fail(node, f"node {node}: no {stage} reply of secure aggregation")
+                continue
+            if stage == SETUP and not _raw_keys(record):
+                self._fail(
+                    node, f"node {node}: public keys that are not raw X25519 keys of {KEY_BYTES} bytes"
+                )
                 continue
             usable[node] = reply
         left = len(usable)

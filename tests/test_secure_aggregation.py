@@ -4,7 +4,9 @@ real ClientApp per site, every message serialised as on the wire (tests/support/
 What the ServerApp receives from a site is never its update (a masked vector, uniform in Z_2^32); the
 aggregate equals plain FedAvg's up to quantisation; a site dropping out at the masked-vector stage is
 survived; too many dropouts stop the run with a clear error and nothing signed; combinations that need
-individual updates are refused, naming the key.
+individual updates are refused, naming the key. The protocol's own messages stay small (raw keys, short
+secrets, no round config outside the training stage), and a site refuses a key list that is not this
+round's or lacks its own keys.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
-from flwr.app import Context, Error, Message, MessageType
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.serde import message_to_proto
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from safetensors.numpy import load_file
 from scipy import stats
@@ -31,12 +34,20 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.secure_aggregation import (
     COLLECT,
+    KEY_BYTES,
     MASKED_KEY,
     MASKED_RECORD,
     MODULUS,
     RECORD,
+    SETUP,
+    SHARE_KEYS,
+    UNMASK,
     Key,
     SecureAggregationError,
+    decrypt_shares,
+    encrypt_shares,
+    generate_key_pair,
+    pairwise_seed,
 )
 from simulations.prepare import prepare_ckd_sites
 
@@ -225,3 +236,104 @@ def test_combinations_that_need_individual_updates_are_refused(overrides: dict, 
     with pytest.raises(ConfigError, match=f"secure-aggregation with {key}"):
         RunConfig.from_flower({**SECURE, **overrides})
     RunConfig.from_flower(overrides)  # fine without secure aggregation
+
+
+def test_protocol_messages_are_small_and_only_the_training_stage_carries_the_round_config(
+    tmp_path: Path,
+) -> None:
+    sites = 3
+    grid = _run(_config(tmp_path, sites, "secure", **SECURE), sites)
+    stages = {SETUP: [], SHARE_KEYS: [], UNMASK: []}
+    for message in grid.sent:
+        record = message.content.config_records.get(RECORD)
+        if record is not None and record[Key.STAGE] in stages:
+            assert set(message.content.keys()) == {RECORD}  # no round config, no model
+            stages[record[Key.STAGE]].append(message_to_proto(message).ByteSize())
+        elif record is not None:
+            assert "config" in message.content and "arrays" in message.content  # the training stage
+    assert all(len(sizes) == sites for sizes in stages.values())
+    for reply in grid.replies:
+        record = reply.content.config_records.get(RECORD) if not reply.has_error() else None
+        if record is None:
+            continue
+        if record[Key.STAGE] == SETUP:
+            assert len(record[Key.PUBLIC_KEY_1]) == len(record[Key.PUBLIC_KEY_2]) == KEY_BYTES
+        if record[Key.STAGE] == SHARE_KEYS:  # nonce + two 36-byte shares (2 Shamir chunks each) + tag
+            assert all(len(c) <= 12 + 2 * 36 + 16 for c in record[Key.CIPHERTEXTS])
+        if record[Key.STAGE] == UNMASK:
+            assert all(len(share) <= 36 for share in record[Key.SHARES])
+    # per participant: a node id and two raw keys (PEM keys were ~215 bytes each, the config ~500 bytes)
+    assert max(stages[SHARE_KEYS]) <= 200 + 100 * sites
+    assert max(stages[SETUP]) <= 200 and max(stages[UNMASK]) <= 200
+
+
+def _stage(node: int, stage: str, server_round: int, **fields: Any) -> Message:
+    record = ConfigRecord({Key.STAGE: stage, Key.SERVER_ROUND: server_round, **fields})
+    return Message(
+        RecordDict({RECORD: record}), dst_node_id=node, message_type=MessageType.TRAIN, group_id="1"
+    )
+
+
+def _refusal(grid: InProcessGrid, message: Message) -> str:
+    (reply,) = grid.send_and_receive([message])
+    assert reply.has_error(), "the site accepted it"
+    return reply.error.reason
+
+
+def test_a_site_refuses_a_key_list_of_another_round_forged_or_not_raw(tmp_path: Path) -> None:
+    grid = InProcessGrid(_config(tmp_path, 3, "secure", **SECURE), 3)
+    node, others = 101, [generate_key_pair()[1] for _ in range(4)]
+
+    def listing(server_round: int, own: tuple[bytes, bytes] | None = None, other: bytes | None = None):
+        (setup,) = grid.send_and_receive([_stage(node, SETUP, 1, **{Key.WEIGHT_UNIT: 100.0})])
+        keys = own or (setup.content[RECORD][Key.PUBLIC_KEY_1], setup.content[RECORD][Key.PUBLIC_KEY_2])
+        fields = {
+            Key.NODES: [node, 102, 103],
+            Key.PUBLIC_KEY_1: [keys[0], others[0], others[1]],
+            Key.PUBLIC_KEY_2: [keys[1], other or others[2], others[3]],  # encrypts shares at once
+        }
+        return _stage(node, SHARE_KEYS, server_round, **fields)
+
+    assert "a stage of another round" in _refusal(grid, listing(server_round=2))
+    forged = tuple(generate_key_pair()[1] for _ in range(2))
+    assert "does not hold this site's own public keys" in _refusal(grid, listing(1, own=forged))
+    pem_sized = bytes(215)
+    assert "expected a raw X25519 key of 32" in _refusal(grid, listing(1, other=pem_sized))
+    assert "invalid public key" in _refusal(grid, listing(1, other=bytes(32)))  # a low-order point
+
+
+def test_shares_decrypt_only_for_their_pair_round_and_key_list() -> None:
+    (secret_a, public_a), (secret_b, public_b) = generate_key_pair(), generate_key_pair()
+    binding, shares = bytes(range(32)), (b"s" * 36, b"k" * 36)
+    ciphertext = encrypt_shares(secret_a, public_b, 101, 102, binding, shares)
+    assert decrypt_shares(secret_b, public_a, 101, 102, binding, ciphertext) == shares
+    assert pairwise_seed(secret_a, public_b) == pairwise_seed(secret_b, public_a)
+    for source, destination, other_binding in [
+        (101, 102, bytes(32)),
+        (103, 102, binding),
+        (102, 101, binding),
+    ]:
+        with pytest.raises(SecureAggregationError, match="do not decrypt"):
+            decrypt_shares(secret_b, public_a, source, destination, other_binding, ciphertext)
+
+
+def _pem_keys_at(node: int):
+    """A test-local mod: site `node` answers setup with a PEM-sized public key."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        record = reply.content.config_records.get(RECORD) if not reply.has_error() else None
+        if msg.metadata.dst_node_id == node and record is not None and record[Key.STAGE] == SETUP:
+            record[Key.PUBLIC_KEY_1] = bytes(215)
+        return reply
+
+    return mod
+
+
+def test_the_coordinator_leaves_out_a_site_whose_public_keys_are_not_raw(tmp_path: Path) -> None:
+    sites, odd = 4, 104
+    config = _config(tmp_path, sites, "secure", **{"min-sites": 2}, **SECURE)
+    grid = _run(config, sites, site_app(_pem_keys_at(odd), fault_mod, hostile_mod))
+    assert set(_masked(grid)) == {101, 102, 103}
+    listing = next(m for m in grid.sent if RECORD in m.content and m.content[RECORD][Key.STAGE] == SHARE_KEYS)
+    assert odd not in listing.content[RECORD][Key.NODES]
