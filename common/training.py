@@ -150,16 +150,16 @@ def train_model(
     losses: list[float] = []
     steps = 0
     for _ in range(local.epochs):
-        for xb, yb in loader:
+        for batch, (xb, yb) in enumerate(loader):
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad()
             if len(yb):
                 loss = loss_fn(train_module(xb), yb)
                 loss.backward()
                 losses.append(float(loss.detach()))
-                if not private and canaries is not None:  # audit only: a canary as one more example
-                    grads = {k: p.grad for k, p in params.items() if p.grad is not None}
-                    canaries.step_gradient(grads, local.batch_size / max(n, 1), 1.0 / len(yb))
+                if not private and canaries is not None:  # audit only: a canary as one more example,
+                    grads = {k: p.grad for k, p in params.items() if p.grad is not None}  # once an epoch
+                    canaries.shuffled_step(grads, batch, len(loader), 1.0 / len(yb))
             else:  # Poisson sampling drew an empty batch: a noise-only step, no forward pass (layers
                 # without an Opacus grad sampler, such as ConvTranspose3d or PReLU, fail on batch 0)
                 _empty_per_sample_gradients(params)

@@ -142,3 +142,20 @@ def test_an_audit_with_secure_aggregation_is_refused() -> None:
     # the audit's coordinator scores each site's own update, which secure aggregation hides
     with pytest.raises(ConfigError, match="audit-dir"):
         RunConfig(secure_aggregation=True, audit_dir="/tmp/audit")
+
+
+def test_without_dp_an_included_canary_is_in_exactly_one_batch_per_epoch() -> None:
+    canaries = GradientCanaries(("w",), np.array([0]), np.array([1.0]), np.array([True]))
+    injection = CanaryInjection(canaries, 1.0)
+    for _ in range(20):  # epochs
+        grads = {"w": torch.zeros(4)}
+        for batch in range(5):
+            injection.shuffled_step(grads, batch, 5, scale=0.5)
+        assert float(grads["w"][0]) == 0.5  # once, as one example of the batch's mean
+    excluded = CanaryInjection(
+        GradientCanaries(("w",), np.array([0]), np.array([1.0]), np.array([False])), 1.0
+    )
+    grads = {"w": torch.zeros(4)}
+    for batch in range(5):
+        excluded.shuffled_step(grads, batch, 5)
+    assert float(grads["w"][0]) == 0.0

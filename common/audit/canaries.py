@@ -3,8 +3,9 @@ Private Machine Learning", USENIX Security 2023), the worst case for DP-SGD.
 
 Canary i is a virtual training record whose clipped per-sample gradient is ±C on a single parameter
 coordinate (C: the clipping norm). Each is in the site's training set with probability ½ (a secret coin
-from OS entropy); an included canary is Poisson-sampled into each step at the step's rate, like a
-patient, and its gradient joins the clipped sum before Opacus adds the noise. The coordinates and signs
+from OS entropy); an included canary is sampled like a patient — under DP Poisson-sampled into each
+step at the step's rate, its gradient joining the clipped sum before Opacus adds the noise; without DP in
+exactly one shuffled batch of every epoch, as one more example of the batch's mean. The coordinates and signs
 are public: the adversary is assumed to know them, only the coins are secret.
 
 Only the simulation-only audit mod (client/audit_mod.py) sets `active_canaries`; a deployed site never
@@ -100,6 +101,7 @@ class CanaryInjection:
         self.canaries = canaries
         self.norm = norm
         self.rng = np.random.default_rng(secrets.randbits(128))  # sampling: OS entropy, as the loader's
+        self._batch_of: np.ndarray | None = None  # without DP: each canary's batch in this epoch
 
     def step_gradient(self, grads: Mapping[str, torch.Tensor], sample_rate: float, scale: float = 1.0) -> int:
         """Add the sampled canaries' gradient, × `scale`, to `grads` (parameter name → the step's gradient
@@ -110,6 +112,19 @@ class CanaryInjection:
         for k in np.flatnonzero(taken):
             grads[c.parameters[k]].view(-1)[int(c.indices[k])] += self.norm * scale * float(c.signs[k])
         return int(taken.sum())
+
+    def shuffled_step(
+        self, grads: Mapping[str, torch.Tensor], batch: int, batches: int, scale: float = 1.0
+    ) -> int:
+        """Without DP the loader shuffles: each record is in exactly one batch of every epoch. At an
+        epoch's first batch each included canary draws its batch; add those of batch `batch`."""
+        c = self.canaries
+        assert c.included is not None
+        if batch == 0 or self._batch_of is None:
+            self._batch_of = self.rng.integers(0, max(batches, 1), size=c.count)
+        for k in np.flatnonzero(c.included & (self._batch_of == batch)):
+            grads[c.parameters[k]].view(-1)[int(c.indices[k])] += self.norm * scale * float(c.signs[k])
+        return int(np.sum(c.included & (self._batch_of == batch)))
 
 
 active_canaries: ContextVar[CanaryInjection | None] = ContextVar("active_canaries", default=None)
