@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_FILE = "config.json"  # the run config, the sites' data reports, preprocessing, run ids
+MODEL_FILE = "model.pt"  # the final global model's state dict (torch)
 SUMMARY_FILE = "summary.json"  # written once the run ends; its absence means unfinished or crashed
 ROUNDS_FILE = "metrics.jsonl"
 CROSS_SITE_FILE = "cross-site.json"  # models x sites evaluation (server/cross_site.py, leave-one-out)
@@ -156,7 +157,7 @@ class RunDirectory:
         """Remove summary.json before a resumed run writes a new one."""
         (self.path / SUMMARY_FILE).unlink(missing_ok=True)
 
-    def save_model(self, state_dict: dict[str, torch.Tensor], name: str = "model.pt") -> Path:
+    def save_model(self, state_dict: dict[str, torch.Tensor], name: str = MODEL_FILE) -> Path:
         """Save the global model's state dict."""
         import torch
 

@@ -16,7 +16,6 @@ records against every site's held-out records.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ from common.audit.one_run import AuditBound, audit_bound
 from common.config import RunConfig
 from common.tasks import get_task
 from common.training import predict_proba, privacy_generator
-from server.rundir import SUMMARY_FILE, RunDirectory
+from server.rundir import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, RunDirectory
 
 SUMMARY_KEY = "empirical-privacy"  # in summary.json
 REFERENCE_MODELS = 8  # offline LiRA's reference models
@@ -165,7 +164,12 @@ def _confidence(model: torch.nn.Module, dataset: Dataset) -> np.ndarray:
 
 
 def membership_inference(
-    config: RunConfig, run_dir: Path, data_root: Path, num_sites: int, references: int = REFERENCE_MODELS
+    config: RunConfig,
+    final_state: Mapping[str, torch.Tensor],
+    preprocessing: dict[str, Any],
+    data_root: Path,
+    num_sites: int,
+    references: int = REFERENCE_MODELS,
 ) -> dict[str, Any]:
     """Membership inference on the final model: every site's training records (members) against every
     site's held-out records (non-members).
@@ -178,8 +182,7 @@ def membership_inference(
 
     task = get_task(config.task)
     final = task.build_model(config)
-    final.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
-    preprocessing = json.loads((run_dir / "config.json").read_text())["preprocessing"]
+    final.load_state_dict(final_state)
     splits = [task.datasets(site, preprocessing) for site in load_sites(config, data_root, num_sites)]
     population = ConcatDataset([train for train, _ in splits] + [test for _, test in splits])
     member = np.zeros(len(population), dtype=bool)
@@ -211,8 +214,9 @@ def membership_inference(
 
 
 def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -> dict[str, Any]:
-    """The audit of a finished run: bounds per adversary, membership inference; written to audit.json."""
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    """The audit of a finished run: bounds per adversary, membership inference; recorded in summary.json."""
+    run = RunDirectory.existing(run_dir)
+    summary = run.read_json(SUMMARY_FILE)
     site_id = f"site-{config.audit_site}"
     site = summary["sites"].get(site_id) or {}
     claimed = site.get("epsilon")
@@ -222,7 +226,8 @@ def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -
     rounds = _observations(audit_dir)
     first = rounds[min(rounds)][config.audit_site]
     initial = {k[len("initial/") :]: v for k, v in first.items() if k.startswith("initial/")}
-    final = {k: v.numpy() for k, v in torch.load(run_dir / "model.pt", weights_only=True).items()}
+    final_state = torch.load(run.path / MODEL_FILE, weights_only=True)
+    final = {k: v.numpy() for k, v in final_state.items()}
     adversaries = {
         "coordinator": audit_bound(
             coordinator_scores(rounds, canaries, config.audit_site), canaries.included, delta=delta
@@ -253,18 +258,22 @@ def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -
         "adversaries": {name: _bound_entry(b) for name, b in adversaries.items()},
         "epsilon-lower-bound": round(bound, 4),
         "leak": claimed_value is not None and bound > claimed_value,
-        "membership-inference": membership_inference(config, run_dir, Path(config.data_root), num_sites),
+        "membership-inference": membership_inference(
+            config,
+            final_state,
+            run.read_json(CONFIG_FILE)["preprocessing"],
+            Path(config.data_root),
+            num_sites,
+        ),
     }
-    record_audit(run_dir, result)
+    record_audit(run, summary, result)
     return result
 
 
-def record_audit(run_dir: Path, result: dict[str, Any]) -> None:
+def record_audit(run: RunDirectory, summary: dict[str, Any], result: dict[str, Any]) -> None:
     """Put the audit into the run's summary.json (key "empirical-privacy") and sign the run again: the
     model card is rewritten with it and the provenance manifest covers the changed summary."""
     from server.export import finalise_run
 
-    run = RunDirectory.existing(run_dir)
-    summary = json.loads((run.path / SUMMARY_FILE).read_text())
     run.write_json(SUMMARY_FILE, {**summary, SUMMARY_KEY: result})
     finalise_run(run.path)
