@@ -12,6 +12,7 @@ import pytest
 import torch
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
+from test_no_patient_data_leaves import _check_listed, _listed_fields
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -121,6 +122,9 @@ def test_the_aggregate_is_one_step_of_the_clipped_gradient_sum_with_the_sums_noi
     initial = collect[0].content["arrays"].to_torch_state_dict()
     replies = [r for r in grid.replies if r.metadata.message_type == "train" and "metrics" in r.content]
     assert not any("arrays" in r.content for r in replies)  # no site's share leaves unmasked
+    listed = _listed_fields()
+    for reply in grid.replies:  # every field a site sends under distributed DP is in docs/privacy.md
+        _check_listed(reply, listed)
     metrics = [r.content["metrics"] for r in replies]
     count = sum(float(m["num-examples"]) for m in metrics)
     sigma_eq = float(metrics[0]["noise-multiplier"])
