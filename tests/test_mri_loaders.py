@@ -137,3 +137,20 @@ def test_site_with_nothing_usable_raises_a_clear_error(tmp_path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"\0" * 300)
     with pytest.raises(DataValidationError, match=r"junk.dcm: skipped, not a DICOM file"):
         get_task("tumour").load_site(SiteSource("site-x", tmp_path), RunConfig(task="tumour"))
+
+
+def test_a_nifti_mask_on_a_flipped_grid_is_refused(sites, tmp_path) -> None:
+    """Same shape, other orientation: the tumour would sit on other voxels, so the mask is not used."""
+    import nibabel as nib
+
+    site = _copy(sites["nifti"], tmp_path / "site")
+    mask_file = next(site.glob("*/*_seg.nii.gz"))
+    mask = nib.load(str(mask_file))
+    flipped = mask.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj), flipped), str(mask_file))
+    result = scan_site(site, CONTRASTS)
+    reasons = {s.file: s.reason for s in result.skipped}
+    assert reasons[str(mask_file.relative_to(site))].startswith("mask orientation (NIfTI affine")
+    case = mask_file.parent.name
+    assert [s.mask for s in result.samples if s.source == case] == [None]  # the case stays, without a mask
+    assert all(s.mask is not None for s in result.samples if s.source != case)

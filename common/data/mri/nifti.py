@@ -54,7 +54,7 @@ def load_nifti(files: list[Path], root: Path, manifest: Manifest, contrasts: tup
         label = entry.label if entry is not None else UNLABELLED
         mask = None
         if "seg" in found:
-            mask = load_mask(found["seg"], image.shape[1:], root, result.skipped, label)
+            mask = load_mask(found["seg"], image.shape[1:], root, result.skipped, label, affine)
         result.samples.append(MriSample(patient, label, image, where, affine, mask))
     return result
 

@@ -84,18 +84,30 @@ def mask_problem(mask: np.ndarray, shape: tuple[int, ...], label: int) -> str | 
 
 
 def load_mask(
-    path: Path, shape: tuple[int, ...], root: Path, skipped: list[Skipped], label: int = UNLABELLED
+    path: Path,
+    shape: tuple[int, ...],
+    root: Path,
+    skipped: list[Skipped],
+    label: int = UNLABELLED,
+    affine: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """A tumour mask (non-zero = tumour) on a volume's voxel grid; None (and a reason) if unusable."""
+    """A tumour mask (non-zero = tumour) on a volume's voxel grid; None (and a reason) if unusable.
+    With the image's NIfTI `affine`, a mask of the same shape but another orientation or placement (a
+    flipped or shifted grid would put the tumour on other voxels) is refused too."""
     if not path.is_file():
         skipped.append(Skipped(relative(path, root), "mask file not found"))
         return None
     try:
-        array, _ = read_nifti(path, mask=True)
+        array, mask_affine = read_nifti(path, mask=True)
     except SkipFile as why:
         skipped.append(Skipped(relative(path, root), f"mask unusable: {why}"))
         return None
     problem = mask_problem(array, shape, label)
+    if problem is None and affine is not None and not np.allclose(mask_affine, affine, atol=1e-3, rtol=1e-4):
+        problem = (
+            "mask orientation (NIfTI affine, voxel to mm) differs from the image's: the tumour would land "
+            "on other voxels; save the mask on the image's grid"
+        )
     if problem:
         skipped.append(Skipped(relative(path, root), problem))
         return None
