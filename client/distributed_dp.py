@@ -28,9 +28,8 @@ from common.distributed_dp import (
     share_noise,
 )
 from common.privacy import Mechanism
+from common.secure_aggregation import SecAggParameters
 from common.training import TrainOutcome
-
-MAX_SITES = 1023  # as many as secure aggregation's ring holds at bits = 22 (SecAggParameters.max_sites)
 
 
 def sites_in_sum(shared: ConfigRecord, policy: SitePolicy | None) -> tuple[int, str | None]:
@@ -74,7 +73,8 @@ def distributed_share(
     delta_l2 = sensitivity(config.dp_max_grad_norm, gamma, weights)
     sigma_share = share_noise(plan.noise_multiplier, delta_l2, sites, weights)
     gradient = clipped_gradient_sum(model, train_set, loss_fn, config.dp_max_grad_norm, device)
-    share = noisy_integer_sum(gradient, gamma, sigma_share, MAX_SITES)
+    most_sites = SecAggParameters.from_config(config).max_sites  # the coordinator refuses larger rounds
+    share = noisy_integer_sum(gradient, gamma, sigma_share, most_sites)
     outcome = TrainOutcome(
         loss=math.nan,
         num_examples=len(train_set),  # type: ignore[arg-type]

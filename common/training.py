@@ -119,6 +119,7 @@ def train_model(
     sigma, q = 0.0, 0.0
     engine = None
     train_module = model
+    canaries = active_canaries.get()  # audit only (simulations): never set at a deployed site
     if private:
         per_epoch = _planned_steps_per_epoch(mechanism, n, local)
         assert dp is not None and mechanism is not None
@@ -140,10 +141,9 @@ def train_model(
                 noise_generator=privacy_generator(_param_device(params, device), seeds[1]),
             )
         optimizer.secure_mode = True  # Opacus' noise robust to floating-point attacks (sum of 4 draws)
-        if (canaries := active_canaries.get()) is not None:
+        if canaries is not None:
             _inject_before_noise(optimizer, params, canaries, q)
     else:  # no privacy claim: reproducible from the run seed
-        canaries = active_canaries.get()
         torch.manual_seed(local.seed)
         generator = torch.Generator().manual_seed(local.seed)
         loader = DataLoader(dataset, batch_size=local.batch_size, shuffle=True, generator=generator)
