@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))  # the in-process grid lives
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E402
 
-from common.config import RunConfig  # noqa: E402
-from server.checkpoint import RoundCheckpoint  # noqa: E402
-from server.deployment.provision import write_provenance_key  # noqa: E402
-from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
-from simulations.prepare import prepare_ckd_sites  # noqa: E402
+from fedward.common.config import RunConfig  # noqa: E402
+from fedward.server.checkpoint import RoundCheckpoint  # noqa: E402
+from fedward.server.deployment.provision import write_provenance_key  # noqa: E402
+from fedward.server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
+from fedward.simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 ARMS = {"no-dp": {"central-dp": False}, "central-dp": {"central-dp": True}}
 FIELDS = ("accuracy", "roc-auc", "epsilon", "clipping-norm-final", "train-rows-per-site", "seconds")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from common.config import RunConfig
-from simulations.baselines import load_sites, local_baselines, pooled_baseline
-from simulations.prepare import prepare_ckd_sites
-from simulations.runner import run_simulation
+from fedward.common.config import RunConfig
+from fedward.simulations.baselines import load_sites, local_baselines, pooled_baseline
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.simulations.runner import run_simulation
 
 
 def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:

@@ -32,12 +32,12 @@ OUT = ROOT / "benchmarks" / "results" / "deployed_round.json"
 ANATOMY = """
 import json, sys, time
 t0 = time.perf_counter()
-import client.app  # the ClientApp module the SuperNode's flwr-clientapp loads
-from client.budget import SiteBudget, SitePrivacy
-from client.site import load_site_for_run
-from common.config import RunConfig
-from common.tasks import SiteSource, get_task
-from common.training import train_model
+import fedward.client.app  # the ClientApp module the SuperNode's flwr-clientapp loads
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.client.site import load_site_for_run
+from fedward.common.config import RunConfig
+from fedward.common.tasks import SiteSource, get_task
+from fedward.common.training import train_model
 config = RunConfig(num_server_rounds=int(sys.argv[2]), dp=sys.argv[3] == "dp")
 task = get_task(config.task)
 if config.dp:
@@ -47,7 +47,7 @@ site = load_site_for_run(SiteSource("bench", __import__("pathlib").Path(sys.argv
 t2 = time.perf_counter()
 plan = SiteBudget(SitePrivacy(), site).plan(config, site.num_train, spent=((6.0, 1.0, 1),))
 t3 = time.perf_counter()
-from common.data.ckd_schema import NUM_FEATURES
+from fedward.common.data.ckd_schema import NUM_FEATURES
 scaling = {"feature-mean": [0.0] * NUM_FEATURES, "feature-std": [1.0] * NUM_FEATURES}
 train_set, _ = task.datasets(site, scaling)
 model = task.build_model(config)
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--no-deploy", action="store_true", help="only the per-process anatomy")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from simulations.prepare import prepare_ckd_sites
+    from fedward.simulations.prepare import prepare_ckd_sites
 
     result: dict = {"rounds": args.rounds, "sites": args.sites, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="fedward-deployed-") as tmp:

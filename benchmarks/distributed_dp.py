@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results" / "distributed_dp.json"
 
-from simulations.scenario import parse_scenario  # noqa: E402
-from simulations.study import run_study  # noqa: E402
+from fedward.simulations.scenario import parse_scenario  # noqa: E402
+from fedward.simulations.study import run_study  # noqa: E402
 
 DISTRIBUTED = {"secure-aggregation": True, "distributed-dp": True}
 # each arm's own training recipe; the privacy target is the same

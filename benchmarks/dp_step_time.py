@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from common.config import RunConfig
-from common.device import pick_device
-from common.models import build_tabular_model
-from common.privacy import DPConfig
-from common.training import LocalTraining, local_mechanism, train_model
+from fedward.common.config import RunConfig
+from fedward.common.device import pick_device
+from fedward.common.models import build_tabular_model
+from fedward.common.privacy import DPConfig
+from fedward.common.training import LocalTraining, local_mechanism, train_model
 
 
 def time_epochs(model_name: str, device: torch.device, dp: bool, n: int, batch: int, repeats: int) -> dict:

@@ -60,7 +60,9 @@ def plain_flower(data_root: Path, sites: int, rounds: int, epochs: int, batch: i
         return torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
 
     def shard(context: Context, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        from common.data.ckd import load_ckd_csv  # the same parser: reading costs the same in both arms
+        from fedward.common.data.ckd import (
+            load_ckd_csv,  # the same parser: reading costs the same in both arms
+        )
 
         folder = data_root / f"site-{int(context.node_config['partition-id'])}"
         table = load_ckd_csv(folder / f"{split}.csv", strict=False)
@@ -175,8 +177,8 @@ def help_seconds(tool: str) -> float:
 # ---------------------------------------------------------------- the comparison
 def compare(sites: int, rounds: int, repeats: int, work: Path, private: bool) -> dict:
     """The arms `repeats` times at `sites` sites, alternating their order."""
-    from common.config import RunConfig
-    from simulations.prepare import prepare_ckd_sites
+    from fedward.common.config import RunConfig
+    from fedward.simulations.prepare import prepare_ckd_sites
 
     defaults = RunConfig()
     data = work / f"shards-{sites}"
@@ -247,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.plain_flower:
-        from common.config import RunConfig
+        from fedward.common.config import RunConfig
 
         d = RunConfig()
         plain_flower(args.plain_flower, args.sites[0], args.rounds, d.local_epochs, d.batch_size, d.lr)

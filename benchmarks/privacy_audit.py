@@ -132,7 +132,7 @@ def ckd_verdicts(arms: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def tumour_scenario(epsilon: float) -> Any:
     """tumour-scanner-shift, smaller (TUMOUR_CHANGES), with DP at `epsilon` (inf: none)."""
-    from simulations.scenario import parse_scenario
+    from fedward.simulations.scenario import parse_scenario
 
     document = tomllib.loads(TUMOUR_SCENARIO.read_text())
     document["scenario"] |= {"sites": TUMOUR_CHANGES["sites"], "rounds": TUMOUR_CHANGES["rounds"]}
@@ -143,7 +143,7 @@ def tumour_scenario(epsilon: float) -> Any:
 
 
 def tumour_table(work: Path, canaries: int) -> dict[str, Any]:
-    from simulations.study import run_study
+    from fedward.simulations.study import run_study
 
     arms: dict[str, list[dict[str, Any]]] = {}
     for arm, epsilon in TUMOUR_ARMS.items():

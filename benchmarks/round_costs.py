@@ -34,12 +34,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import TensorDataset
 
-from common.config import RunConfig
-from common.data.ckd import load_ckd_csv
-from common.metrics import binary_metrics
-from common.privacy import compose_epsilon
-from common.tasks import get_task
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.config import RunConfig
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.metrics import binary_metrics
+from fedward.common.privacy import compose_epsilon
+from fedward.common.tasks import get_task
+from fedward.simulations.prepare import prepare_ckd_sites
 
 OUT = Path("benchmarks/results/round_costs.json")
 STATISTICS = (6.0, 1.0, 1)  # the default statistics release, one Gaussian step

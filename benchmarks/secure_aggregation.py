@@ -57,11 +57,11 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from common.config import RunConfig  # noqa: E402
-from common.secure_aggregation import RECORD, Key  # noqa: E402
-from server.deployment.provision import write_provenance_key  # noqa: E402
-from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
-from simulations.prepare import prepare_ckd_sites  # noqa: E402
+from fedward.common.config import RunConfig  # noqa: E402
+from fedward.common.secure_aggregation import RECORD, Key  # noqa: E402
+from fedward.server.deployment.provision import write_provenance_key  # noqa: E402
+from fedward.server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
+from fedward.simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "secure_aggregation.json"
 ARMS = {"plain": {"secure-aggregation": False}, "secagg": {"secure-aggregation": True}}

@@ -94,8 +94,8 @@ def reply_bytes(task: str, model_name: str | None = None) -> dict:
     from flwr.common.serde import message_to_proto
     from flwr.supercore.task_identity import TaskIdentity
 
-    from common.config import RunConfig
-    from common.tasks import get_task
+    from fedward.common.config import RunConfig
+    from fedward.common.tasks import get_task
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     extra = {"model": model_name, "image_depth": 0} if model_name == "densenet121" else {}  # 2D DenseNet

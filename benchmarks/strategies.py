@@ -31,10 +31,10 @@ import pandas as pd
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
-from common.config import RunConfig
-from simulations.label_skew import prepare_skewed_ckd_sites
-from simulations.runner import run_simulation
-from strategies.registry import ROBUST_STRATEGIES, STRATEGIES
+from fedward.common.config import RunConfig
+from fedward.simulations.label_skew import prepare_skewed_ckd_sites
+from fedward.simulations.runner import run_simulation
+from fedward.strategies.registry import ROBUST_STRATEGIES, STRATEGIES
 
 PARTITIONS: dict[str, dict[str, Any]] = {}  # data folder -> Dirichlet draw and rows per site
 

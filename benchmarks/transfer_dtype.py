@@ -31,12 +31,12 @@ from flwr.common.serde import message_from_proto, message_to_proto  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server  # noqa: E402
 
-from common.config import RunConfig  # noqa: E402
-from common.tasks import get_task  # noqa: E402
-from common.transfer import TRANSFER_DTYPES, encode  # noqa: E402
-from server.deployment.provision import write_provenance_key  # noqa: E402
-from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
-from simulations.prepare import prepare_ckd_sites  # noqa: E402
+from fedward.common.config import RunConfig  # noqa: E402
+from fedward.common.tasks import get_task  # noqa: E402
+from fedward.common.transfer import TRANSFER_DTYPES, encode  # noqa: E402
+from fedward.server.deployment.provision import write_provenance_key  # noqa: E402
+from fedward.server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV  # noqa: E402
+from fedward.simulations.prepare import prepare_ckd_sites  # noqa: E402
 
 FIELDS = ("accuracy", "roc-auc", "epsilon", "reply-bytes", "seconds")
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from strategies.registry import ROBUST_STRATEGIES, STRATEGIES
+from fedward.strategies.registry import ROBUST_STRATEGIES, STRATEGIES
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 

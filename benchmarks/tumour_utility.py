@@ -48,11 +48,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.config import RunConfig
-from common.imaging_models import build_classifier, build_segmenter
-from common.privacy import DPConfig
-from common.tasks import get_task
-from common.training import LocalTraining, local_mechanism, make_optimizer, train_model
+from fedward.common.config import RunConfig
+from fedward.common.imaging_models import build_classifier, build_segmenter
+from fedward.common.privacy import DPConfig
+from fedward.common.tasks import get_task
+from fedward.common.training import LocalTraining, local_mechanism, make_optimizer, train_model
 
 METRICS = {"tumour": ("accuracy", "roc-auc"), "tumour-seg": ("dice", "dice-voxels", "hd95")}
 # target: (metric, federated no-DP ≥ 0.99 × pooled, federated DP ε = 3 ≥ 0.95 × pooled)
@@ -87,8 +87,8 @@ def base_config(task: str, args: argparse.Namespace, data_root: Path, work: Path
 
 def make_sites(args: argparse.Namespace, data_root: Path) -> None:
     """The phantom sites, written once by `fedward sim tumour`'s generator (DICOM + masks)."""
-    from common.data.mri.sample import parse_contrasts
-    from simulations.phantoms import PhantomSpec, generate_sites
+    from fedward.common.data.mri.sample import parse_contrasts
+    from fedward.simulations.phantoms import PhantomSpec, generate_sites
 
     spec = PhantomSpec(size=args.size, slices=args.slices, contrasts=parse_contrasts(args.contrasts))
     generate_sites(
@@ -98,7 +98,7 @@ def make_sites(args: argparse.Namespace, data_root: Path) -> None:
 
 def pooled_arm(config: RunConfig, data_root: Path, sites: int) -> dict[str, Any]:
     """Centralised training on the union of training splits; each site's held-out split, pooled."""
-    from simulations.baselines import load_sites, pooled_baseline  # the utility arms only
+    from fedward.simulations.baselines import load_sites, pooled_baseline  # the utility arms only
 
     loaded = load_sites(config, data_root, sites)
     result = pooled_baseline(config, loaded, device=torch.device("cpu"))
@@ -116,7 +116,7 @@ def pooled_arm(config: RunConfig, data_root: Path, sites: int) -> dict[str, Any]
 
 def federated_arm(config: RunConfig, sites: int, work: Path) -> dict[str, Any]:
     """One real simulation; final pooled metrics, ε spent and per-round seconds."""
-    from simulations.runner import run_simulation
+    from fedward.simulations.runner import run_simulation
 
     t0 = time.perf_counter()
     run_dir = Path(config.runs_dir) / config.run_name

@@ -20,26 +20,32 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch.utils.data import Dataset
 
-from client.budget import SiteBudget, SitePrivacy
-from client.distributed_dp import distributed_share, ledger_label, sites_in_sum
-from client.mods import safe_errors_mod
-from client.policy import min_cell_count
-from client.run_state import SiteRunState
-from client.secure_aggregation import secure_aggregation_mod
-from client.site import load_site_for_run, phi_gate_mode, seeded_noise_refusal, site_privacy, site_source
-from client.site_report import public_report
-from client.statistics_release import kept_count, release_statistics, site_delta
-from common.algorithms.base import SiteHook, TrainedRound, pick
-from common.algorithms.registry import site_hook
-from common.config import RunConfig
-from common.device import pick_device
-from common.disclosure import release_evaluation
-from common.dp_release import release_entry
-from common.errors import PrivacyError
-from common.privacy import Mechanism, PrivacyHistory
-from common.tasks import SiteData, SiteSource, Task, get_task
-from common.training import TrainOutcome, train_model
-from common.transfer import encode_reply
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.client.distributed_dp import distributed_share, ledger_label, sites_in_sum
+from fedward.client.mods import safe_errors_mod
+from fedward.client.policy import min_cell_count
+from fedward.client.run_state import SiteRunState
+from fedward.client.secure_aggregation import secure_aggregation_mod
+from fedward.client.site import (
+    load_site_for_run,
+    phi_gate_mode,
+    seeded_noise_refusal,
+    site_privacy,
+    site_source,
+)
+from fedward.client.site_report import public_report
+from fedward.client.statistics_release import kept_count, release_statistics, site_delta
+from fedward.common.algorithms.base import SiteHook, TrainedRound, pick
+from fedward.common.algorithms.registry import site_hook
+from fedward.common.config import RunConfig
+from fedward.common.device import pick_device
+from fedward.common.disclosure import release_evaluation
+from fedward.common.dp_release import release_entry
+from fedward.common.errors import PrivacyError
+from fedward.common.privacy import Mechanism, PrivacyHistory
+from fedward.common.tasks import SiteData, SiteSource, Task, get_task
+from fedward.common.training import TrainOutcome, train_model
+from fedward.common.transfer import encode_reply
 
 log = logging.getLogger("fedward.client")
 
@@ -214,6 +220,7 @@ def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Traini
         device=pick_device(config.device),
         proximal_mu=how.proximal_mu,
         correction=how.hook.correction(msg.content, context.state, start),
+        grad_sample_mode=task.grad_sample_mode,
     )
     metrics = _account(context, budget, history, plan, outcome, config)
     model.to("cpu")

@@ -5,7 +5,7 @@ no app code itself: a separately started SuperExec acquires each task from the S
 API and launches a process for it (`flwr/supercore/superexec/run_superexec.py`; its executor, in
 `executor/subprocess_executor.py`, starts `flwr-clientapp --token ...`). fedward's SuperExec
 (`run_gated_superexec`, `fedward site superexec`) is that loop with Flower's own plugin and an
-executor that starts this module's process instead (`python -m client.app_gate`), which does what
+executor that starts this module's process instead (`python -m fedward.client.app_gate`), which does what
 `flwr-clientapp` does (`flwr/supernode/runtime/run_clientapp.py`) with one step added: after pulling
 the task input (message, context, run, FAB) and before the FAB is installed or any of its code is
 imported, it verifies the bundle against the kit's app-signing key and the site policy's
@@ -31,14 +31,14 @@ from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.policy import load_policy
-from common.app_signature import AppIdentity, AppRefused, load_public_key, verify_fab
-from common.errors import FedwardError
+from fedward.client.policy import load_policy
+from fedward.common.app_signature import AppIdentity, AppRefused, load_public_key, verify_fab
+from fedward.common.errors import FedwardError
 
 if TYPE_CHECKING:  # Flower is imported where it is used: `fedward site` starts fast
     from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult
 
-GATE_MODULE = "client.app_gate"
+GATE_MODULE = "fedward.client.app_gate"
 POLL_SECONDS = 1.0
 """How often the SuperExec asks the SuperNode for a new task (Flower's default)."""
 
@@ -301,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m client.app_gate`: one gated ClientApp task (started by `GatedExecutor`)."""
+    """`python -m fedward.client.app_gate`: one gated ClientApp task (started by `GatedExecutor`)."""
     from flwr.common.args import try_obtain_flwr_app_token
     from flwr.supercore.tls import validate_and_resolve_root_certificates
 

@@ -17,10 +17,10 @@ import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from common.audit.canaries import CanaryInjection, GradientCanaries, active_canaries
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.transfer import decode_reply
+from fedward.common.audit.canaries import CanaryInjection, GradientCanaries, active_canaries
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.transfer import decode_reply
 
 OBSERVED = "observed"  # sub-folder of the audit folder: one file per round and site
 

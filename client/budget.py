@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, RecordDict
 
-from client.ledger import PrivacyLedger, dataset_identity, keyed_fingerprint
-from client.policy import SitePolicy, check_round, load_policy, resolve_ledger_dir
-from common.config import RunConfig
-from common.errors import PrivacyError
-from common.privacy import Mechanism, PrivacyHistory, plan_mechanism, resolve_delta
+from fedward.client.ledger import PrivacyLedger, dataset_identity, keyed_fingerprint
+from fedward.client.policy import SitePolicy, check_round, load_policy, resolve_ledger_dir
+from fedward.common.config import RunConfig
+from fedward.common.errors import PrivacyError
+from fedward.common.privacy import Mechanism, PrivacyHistory, plan_mechanism, resolve_delta
 
 if TYPE_CHECKING:
-    from common.tasks.base import SiteData
+    from fedward.common.tasks.base import SiteData
 
 NO_DP = "the site policy requires differential privacy; the run asks for dp = false"
 CALIBRATION_STATE = "dp-calibration"
@@ -160,7 +160,7 @@ class SiteBudget:
         if self.ledger is None or self.fingerprint is None:
             if check is None:
                 return None
-            from common.privacy import compose_epsilon
+            from fedward.common.privacy import compose_epsilon
 
             return check(compose_epsilon(entries, at, config.dp_accountant))
         return self.ledger.spend_within(

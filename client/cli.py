@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from client import node
-from client.ledger import LEDGER_FILE, PrivacyLedger
-from client.policy import load_policy, resolve_ledger_dir, validate_policy_for
-from common.errors import ConfigError, FedwardError
+from fedward.client import node
+from fedward.client.ledger import LEDGER_FILE, PrivacyLedger
+from fedward.client.policy import load_policy, resolve_ledger_dir, validate_policy_for
+from fedward.common.errors import ConfigError, FedwardError
 
 if TYPE_CHECKING:
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
 app = typer.Typer(help="Site (hospital) commands.", no_args_is_help=True)
 policy_app = typer.Typer(help="The site's privacy policy.", no_args_is_help=True)
@@ -116,7 +116,10 @@ def deidentify(
 ) -> None:
     """Write a de-identified copy of IN's DICOM files to OUT (PS3.15 Basic Profile, keyed pseudonyms,
     per-patient date shift); other files are skipped and listed."""
-    from client.dicom.deidentify import deidentify_folder, load_secret  # pydicom only for this command
+    from fedward.client.dicom.deidentify import (  # pydicom only for this command
+        deidentify_folder,
+        load_secret,
+    )
 
     result = deidentify_folder(src, dst, load_secret(secret_file), log_path=log)
     table = Table(title=f"de-identified copy {result.target}")
@@ -211,7 +214,7 @@ def register_node_commands(site_app: typer.Typer, load_kit: node.KitLoader) -> N
             site_policy = plan.policy
         tasks = list(task or (site_policy.allowed_tasks if site_policy else ["ckd"]))
         wanted = _contrasts(contrasts) if contrasts is not None else None
-        from common.config import RunConfig
+        from fedward.common.config import RunConfig
 
         settings = RunConfig() if image_depth is None else RunConfig(image_depth=image_depth)
         if not print_data_reports(data, tasks, site_policy, report, contrasts=wanted, config=settings):
@@ -284,8 +287,8 @@ def superexec(
 ) -> None:
     """Run ClientApps for a SuperNode in process isolation, each only after its app bundle is verified
     against the kit's app-signing key and the policy's allowed-apps (refusals are logged here)."""
-    from client.app_gate import Gate, run_gated_superexec
-    from common.app_signature import load_public_key
+    from fedward.client.app_gate import Gate, run_gated_superexec
+    from fedward.common.app_signature import load_public_key
 
     load_public_key(app_key)  # a missing or bad key stops here, not at the first task
     if policy is not None:
@@ -314,7 +317,7 @@ def _print_plan(plan: node.NodePlan, *, connected: bool) -> None:
 
 def _contrasts(text: str) -> tuple[str, ...]:
     """`--contrasts t1ce,flair` as canonical names; ConfigError naming the option otherwise."""
-    from common.data.mri.sample import parse_contrasts
+    from fedward.common.data.mri.sample import parse_contrasts
 
     try:
         return parse_contrasts(text)
@@ -333,7 +336,7 @@ def print_data_reports(
 ) -> bool:
     """Check `data` for each task (MRI tasks with `contrasts`, when given), print the reports and write
     them as JSON; True when none blocks."""
-    from client.data_report import check_site_data, print_report
+    from fedward.client.data_report import check_site_data, print_report
 
     gate = site_policy.phi_gate if site_policy else "block"
     least = site_policy.min_samples if site_policy else 1

@@ -19,14 +19,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from client.policy import SitePolicy
-from client.readiness import contrast_readiness, missing_contrasts, readiness
-from common.config import RunConfig
-from common.errors import DataValidationError, FedwardError
-from common.tasks import TaskSpec, task_spec
+from fedward.client.policy import SitePolicy
+from fedward.client.readiness import contrast_readiness, missing_contrasts, readiness
+from fedward.common.config import RunConfig
+from fedward.common.errors import DataValidationError, FedwardError
+from fedward.common.tasks import TaskSpec, task_spec
 
 if TYPE_CHECKING:
-    from common.tasks import SiteData, SiteSource
+    from fedward.common.tasks import SiteData, SiteSource
 
 log = logging.getLogger("fedward.client")
 
@@ -62,8 +62,8 @@ class DataReport:
 
 def _rows(report: DataReport, site: SiteData) -> None:
     """A table task (one row per patient): missing values, conversions and blanked cells (CKD tables)."""
-    from common.data.ckd import CkdTable
-    from common.data.ckd_schema import FEATURE_NAMES
+    from fedward.common.data.ckd import CkdTable
+    from fedward.common.data.ckd_schema import FEATURE_NAMES
 
     report.samples = report.patients = site.num_train + site.num_test
     tables = [site.train, site.test]
@@ -78,7 +78,7 @@ def _rows(report: DataReport, site: SiteData) -> None:
 
 def _phi(report: DataReport, folder: Path, phi_gate: str) -> None:
     """The DICOM PHI gate's findings (headers only), blocking under `phi_gate` "block"."""
-    from client.dicom.gate import check_folder
+    from fedward.client.dicom.gate import check_folder
 
     gate = check_folder(folder)
     report.phi = {"files-checked": gate.files_checked, "files-flagged": len(gate.flagged),
@@ -111,7 +111,7 @@ def _read(
     task = spec.build()
     if not (contrasts and spec.imaging):  # no monai import for a table task
         return task.load_site(source, config)
-    from common.tasks.mri import MriTask
+    from fedward.common.tasks.mri import MriTask
 
     if not isinstance(task, MriTask):
         return task.load_site(source, config)
@@ -130,7 +130,7 @@ def _load(
 ) -> SiteData:
     """Load `folder` as a run would (PHI gate first for imaging) and count samples, patients, classes;
     with `contrasts`, an MRI task's folder is also checked for every patient having each of them."""
-    from common.tasks import SiteSource
+    from fedward.common.tasks import SiteSource
 
     if spec.imaging:
         _phi(report, folder, phi_gate)

@@ -17,9 +17,9 @@ from flwr.app import ConfigRecord
 from torch import nn
 from torch.utils.data import Dataset
 
-from client.policy import SitePolicy
-from common.config import RunConfig
-from common.distributed_dp import (
+from fedward.client.policy import SitePolicy
+from fedward.common.config import RunConfig
+from fedward.common.distributed_dp import (
     SITES_KEY,
     clipped_gradient_sum,
     granularity,
@@ -27,9 +27,9 @@ from common.distributed_dp import (
     sensitivity,
     share_noise,
 )
-from common.privacy import Mechanism
-from common.secure_aggregation import SecAggParameters
-from common.training import TrainOutcome
+from fedward.common.privacy import Mechanism
+from fedward.common.secure_aggregation import SecAggParameters
+from fedward.common.training import TrainOutcome
 
 
 def sites_in_sum(shared: ConfigRecord, policy: SitePolicy | None) -> tuple[int, str | None]:

@@ -20,10 +20,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from torch import nn
 from torch.utils.data import Dataset
 
-from client.app import train_set_view
-from client.simulated_faults import simulated_round
-from common.config import RunConfig
-from common.transfer import decode, encode
+from fedward.client.app import train_set_view
+from fedward.client.simulated_faults import simulated_round
+from fedward.common.config import RunConfig
+from fedward.common.transfer import decode, encode
 
 log = logging.getLogger("fedward.client")
 

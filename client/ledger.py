@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.errors import ConfigError, PrivacyError
+from fedward.common.errors import ConfigError, PrivacyError
 
 if TYPE_CHECKING:
-    from common.privacy import PrivacyHistory
+    from fedward.common.privacy import PrivacyHistory
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 HEAD_FILE = "privacy-ledger.head"
@@ -361,7 +361,9 @@ class PrivacyLedger:
     ) -> PrivacyHistory:
         """The history of the most-spent patient group, `extra` included. Without δ, several maximal
         groups are merged into one history (an upper bound)."""
-        from common.privacy import PrivacyHistory  # Opacus and torch load in seconds: only when needed
+        from fedward.common.privacy import (
+            PrivacyHistory,  # Opacus and torch load in seconds: only when needed
+        )
 
         groups = self._groups(db, fingerprint, keys)
         histories = []

@@ -16,7 +16,7 @@ import re
 from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from common.errors import DataValidationError, FedwardError, SiteDataError
+from fedward.common.errors import DataValidationError, FedwardError, SiteDataError
 
 log = logging.getLogger("fedward.client")
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from client.policy import SitePolicy, load_policy, validate_policy_for
-from common.errors import ConfigError, FedwardError
-from common.tls_probe import split_address, tls_handshake
-from common.tomlfile import read_toml
+from fedward.client.policy import SitePolicy, load_policy, validate_policy_for
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.common.tls_probe import split_address, tls_handshake
+from fedward.common.tomlfile import read_toml
 
 RUNTIME_PORT = 9094
 """The SuperNode's local Runtime API port (Flower's default); only its SuperExec connects to it."""
@@ -99,8 +99,8 @@ def check_data_dir(data: Path, allowed_tasks: list[str]) -> int | None:
         raise ConfigError(f"data folder {data} is empty")
     if allowed_tasks != ["ckd"]:
         return None  # imaging folders are checked file by file when a run loads them
-    from common.data.ckd import find_site_csv, load_ckd_csv
-    from common.data.ckd_mapping import find_site_mapping, load_mapping
+    from fedward.common.data.ckd import find_site_csv, load_ckd_csv
+    from fedward.common.data.ckd_mapping import find_site_mapping, load_mapping
 
     mapping_file = find_site_mapping(data)
     mapping = load_mapping(mapping_file) if mapping_file else None

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.errors import ConfigError, PrivacyError
-from common.tomlfile import read_toml
-from common.validation_errors import validation_problems
+from fedward.common.errors import ConfigError, PrivacyError
+from fedward.common.tomlfile import read_toml
+from fedward.common.validation_errors import validation_problems
 
 if TYPE_CHECKING:  # the policy module stays light (no torch) for `fedward site policy check`
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
 POLICY_TABLE = "policy"
 ALLOWED_APP_ENTRY = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+)$"

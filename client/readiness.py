@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from client.policy import SitePolicy
-from common.config import RunConfig
-from common.tasks import task_spec
+from fedward.client.policy import SitePolicy
+from fedward.common.config import RunConfig
+from fedward.common.tasks import task_spec
 
 if TYPE_CHECKING:
-    from common.tasks import SiteData
+    from fedward.common.tasks import SiteData
 
 MIN_ROWS = 2  # fewer rows in all: nothing to train and evaluate on
 MIN_PER_CLASS = 5  # fewer training rows of a class: the model barely sees it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 _SAFE = re.compile(r"[0-9a-z-]{1,80}")
 

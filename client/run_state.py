@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from client.budget import CALIBRATION_STATE
+from fedward.client.budget import CALIBRATION_STATE
 
 _ROUND = re.compile(r"round-(\d+)\.pt")
 _SAFE_UID = re.compile(r"[0-9A-Za-z_-]{1,64}")

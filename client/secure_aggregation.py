@@ -20,13 +20,12 @@ import logging
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 
-from client.site import site_privacy
-from common.config import RunConfig
-from common.distributed_dp import SITES_KEY
-from common.errors import ConfigError
-from common.secure_aggregation import (
+from fedward.client.site import site_privacy
+from fedward.common.config import RunConfig
+from fedward.common.distributed_dp import SITES_KEY
+from fedward.common.errors import ConfigError
+from fedward.common.secure_aggregation import (
     COLLECT,
     MASKED_KEY,
     MASKED_RECORD,
@@ -52,9 +51,10 @@ from common.secure_aggregation import (
     new_secret,
     pairwise_seed,
     pairwise_sign,
+    share_secret,
     weight_ratio,
 )
-from common.transfer import decode_reply
+from fedward.common.transfer import decode_reply
 
 log = logging.getLogger("fedward.client")
 
@@ -174,8 +174,8 @@ def _share_keys(
     if len(nodes) < needed:
         raise Refusal(f"{len(nodes)} site(s) in the round, fewer than the {needed} this site requires")
     seed = new_secret()
-    seed_shares = create_shares(seed, threshold, len(nodes))
-    key_shares = create_shares(bytes(state["sk1"]), threshold, len(nodes))
+    seed_shares = share_secret(seed, threshold, len(nodes))
+    key_shares = share_secret(bytes(state["sk1"]), threshold, len(nodes))
     sk2 = bytes(state["sk2"])
     binding = params.binding(int(state[Key.SERVER_ROUND]), float(state[Key.WEIGHT_UNIT]), keys)
     destinations, ciphertexts = [], []

@@ -24,9 +24,9 @@ import numpy as np
 from flwr.app import Context, Error, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.secure_aggregation import RECORD as SECURE_AGGREGATION
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.secure_aggregation import RECORD as SECURE_AGGREGATION
 
 log = logging.getLogger("fedward.client")
 

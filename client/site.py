@@ -8,13 +8,13 @@ from pathlib import Path
 
 from flwr.app import Context
 
-from client.budget import SitePrivacy
-from client.dicom.gate import gate_site
-from client.mods import safe_reason
-from client.readiness import readiness
-from common.config import RunConfig
-from common.errors import ConfigError, SiteDataError
-from common.tasks import SiteData, SiteSource, get_task, task_spec
+from fedward.client.budget import SitePrivacy
+from fedward.client.dicom.gate import gate_site
+from fedward.client.mods import safe_reason
+from fedward.client.readiness import readiness
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError, SiteDataError
+from fedward.common.tasks import SiteData, SiteSource, get_task, task_spec
 
 log = logging.getLogger("fedward.client")
 

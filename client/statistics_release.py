@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.budget import SiteBudget
-from client.releases import KeptReleases
-from common.config import RunConfig
-from common.dp_release import release_entry, release_sum
-from common.privacy import compose_epsilon, resolve_delta
-from common.tasks import SiteData, Task
+from fedward.client.budget import SiteBudget
+from fedward.client.releases import KeptReleases
+from fedward.common.config import RunConfig
+from fedward.common.dp_release import release_entry, release_sum
+from fedward.common.privacy import compose_epsilon, resolve_delta
+from fedward.common.tasks import SiteData, Task
 
 RELEASE = "statistics"
 

@@ -33,9 +33,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from common.ed25519_keys import read_private_key, read_public_key
-from common.errors import ConfigError, FedwardError
-from common.tomlfile import read_toml
+from fedward.common.ed25519_keys import read_private_key, read_public_key
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.common.tomlfile import read_toml
 
 SIGNATURE_FILE = "fedward-app-signature.json"
 """The signature's path inside the FAB (top level)."""

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.errors import ConfigError
-from common.local_training import LocalTraining
-from common.privacy import DPConfig
-from common.validation_errors import validation_problems
+from fedward.common.errors import ConfigError
+from fedward.common.local_training import LocalTraining
+from fedward.common.privacy import DPConfig
+from fedward.common.validation_errors import validation_problems
 
 
 class RunConfig(BaseModel):
@@ -127,11 +127,11 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _secure_aggregation(self) -> RunConfig:
         if self.secure_aggregation:  # flwr and cryptography: imported only when needed (`--help` stays fast)
-            from common.secure_aggregation import check_config
+            from fedward.common.secure_aggregation import check_config
 
             check_config(self)
         if self.distributed_dp:
-            from common.distributed_dp import check_config as check_distributed
+            from fedward.common.distributed_dp import check_config as check_distributed
 
             check_distributed(self)
         return self

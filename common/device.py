@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

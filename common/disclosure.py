@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 
-from common.clinical import expected_calibration_error
+from fedward.common.clinical import expected_calibration_error
 
 WITHHELD = math.nan
 BINARY_CELLS = ("tp", "fp", "tn", "fn")

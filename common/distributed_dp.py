@@ -36,10 +36,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.errors import ConfigError, PrivacyError
+from fedward.common.errors import ConfigError, PrivacyError
 
 if TYPE_CHECKING:
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")  # a mean gradient step
 RING_HALF = 2**31  # secure aggregation's ring is Z_2^32: a sum must stay within ±2^31

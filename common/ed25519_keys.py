@@ -9,7 +9,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 
 def read_private_key(path: Path, missing: str) -> ed25519.Ed25519PrivateKey:

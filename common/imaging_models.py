@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 CLASSIFIERS = ("cnn", "densenet121")
 SEGMENTERS = ("unet",)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score
 
-from common.clinical import (
+from fedward.common.clinical import (
     auc_batch,
     balanced_accuracy_batch,
     bootstrap_interval,

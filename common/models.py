@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 
 class LogisticRegression(nn.Module):

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from common.errors import PrivacyError
+from fedward.common.errors import PrivacyError
 
 ACCOUNTANTS = ("prv", "rdp")
 

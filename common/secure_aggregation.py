@@ -5,9 +5,9 @@ Four stages per training round, every message a `train` message carrying the `RE
 masked-vector stage also carries the round's train content (its `config` record and the global model):
 
 1. setup: each site makes two fresh X25519 key pairs (one for masks, one for encrypting shares), each
-   private key derived from a 31-byte secret, and sends the raw 32-byte public keys;
-2. share keys: each site gets every participant's public keys, Shamir-shares its 31-byte self-mask seed
-   and its mask key's 31-byte secret (threshold t of n; 2 chunks of Flower's Shamir each), and sends each
+   private key derived from a 16-byte secret, and sends the raw 32-byte public keys;
+2. share keys: each site gets every participant's public keys, Shamir-shares its 16-byte self-mask seed
+   and its mask key's 16-byte secret (threshold t of n; one GF(2^128) polynomial each), and sends each
    owner its two shares, AES-GCM-encrypted with the sender, owner and the masks' binding (below) as
    associated data (through the coordinator);
 3. collect masked vectors: with the shares addressed to it, each site trains (the round's real train
@@ -16,8 +16,10 @@ masked-vector stage also carries the round's train content (its `config` record 
 4. unmask: the survivors send the shares of the survivors' self-mask seeds and of the dropped sites'
    mask keys; the coordinator removes every mask and learns only the sum.
 
-All cryptography is Flower's (`flwr.common.secure_aggregation`: Shamir, quantisation) or the
-`cryptography` package's (X25519 key agreement, HKDF-SHA256, AES-GCM, AES). The one exception is the mask
+All cryptography is Flower's (`flwr.common.secure_aggregation`: quantisation), pycryptodome's (the Shamir
+sharing over GF(2^128) that Flower's SecAgg+ wraps, called directly: Flower's wrapper pads a secret with
+PKCS#7, so a 16-byte secret would cost two polynomials) or the `cryptography` package's (X25519 key
+agreement, HKDF-SHA256, AES-GCM, AES). The one exception to Flower's own primitives is the mask
 generator: Flower's `pseudo_rand_gen` folds its seed to 32 bits (numpy's RandomState), which a
 coordinator can search; here each mask is the AES-256-CTR keystream of the full seed (`mask_vector`),
 with the round's parameters as the nonce, so a coordinator that sends different parameters (a weight
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -52,10 +55,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import Array, ArrayRecord
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from common.errors import ConfigError, FedwardError
+from fedward.common.errors import ConfigError, FedwardError
 
 if TYPE_CHECKING:
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
 RECORD = "secure-aggregation"  # ConfigRecord of every protocol message and reply
 MASKED_RECORD = "secure-aggregation-masked"  # ArrayRecord of a masked reply: one uint32 vector
@@ -91,9 +94,10 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"
 MODULUS_BITS = 32
 MODULUS = 2**MODULUS_BITS
 KEY_BYTES = 32  # a raw X25519 public key
-# self-mask seeds and private-key secrets: 248 bits of OS entropy, the most that Flower's Shamir (PKCS#7
-# padding to 16-byte chunks) splits into 2 chunks
-SECRET_BYTES = 31
+# self-mask seeds and private-key secrets: 128 bits of OS entropy, one GF(2^128) element for Shamir (X25519
+# itself offers about 128 bits; each secret only seeds AES-256-CTR or, through HKDF, an X25519 key)
+SECRET_BYTES = 16
+SHARE_BYTES = 4 + SECRET_BYTES  # a Shamir share: the holder's index (4 bytes, little-endian) and its value
 NONCE_BYTES = 12  # AES-GCM nonce of a share ciphertext
 
 
@@ -115,7 +119,7 @@ class SecAggParameters:
     @classmethod
     def from_config(cls, config: RunConfig) -> SecAggParameters:
         """The parameters of `config` (`secure-aggregation-*` keys, and `distributed-dp`)."""
-        from common.distributed_dp import granularity
+        from fedward.common.distributed_dp import granularity
 
         return cls(
             threshold=config.secure_aggregation_threshold,
@@ -180,6 +184,23 @@ def new_secret() -> bytes:
     return os.urandom(SECRET_BYTES)
 
 
+def share_secret(secret: bytes, threshold: int, count: int) -> list[bytes]:
+    """`count` Shamir shares of a 16-byte `secret` (pycryptodome, GF(2^128)), any `threshold` of which
+    rebuild it; share i (1-based) is `i` as 4 little-endian bytes and its 16-byte value."""
+    if len(secret) != SECRET_BYTES:
+        raise SecureAggregationError(f"secure aggregation: a shared secret must be {SECRET_BYTES} bytes")
+    shares = Shamir.split(threshold, count, secret, ssss=False)
+    return [index.to_bytes(4, "little") + value for index, value in shares]
+
+
+def combine_secret(shares: list[bytes]) -> bytes:
+    """The secret `shares` (at least the threshold's number, from distinct holders) rebuild; ValueError when
+    they are malformed or repeat a holder."""
+    if any(len(share) != SHARE_BYTES for share in shares):
+        raise ValueError(f"a share must be {SHARE_BYTES} bytes")
+    return Shamir.combine([(int.from_bytes(s[:4], "little"), s[4:]) for s in shares], ssss=False)
+
+
 def _private_key(secret: bytes) -> X25519PrivateKey:
     """The X25519 private key of a secret (HKDF of it: the secret is what is Shamir-shared)."""
     if not isinstance(secret, bytes) or len(secret) != SECRET_BYTES:
@@ -190,7 +211,7 @@ def _private_key(secret: bytes) -> X25519PrivateKey:
 
 
 def generate_key_pair() -> tuple[bytes, bytes]:
-    """A fresh X25519 key pair: (its 31-byte secret, the raw 32-byte public key)."""
+    """A fresh X25519 key pair: (its 16-byte secret, the raw 32-byte public key)."""
     secret = new_secret()
     return secret, _private_key(secret).public_key().public_bytes_raw()
 

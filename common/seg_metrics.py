@@ -11,8 +11,8 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.networks.utils import one_hot
 
-from common.clinical import mean_interval, with_interval
-from common.metrics import released_sites, weighted_mean
+from fedward.common.clinical import mean_interval, with_interval
+from fedward.common.metrics import released_sites, weighted_mean
 
 
 def segmentation_metrics(

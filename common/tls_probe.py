@@ -11,7 +11,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 
 def split_address(address: str) -> tuple[str, int]:

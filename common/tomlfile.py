@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:

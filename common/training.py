@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.audit.canaries import CanaryInjection, active_canaries
-from common.errors import PrivacyError
-from common.local_training import OPTIMIZERS, LocalTraining
-from common.privacy import DPConfig, Mechanism, plan_mechanism, steps_per_epoch
+from fedward.common.audit.canaries import CanaryInjection, active_canaries
+from fedward.common.errors import PrivacyError
+from fedward.common.local_training import OPTIMIZERS, LocalTraining
+from fedward.common.privacy import DPConfig, Mechanism, plan_mechanism, steps_per_epoch
 
 # Opacus' per-sample hooks fire on inputs that need no gradient; harmless and noisy.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")

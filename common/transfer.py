@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 TransferDtype = Literal["float32", "float16", "bfloat16"]
 TRANSFER_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")

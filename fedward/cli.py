@@ -7,14 +7,14 @@ import sys
 import typer
 from rich.console import Console
 
-from client.cli import app as site_app
-from client.cli import register_node_commands
-from common.errors import FedwardError
-from server.deployment.cli import coordinator_app, provision_command, run_command
-from server.deployment.provision import load_site_kit
-from server.provenance.cli import sign_command, verify_command
-from server.report.cli import report_command
-from simulations.cli import app as sim_app
+from fedward.client.cli import app as site_app
+from fedward.client.cli import register_node_commands
+from fedward.common.errors import FedwardError
+from fedward.server.deployment.cli import coordinator_app, provision_command, run_command
+from fedward.server.deployment.provision import load_site_kit
+from fedward.server.provenance.cli import sign_command, verify_command
+from fedward.server.report.cli import report_command
+from fedward.simulations.cli import app as sim_app
 
 app = typer.Typer(
     help="fedward: federated learning for hospitals.", no_args_is_help=True, pretty_exceptions_enable=False

@@ -12,24 +12,24 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from common.config import RunConfig
-from common.errors import ConfigError, FedwardError
-from common.secure_aggregation import SecAggParameters
-from common.tasks import get_task
-from server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
-from server.cross_site import CROSS_SITE, cross_site_matrix
-from server.export import finalise_run
-from server.provenance.signing import resolve_signing_key
-from server.rounds import RoundRecorder, RunStopped
-from server.run_grid import RunGrid
-from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
-from server.secure_aggregation import SecureAggregationGrid
-from server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
-from strategies.central_dp import with_central_dp
-from strategies.observed import ObservedStrategy
-from strategies.registry import StrategySettings, build_strategy, sample_size
-from strategies.reply_checks import SiteLimits, site_limits
-from strategies.validation import ValidatedStrategy, non_finite_entry
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.common.secure_aggregation import SecAggParameters
+from fedward.common.tasks import get_task
+from fedward.server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
+from fedward.server.cross_site import CROSS_SITE, cross_site_matrix
+from fedward.server.export import finalise_run
+from fedward.server.provenance.signing import resolve_signing_key
+from fedward.server.rounds import RoundRecorder, RunStopped
+from fedward.server.run_grid import RunGrid
+from fedward.server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
+from fedward.server.secure_aggregation import SecureAggregationGrid
+from fedward.server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
+from fedward.strategies.central_dp import with_central_dp
+from fedward.strategies.observed import ObservedStrategy
+from fedward.strategies.registry import StrategySettings, build_strategy, sample_size
+from fedward.strategies.reply_checks import SiteLimits, site_limits
+from fedward.strategies.validation import ValidatedStrategy, non_finite_entry
 
 app = ServerApp()
 SIMULATION_PULL_INTERVAL = 0.005  # seconds between reply polls in a simulation (Flower's default: 0.1)

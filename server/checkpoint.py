@@ -25,9 +25,9 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from server.checkpoint_codec import CheckpointError, decode, encode
-from server.checkpoint_store import CHECKPOINT_JSON, read_checkpoint, write_checkpoint
-from server.provenance.signing import load_private_key, resolve_signing_key
+from fedward.server.checkpoint_codec import CheckpointError, decode, encode
+from fedward.server.checkpoint_store import CHECKPOINT_JSON, read_checkpoint, write_checkpoint
+from fedward.server.provenance.signing import load_private_key, resolve_signing_key
 
 CHECKPOINT = CHECKPOINT_JSON
 _FIELDS = ("arrays", "strategy", "recorder", "rng")  # encoded into `state`; round and run uid stay plain

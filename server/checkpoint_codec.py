@@ -27,10 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import FedwardError
+from fedward.common.errors import FedwardError
 
-DATACLASS_PACKAGES = ("server", "strategies", "common")
+DATACLASS_PACKAGES = ("fedward.server", "fedward.strategies", "fedward.common")
 """Packages whose dataclasses a checkpoint may hold (strategy state such as the update check's Reference)."""
+
+
+def _in_fedward(module: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in DATACLASS_PACKAGES)
+
+
+def _current_name(module: str) -> str:
+    """A checkpoint from before the `fedward.` namespace names `common.x`: read it as `fedward.common.x`."""
+    legacy = module.split(".")[0] in ("server", "strategies", "common")
+    return f"fedward.{module}" if legacy else module
 
 
 class CheckpointError(FedwardError):
@@ -100,7 +110,7 @@ class _Encoder:
 
     def _dataclass(self, v: Any, where: str) -> Any:
         cls = type(v)
-        if cls.__module__.split(".")[0] not in DATACLASS_PACKAGES or "<locals>" in cls.__qualname__:
+        if not _in_fedward(cls.__module__) or "<locals>" in cls.__qualname__:
             raise CheckpointError(f"{where}: dataclass {cls.__module__}.{cls.__qualname__} is not fedward's")
         fields = {f.name: self.value(getattr(v, f.name), f"{where}.{f.name}") for f in dataclasses.fields(v)}
         return {"$dataclass": f"{cls.__module__}:{cls.__qualname__}", "fields": fields}
@@ -114,7 +124,8 @@ def encode(value: Any, where: str = "checkpoint") -> tuple[Any, dict[str, np.nda
 
 def _dataclass_type(name: Any, where: str) -> type:
     module, _, qualname = str(name).partition(":")
-    if module.split(".")[0] not in DATACLASS_PACKAGES or not qualname:
+    module = _current_name(module)
+    if not _in_fedward(module) or not qualname:
         raise CheckpointError(f"{where}: dataclass {name!r} is not one of fedward's packages")
     try:
         cls: Any = importlib.import_module(module)

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_arrays
 from safetensors.numpy import save as save_arrays
 
-from server.checkpoint_codec import CheckpointError
-from server.provenance.signing import key_fingerprint, sign, signature_valid
+from fedward.server.checkpoint_codec import CheckpointError
+from fedward.server.provenance.signing import key_fingerprint, sign, signature_valid
 
 FORMAT = "fedward-checkpoint/2"
 CHECKPOINT_JSON = "checkpoint.json"

@@ -14,10 +14,10 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common.config import RunConfig
-from common.tasks import task_spec
-from server.rundir import CROSS_SITE_FILE
-from server.statistics import SiteInfo
+from fedward.common.config import RunConfig
+from fedward.common.tasks import task_spec
+from fedward.server.rundir import CROSS_SITE_FILE
+from fedward.server.statistics import SiteInfo
 
 CROSS_SITE = CROSS_SITE_FILE
 

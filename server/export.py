@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ConfigError
-from server.provenance.manifest import sign_run
-from server.provenance.signing import load_private_key, resolve_signing_key
-from server.provenance.software import package_version
-from server.report.model_card import write_model_card
-from server.rundir import RunDirectory
+from fedward.common.errors import ConfigError
+from fedward.server.provenance.manifest import sign_run
+from fedward.server.provenance.signing import load_private_key, resolve_signing_key
+from fedward.server.provenance.software import package_version
+from fedward.server.report.model_card import write_model_card
+from fedward.server.rundir import RunDirectory
 
 TORCH_WEIGHTS = "model.pt"
 SAFETENSORS_WEIGHTS = "model.safetensors"

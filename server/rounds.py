@@ -9,11 +9,11 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from common.tasks import Task
-from server.report.tensorboard_log import TensorBoardLog
-from server.rundir import RunDirectory, json_safe
-from server.statistics import SiteInfo
-from strategies.validation import Rejection, non_finite_entry
+from fedward.common.tasks import Task
+from fedward.server.report.tensorboard_log import TensorBoardLog
+from fedward.server.rundir import RunDirectory, json_safe
+from fedward.server.statistics import SiteInfo
+from fedward.strategies.validation import Rejection, non_finite_entry
 
 
 class RunStopped(Exception):

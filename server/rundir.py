@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

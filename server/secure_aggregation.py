@@ -21,10 +21,9 @@ from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.serverapp import Grid
 
-from common.secure_aggregation import (
+from fedward.common.secure_aggregation import (
     COLLECT,
     KEY_BYTES,
     MASKED_KEY,
@@ -41,6 +40,7 @@ from common.secure_aggregation import (
     SecAggParameters,
     SecureAggregationError,
     check_public_key,
+    combine_secret,
     decode_integers,
     decode_sum,
     mask_vector,
@@ -48,7 +48,7 @@ from common.secure_aggregation import (
     pairwise_sign,
     to_array_record,
 )
-from server.run_grid import RunGrid
+from fedward.server.run_grid import RunGrid
 
 log = logging.getLogger("fedward.server")
 LEFT_OUT = 4090  # error code of a site the protocol left out (a reply the coordinator could not use)
@@ -278,7 +278,7 @@ class _Round:
                     f"secret came back, fewer than the {needed} that reconstruct it"
                 )
             try:  # any `needed` shares rebuild it; Lagrange over more only costs (quadratic in the count)
-                secret = combine_shares(pieces[:needed])
+                secret = combine_secret(pieces[:needed])
             except ValueError:
                 raise SecureAggregationError(
                     f"secure aggregation, round {self.server_round}: the shares of node {node} do not combine"

@@ -10,7 +10,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from common.errors import FedwardError
+from fedward.common.errors import FedwardError
 
 
 @dataclass

@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from client.audit_mod import OBSERVED
-from client.budget import SiteBudget, SitePrivacy
-from common.audit.canaries import GradientCanaries, draw_canaries
-from common.audit.membership import attack_metrics
-from common.audit.one_run import AuditBound, audit_bound
-from common.config import RunConfig
-from common.tasks import get_task
-from common.training import predict_proba, privacy_generator
-from server.rundir import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, RunDirectory
+from fedward.client.audit_mod import OBSERVED
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.common.audit.canaries import GradientCanaries, draw_canaries
+from fedward.common.audit.membership import attack_metrics
+from fedward.common.audit.one_run import AuditBound, audit_bound
+from fedward.common.config import RunConfig
+from fedward.common.tasks import get_task
+from fedward.common.training import predict_proba, privacy_generator
+from fedward.server.rundir import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, RunDirectory
 
 SUMMARY_KEY = "empirical-privacy"  # in summary.json
 REFERENCE_MODELS = 8  # offline LiRA's reference models
@@ -178,7 +178,7 @@ def membership_inference(
     on random halves of all those records; a record's score is how far the final model's confidence in it
     lies above its confidence under the reference models that did not train on it (a Gaussian fit).
     Without references the score is the confidence itself (a loss attack)."""
-    from simulations.baselines import initial_model, load_sites, train_rounds
+    from fedward.simulations.baselines import initial_model, load_sites, train_rounds
 
     task = get_task(config.task)
     final = task.build_model(config)
@@ -273,7 +273,7 @@ def analyse(run_dir: Path, audit_dir: Path, config: RunConfig, num_sites: int) -
 def record_audit(run: RunDirectory, summary: dict[str, Any], result: dict[str, Any]) -> None:
     """Put the audit into the run's summary.json (key "empirical-privacy") and sign the run again: the
     model card is rewritten with it and the provenance manifest covers the changed summary."""
-    from server.export import finalise_run
+    from fedward.server.export import finalise_run
 
     run.write_json(SUMMARY_FILE, {**summary, SUMMARY_KEY: result})
     finalise_run(run.path)

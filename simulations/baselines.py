@@ -29,12 +29,12 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from client.budget import SiteBudget, SitePrivacy
-from common.config import RunConfig
-from common.device import pick_device
-from common.privacy import PrivacyHistory
-from common.tasks import SiteData, SiteSource, Task, get_task
-from common.training import train_model
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.common.config import RunConfig
+from fedward.common.device import pick_device
+from fedward.common.privacy import PrivacyHistory
+from fedward.common.tasks import SiteData, SiteSource, Task, get_task
+from fedward.common.training import train_model
 
 NOT_AVERAGED = {"num-examples", "site-weight", "tp", "fp", "tn", "fn", "steps", "epsilon", "delta"}
 NOT_AVERAGED |= {"noise-multiplier", "refused"}
@@ -157,7 +157,16 @@ def train_rounds(
             refused = f"round {server_round}: {reason}"
             break
         local = config.local_training(server_round, site_index)
-        outcome = train_model(model, train, task.loss, local, dp, mechanism=plan, device=device)
+        outcome = train_model(
+            model,
+            train,
+            task.loss,
+            local,
+            dp,
+            mechanism=plan,
+            device=device,
+            grad_sample_mode=task.grad_sample_mode,
+        )
         history.extend(outcome.privacy_steps)
         steps += outcome.steps
     model.to("cpu")

@@ -13,16 +13,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.config import RunConfig
-from common.data.partition import RESAMPLE_ROWS_PER_SITE
-from common.errors import ConfigError
-from common.tasks import task_spec
-from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, SUMMARY_FILE, RunDirectory
-from simulations.progress import RunProgress
-from simulations.runner import SimulationResources, SitePreparation, run_simulation
+from fedward.common.config import RunConfig
+from fedward.common.data.partition import RESAMPLE_ROWS_PER_SITE
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import task_spec
+from fedward.server.rundir import CONFIG_FILE, CROSS_SITE_FILE, SUMMARY_FILE, RunDirectory
+from fedward.simulations.progress import RunProgress
+from fedward.simulations.runner import SimulationResources, SitePreparation, run_simulation
 
 if TYPE_CHECKING:  # the commands import their machinery when they run: `--help` stays instant
-    from simulations.scenario import Scenario
+    from fedward.simulations.scenario import Scenario
 
 STRATEGY_NAMES = (
     "fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, fedtrimmedavg, krum, multikrum, "
@@ -172,7 +172,7 @@ def _ckd_setup(
     fraction_train/_evaluate, model, strategy, dp, epsilon (as `dp_target_epsilon`) and further keys."""
     data_root = run_dir / "sites"
     prepare = SitePreparation(
-        "simulations.prepare:prepare_ckd_sites",
+        "fedward.simulations.prepare:prepare_ckd_sites",
         {
             "out_dir": str(data_root), "num_sites": sites, "partition": partition, "alpha": alpha,
             "test_fraction": RunConfig().test_fraction, "seed": seed, "rows_per_site": rows_per_site,
@@ -261,8 +261,8 @@ def tumour(
         mri_contrasts=contrasts,
         tumour_binary=binary,
     )
-    from common.tasks.mri import contrasts_of  # imaging stack: imported only for this command
-    from simulations.phantoms import PhantomSpec, generate_sites
+    from fedward.common.tasks.mri import contrasts_of  # imaging stack: imported only for this command
+    from fedward.simulations.phantoms import PhantomSpec, generate_sites
 
     spec = PhantomSpec(size=size, slices=slices, contrasts=contrasts_of(config))
     generate_sites(data_root, sites, patients, fmt=fmt.value, spec=spec, skew=skew, seed=seed)
@@ -293,9 +293,9 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Run a scenario file: its sites, the federation, then pooled and local-only baselines."""
-    from simulations.report import print_comparison
-    from simulations.scenario import find_scenario, load_scenario
-    from simulations.study import run_study
+    from fedward.simulations.report import print_comparison
+    from fedward.simulations.scenario import find_scenario, load_scenario
+    from fedward.simulations.study import run_study
 
     spec = load_scenario(find_scenario(scenario))
     run_dir = (runs_dir / (name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")).resolve()
@@ -326,10 +326,10 @@ def sweep(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Run a scenario over a grid of one key's values × seeds; write sweep.json and sweep.png."""
-    from simulations.report import sweep_table
-    from simulations.scenario import find_scenario, load_scenario
-    from simulations.study import run_study
-    from simulations.sweep import parse_over, run_sweep
+    from fedward.simulations.report import sweep_table
+    from fedward.simulations.scenario import find_scenario, load_scenario
+    from fedward.simulations.study import run_study
+    from fedward.simulations.sweep import parse_over, run_sweep
 
     spec = load_scenario(find_scenario(scenario))
     key, values = parse_over(over)
@@ -391,8 +391,8 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Privacy audit of a federated CKD run: one site holds canaries; ε lower bounds beside the claimed ε."""
-    from simulations.audit import analyse, prepare_canaries
-    from simulations.study import AUDIT_FOLDER
+    from fedward.simulations.audit import analyse, prepare_canaries
+    from fedward.simulations.study import AUDIT_FOLDER
 
     if no_dp and seeded_noise:
         raise ConfigError("--no-dp and --seeded-noise are two different controls: choose one")
@@ -473,7 +473,7 @@ def leave_one_out_command(
 ) -> None:
     """Federate without each site in turn and evaluate on the site left out (K more runs); the results
     go into the run's cross-site.json."""
-    from simulations.leave_one_out import leave_one_out
+    from fedward.simulations.leave_one_out import leave_one_out
 
     metric = task_spec(RunDirectory.existing(run_dir).run_config()["task"]).primary_metric
     results = leave_one_out(run_dir, _launch(ctx).run, verbose)
@@ -490,7 +490,7 @@ def leave_one_out_command(
 @app.command("scenarios")
 def scenarios() -> None:
     """List the scenarios that ship with fedward."""
-    from simulations.scenario import load_scenario, shipped_scenarios
+    from fedward.simulations.scenario import load_scenario, shipped_scenarios
 
     table = Table(title="shipped scenarios (fedward sim run NAME)")
     table.add_column("name")
@@ -514,7 +514,7 @@ def _describe(spec: Scenario) -> str:
 
 def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:
     """The results of a run folder finished by an earlier sweep (None when it has none)."""
-    from simulations.study import federated_results, read_results
+    from fedward.simulations.study import federated_results, read_results
 
     if baselines:
         return read_results(run_dir)
@@ -541,7 +541,7 @@ def print_summary(run_dir: Path) -> None:
         raise typer.Exit(
             _fail(f"the run ended without {run_dir / SUMMARY_FILE}; see {run_dir / 'flower.log'}")
         )
-    from server.report.cli import fitted_tables  # the report's layout: no cell cut at 80 columns
+    from fedward.server.report.cli import fitted_tables  # the report's layout: no cell cut at 80 columns
 
     title = f"{summary['task']} · {summary['strategy']} · {summary['rounds-completed']} rounds"
     metrics = task_spec(summary["task"]).columns

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.ckd import load_ckd_csv
-from common.data.partition import partition_indices
-from common.datasets import ckd_csv_path
-from common.errors import ConfigError
-from simulations.prepare import write_ckd_sites
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.partition import partition_indices
+from fedward.common.datasets import ckd_csv_path
+from fedward.common.errors import ConfigError
+from fedward.simulations.prepare import write_ckd_sites
 
 
 def dirichlet_parts(

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from common.config import RunConfig
-from common.device import pick_device
-from common.errors import ConfigError
-from common.tasks import SiteSource, get_task
-from server.cross_site import CROSS_SITE, headline_metric
-from server.rundir import SUMMARY_FILE, RunDirectory
+from fedward.common.config import RunConfig
+from fedward.common.device import pick_device
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import SiteSource, get_task
+from fedward.server.cross_site import CROSS_SITE, headline_metric
+from fedward.server.rundir import SUMMARY_FILE, RunDirectory
 
 FOLDER = "leave-one-out"
 Launcher = Callable[[dict[str, Any], int, Path, bool], None]

@@ -5,7 +5,7 @@ No SuperLink, no app bundle, no per-message processes: the ServerApp runs in a t
 every site is a Ray actor started once and reused across rounds. `simulations/runner.py` starts it as a
 child process (so that Ctrl-C or a crash stops the whole tree) and reads its output:
 
-    python -m simulations.local_runtime SPEC.json
+    python -m fedward.simulations.local_runtime SPEC.json
 
 SPEC holds the run config, the number of sites, Flower's backend config and, optionally, the function that
 writes the sites' data (run while Ray starts). A failure ends with one line
@@ -25,8 +25,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedwardError
+from fedward.common.errors import FedwardError
 
+MODULE = "fedward.simulations.local_runtime"
+"""This module's import name (it runs itself in a child process for the data preparation)."""
 ERROR_MARK = "fedward: error: "
 RAY_START_ATTEMPTS = 2  # a loaded machine can time Ray's node start-up out once
 
@@ -58,7 +60,7 @@ class Background:
         try:
             if prepare:  # in a process of its own: its libraries (pandas, datasets) leave with it
                 done = subprocess.run(
-                    [sys.executable, "-m", "simulations.local_runtime", "--prepare", json.dumps(prepare)],
+                    [sys.executable, "-m", MODULE, "--prepare", json.dumps(prepare)],
                     capture_output=True, text=True,
                 )  # fmt: skip
                 if done.returncode != 0:
@@ -66,7 +68,7 @@ class Background:
                     lines = [ln for ln in done.stderr.splitlines() if ln.startswith(ERROR_MARK)]
                     reason = lines[-1][len(ERROR_MARK) :] if lines else f"exit code {done.returncode}"
                     raise FedwardError(f"preparing the sites' data failed: {reason}")
-            importlib.import_module("server.app")
+            importlib.import_module("fedward.server.app")
         except BaseException as exc:  # re-raised in the ServerApp thread, which ends the run
             self.error = exc
 
@@ -79,17 +81,17 @@ class Background:
 def _apps(config: dict[str, Any], background: Background):
     from flwr.serverapp import ServerApp
 
-    from client.app import site_app
-    from client.audit_mod import audit_mod
-    from client.hostile import hostile_mod
-    from client.simulated_faults import fault_mod
+    from fedward.client.app import site_app
+    from fedward.client.audit_mod import audit_mod
+    from fedward.client.hostile import hostile_mod
+    from fedward.client.simulated_faults import fault_mod
 
     server = ServerApp()
 
     @server.main()
     def main(grid, context) -> None:
         background.wait()  # the sites' data exist before the first message reaches a site
-        from server.app import main as coordinator_main
+        from fedward.server.app import main as coordinator_main
 
         context.run_config = dict(config)
         coordinator_main(grid, context)

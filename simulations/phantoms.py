@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from common.data.mri.dicom import LPS_TO_RAS
-from common.data.mri.manifest import MANIFEST_NAME
-from common.data.mri.sample import CLASSES
+from fedward.common.data.mri.dicom import LPS_TO_RAS
+from fedward.common.data.mri.manifest import MANIFEST_NAME
+from fedward.common.data.mri.sample import CLASSES
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair")
 FORMATS = ("dicom", "nifti", "png")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.data.ckd import load_ckd_csv
-from common.data.partition import RESAMPLE_ROWS_PER_SITE, partition_indices
-from common.data.split import stratified_split
-from common.datasets import ckd_csv_path
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.partition import RESAMPLE_ROWS_PER_SITE, partition_indices
+from fedward.common.data.split import stratified_split
+from fedward.common.datasets import ckd_csv_path
 
 
 def prepare_ckd_sites(

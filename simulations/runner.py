@@ -26,10 +26,10 @@ from typing import Any
 
 import psutil
 
-from common.config import RunConfig
-from common.device import cuda_present
-from common.errors import ConfigError, FedwardError
-from simulations.local_runtime import ERROR_MARK
+from fedward.common.config import RunConfig
+from fedward.common.device import cuda_present
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.simulations.local_runtime import ERROR_MARK
 
 FEDERATION = "fedward-sim"
 
@@ -219,7 +219,7 @@ def _run_local(
     )
     env = _environment(work)
     env["PYTHONPATH"] = os.pathsep.join([str(app_dir()), env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "simulations.local_runtime", str(spec)]
+    command = [sys.executable, "-m", "fedward.simulations.local_runtime", str(spec)]
     with subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     ) as proc:

@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import task_spec
-from common.tomlfile import read_toml
-from common.validation_errors import validation_problems
-from strategies.registry import STRATEGIES
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import task_spec
+from fedward.common.tomlfile import read_toml
+from fedward.common.validation_errors import validation_problems
+from fedward.strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from client.policy import load_policy, validate_policy_for
-from common.data.ckd import load_ckd_csv
-from common.data.partition import natural_ids, partition_indices
-from common.datasets import ckd_csv_path
-from common.errors import FedwardError
-from common.tasks import task_spec
-from simulations.label_skew import dirichlet_parts
-from simulations.prepare import write_ckd_sites
-from simulations.scenario import IID_PHANTOM_SKEW, Scenario, SitePolicyTable
+from fedward.client.policy import load_policy, validate_policy_for
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.partition import natural_ids, partition_indices
+from fedward.common.datasets import ckd_csv_path
+from fedward.common.errors import FedwardError
+from fedward.common.tasks import task_spec
+from fedward.simulations.label_skew import dirichlet_parts
+from fedward.simulations.prepare import write_ckd_sites
+from fedward.simulations.scenario import IID_PHANTOM_SKEW, Scenario, SitePolicyTable
 
 DEFAULT_ALPHA = 0.5
 
@@ -138,8 +138,8 @@ def _groups(scenario: Scenario, source: Path, source_rows: np.ndarray) -> list[s
 
 
 def _phantom_sites(scenario: Scenario, data_root: Path) -> list[PreparedSite]:
-    from common.data.mri.sample import parse_contrasts  # imaging stack: only for tumour scenarios
-    from simulations.phantoms import PhantomSpec, generate_sites
+    from fedward.common.data.mri.sample import parse_contrasts  # imaging stack: only for tumour scenarios
+    from fedward.simulations.phantoms import PhantomSpec, generate_sites
 
     d, p = scenario.data, scenario.partition
     num_sites = scenario.num_sites or 3

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.config import RunConfig
-from common.errors import FedwardError
-from common.training import steps_per_epoch
-from server.rundir import SUMMARY_FILE, RunDirectory
-from simulations.baselines import run_baselines, site_mean
-from simulations.runner import run_simulation
-from simulations.scenario import Scenario
-from simulations.scenario_sites import prepare_scenario_sites
+from fedward.common.config import RunConfig
+from fedward.common.errors import FedwardError
+from fedward.common.training import steps_per_epoch
+from fedward.server.rundir import SUMMARY_FILE, RunDirectory
+from fedward.simulations.baselines import run_baselines, site_mean
+from fedward.simulations.runner import run_simulation
+from fedward.simulations.scenario import Scenario
+from fedward.simulations.scenario_sites import prepare_scenario_sites
 
 RESULTS_FILE = "baselines.json"
 SCENARIO_FILE = "scenario.json"  # the scenario the run was made from
@@ -57,7 +57,7 @@ def run_study(
     )
     run.write_json(SCENARIO_FILE, scenario.model_dump(mode="json", by_alias=True))
     if audit:
-        from simulations.audit import prepare_canaries
+        from fedward.simulations.audit import prepare_canaries
 
         values["audit-dir"] = str(run_dir / AUDIT_FOLDER)
         prepare_canaries(RunConfig.from_flower(values), run_dir / AUDIT_FOLDER, audit)
@@ -78,7 +78,7 @@ def run_study(
         "federated": federated_results(summary, config),
     }
     if audit:
-        from simulations.audit import analyse
+        from fedward.simulations.audit import analyse
 
         payload["empirical-privacy"] = analyse(run_dir, run_dir / AUDIT_FOLDER, config, len(sites))
     if baselines:

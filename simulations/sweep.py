@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError, FedwardError
-from server.rundir import json_safe
-from simulations.report import ARMS
-from simulations.scenario import SWEEP_KEYS, Scenario
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.server.rundir import json_safe
+from fedward.simulations.report import ARMS
+from fedward.simulations.scenario import SWEEP_KEYS, Scenario
 
 RunOne = Callable[[Scenario, Path], dict[str, Any]]
 """Runs one scenario into a run folder and returns its comparison (simulations/study.py layout)."""
@@ -91,7 +91,7 @@ def run_sweep(
         (sweep_dir / "sweep.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     plot_sweep(result, sweep_dir / "sweep.png")
     if audited := [r["audit"] for r in runs if r.get("audit") and r["audit"]["claimed-epsilon"] is not None]:
-        from server.report.plots import plot_audit_curve
+        from fedward.server.report.plots import plot_audit_curve
 
         points = [
             (a["claimed-epsilon"], {k: v for k, v in a.items() if k != "claimed-epsilon"}) for a in audited

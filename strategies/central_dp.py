@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from flwr.supercore.differential_privacy import compute_adaptive_noise_params, compute_stdv, get_norm
 from flwr.supercore.privacy_accounting import PrivacyAccountant
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 Clipping = Literal["adaptive", "fixed"]
 TARGET_QUANTILE = 0.5  # adaptive C tracks the median update norm (Andrew et al.'s γ)

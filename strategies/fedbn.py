@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.algorithms.fedbn import LOCAL_NORM_LAYERS
+from fedward.common.algorithms.fedbn import LOCAL_NORM_LAYERS
 
 
 class FedBN(FedAvg):

@@ -28,10 +28,10 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from strategies.fedbn import FedBN
-from strategies.scaffold import Scaffold
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.strategies.fedbn import FedBN
+from fedward.strategies.scaffold import Scaffold
 
 MetricsAggregation = Callable[[list[RecordDict], str], MetricRecord]
 

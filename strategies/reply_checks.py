@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from flwr.app import Message, MetricRecord
 
-from common.algorithms.registry import site_hook
-from common.config import RunConfig
-from common.dp_release import release_entry
-from common.errors import PrivacyError
-from common.privacy import resolve_delta, resolve_noise_multiplier
+from fedward.common.algorithms.registry import site_hook
+from fedward.common.config import RunConfig
+from fedward.common.dp_release import release_entry
+from fedward.common.errors import PrivacyError
+from fedward.common.privacy import resolve_delta, resolve_noise_multiplier
 
 INFINITE_OK = frozenset({"epsilon", "epsilon-lifetime", "epsilon-cap"})  # ε = ∞ without DP
 NAN_OK = frozenset({"train-loss"})  # no loss when no batch was drawn

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import (
 )
 from flwr.supercore import log
 
-from common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA, stepped_control
+from fedward.common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA, stepped_control
 
 
 class Scaffold(FedAvg):

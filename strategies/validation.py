@@ -21,8 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.transfer import decode_reply
-from strategies.reply_checks import (
+from fedward.common.transfer import decode_reply
+from fedward.strategies.reply_checks import (
     SiteLimits,
     cap_shares,
     evaluate_metrics_problem,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.datasets import ckd_csv_path
+from fedward.common.datasets import ckd_csv_path
 
 SUPPORT = Path(__file__).resolve().parent / "support"
 if str(SUPPORT) not in sys.path:
@@ -18,8 +18,8 @@ if str(SUPPORT) not in sys.path:
 @pytest.fixture(autouse=True, scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs sign their provenance with a throwaway key, not the developer's ~/.fedward key."""
-    from server.deployment.provision import write_provenance_key
-    from server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
+    from fedward.server.deployment.provision import write_provenance_key
+    from fedward.server.provenance.signing import PROVENANCE_KEY, SIGNING_KEY_ENV
 
     folder = tmp_path_factory.mktemp("signing")
     write_provenance_key(folder)

@@ -12,9 +12,9 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
 
-from client.app_gate import Gate, _bundle_packages
-from client.policy import load_policy
-from common.app_signature import (
+from fedward.client.app_gate import Gate, _bundle_packages
+from fedward.client.policy import load_policy
+from fedward.common.app_signature import (
     APP_PUBLIC_KEY,
     APP_SIGNING_KEY,
     SIGNATURE_FILE,
@@ -24,8 +24,8 @@ from common.app_signature import (
     sign_app,
     verify_fab,
 )
-from common.errors import ConfigError
-from server.deployment.provision import load_site_kit, provision
+from fedward.common.errors import ConfigError
+from fedward.server.deployment.provision import load_site_kit, provision
 
 PYPROJECT = """[build-system]
 requires = ["hatchling"]

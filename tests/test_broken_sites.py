@@ -19,19 +19,19 @@ from mri_helpers import CONTRASTS, SPEC, make_site
 from PIL import Image
 from typer.testing import CliRunner
 
-from client.app import app as client_app
-from client.data_report import check_site_data
-from client.mods import SITE_DATA_ERROR, SITE_ERROR
-from common.config import RunConfig
-from common.data.ckd import load_ckd_csv
-from common.data.mri.sample import CLASSES, NO_TUMOUR
-from common.data.partition import PartitionImpossible, partition_indices
-from common.datasets import ckd_csv_path
-from common.errors import ConfigError
 from fedward.cli import app
-from simulations.phantoms import PhantomSpec, generate_site
-from simulations.prepare import prepare_ckd_sites
-from simulations.runner import run_simulation
+from fedward.client.app import app as client_app
+from fedward.client.data_report import check_site_data
+from fedward.client.mods import SITE_DATA_ERROR, SITE_ERROR
+from fedward.common.config import RunConfig
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.mri.sample import CLASSES, NO_TUMOUR
+from fedward.common.data.partition import PartitionImpossible, partition_indices
+from fedward.common.datasets import ckd_csv_path
+from fedward.common.errors import ConfigError
+from fedward.simulations.phantoms import PhantomSpec, generate_site
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.simulations.runner import run_simulation
 
 MRI = RunConfig(mri_contrasts=",".join(CONTRASTS), image_size=16, image_depth=8)
 SECRET = "st-elsewhere-oncology"

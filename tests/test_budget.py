@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.budget import SiteBudget, SitePrivacy
-from client.ledger import PrivacyLedger
-from common.config import RunConfig
-from common.privacy import PrivacyHistory
-from common.tasks.base import SiteData
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.client.ledger import PrivacyLedger
+from fedward.common.config import RunConfig
+from fedward.common.privacy import PrivacyHistory
+from fedward.common.tasks.base import SiteData
 
 POLICY = """
 [policy]

@@ -13,8 +13,8 @@ from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from site_policy import policy_text
 
-from client.ledger import PrivacyLedger
-from simulations.prepare import prepare_ckd_sites
+from fedward.client.ledger import PrivacyLedger
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 

@@ -22,13 +22,13 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import get_task
-from server.checkpoint import RoundCheckpoint, strategy_state
-from simulations.prepare import prepare_ckd_sites
-from strategies.central_dp import CentralDP, with_central_dp
-from strategies.registry import StrategySettings, build_strategy
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import get_task
+from fedward.server.checkpoint import RoundCheckpoint, strategy_state
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.strategies.central_dp import CentralDP, with_central_dp
+from fedward.strategies.registry import StrategySettings, build_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3

@@ -25,12 +25,12 @@ from test_provenance import make_run
 from typer.testing import CliRunner
 
 from fedward.cli import app
-from server.checkpoint import CHECKPOINT, RoundCheckpoint, _Stateful
-from server.checkpoint_codec import CheckpointError, decode, encode
-from server.checkpoint_store import LEGACY_CHECKPOINT, checkpoint_files
-from server.deployment.provision import write_provenance_key
-from server.export import finalise_run
-from server.provenance.manifest import verify_run
+from fedward.server.checkpoint import CHECKPOINT, RoundCheckpoint, _Stateful
+from fedward.server.checkpoint_codec import CheckpointError, decode, encode
+from fedward.server.checkpoint_store import LEGACY_CHECKPOINT, checkpoint_files
+from fedward.server.deployment.provision import write_provenance_key
+from fedward.server.export import finalise_run
+from fedward.server.provenance.manifest import verify_run
 
 
 class _Touch:
@@ -131,7 +131,16 @@ def test_a_value_of_unknown_type_fails_naming_where_it_is() -> None:
         encode({"strategy": [{"observer": object()}]})
 
 
-@pytest.mark.parametrize("name", ["os:system", "subprocess:Popen", "builtins:eval", "server.checkpoint:Path"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os:system",
+        "subprocess:Popen",
+        "builtins:eval",
+        "fedward.server.checkpoint:Path",
+        "server.checkpoint:Path",
+    ],
+)
 def test_decoding_builds_no_object_a_file_names(name: str) -> None:
     """Even a correctly signed state cannot name a callable: only fedward's dataclasses are rebuilt."""
     with pytest.raises(CheckpointError):
@@ -262,3 +271,13 @@ def test_verify_refuses_a_checkpoint_added_after_signing(tmp_path: Path, key: Pa
     _state().save(run, key)  # validly signed, but not what the manifest recorded
     outcome = verify_run(run, key.with_suffix(".pub"))
     assert not outcome.ok and any("not in provenance.json" in p for p in outcome.problems)
+
+
+def test_a_checkpoint_from_before_the_fedward_namespace_still_decodes() -> None:
+    """Checkpoints written when the packages were top-level (`strategies.x`) name the same dataclasses."""
+    from fedward.strategies.validation import Reference
+
+    data, arrays = encode({"reference": Reference(values={}, dtypes={})})
+    assert data["reference"]["$dataclass"] == "fedward.strategies.validation:Reference"
+    data["reference"]["$dataclass"] = "strategies.validation:Reference"
+    assert isinstance(decode(data, arrays)["reference"], Reference)

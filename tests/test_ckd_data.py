@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data.ckd import load_ckd_csv
-from common.data.ckd_schema import FEATURE_NAMES
-from common.errors import DataValidationError
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.ckd_schema import FEATURE_NAMES
+from fedward.common.errors import DataValidationError
 
 
 def _write(tmp_path: Path, lines: list[str]) -> Path:

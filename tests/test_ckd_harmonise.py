@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.data.ckd import ROW, load_ckd_csv
-from common.data.ckd_mapping import MAPPING_FILE_NAME, load_mapping
-from common.data.ckd_schema import FEATURE_NAMES, FEATURES, NumericFeature
-from common.data.ckd_units import UNITS, find_unit, normalise_unit
-from common.errors import ConfigError, DataValidationError
+from fedward.common.data.ckd import ROW, load_ckd_csv
+from fedward.common.data.ckd_mapping import MAPPING_FILE_NAME, load_mapping
+from fedward.common.data.ckd_schema import FEATURE_NAMES, FEATURES, NumericFeature
+from fedward.common.data.ckd_units import UNITS, find_unit, normalise_unit
+from fedward.common.errors import ConfigError, DataValidationError
 
 _YES_NO = {"yes": "1", "no": "0", "": ""}
 
@@ -338,9 +338,9 @@ def test_windows_1252_export_is_read_and_said_so(tmp_path: Path, original: pd.Da
 def test_site_loader_reads_the_mapping_and_reports_counts_only(
     tmp_path: Path, original: pd.DataFrame
 ) -> None:
-    from common.config import RunConfig
-    from common.tasks import SiteSource
-    from common.tasks.ckd import CkdTask
+    from fedward.common.config import RunConfig
+    from fedward.common.tasks import SiteSource
+    from fedward.common.tasks.ckd import CkdTask
 
     frame = original.rename(columns={"sc": "S-Creat"})
     frame["S-Creat"] = _text(_num(original, "sc") * 88.42)

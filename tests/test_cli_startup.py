@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from simulations.cli import STRATEGY_NAMES, SWEEP_KEYS
-from simulations.scenario import SWEEP_KEYS as SCENARIO_SWEEP_KEYS
-from strategies.registry import STRATEGIES
+from fedward.simulations.cli import STRATEGY_NAMES, SWEEP_KEYS
+from fedward.simulations.scenario import SWEEP_KEYS as SCENARIO_SWEEP_KEYS
+from fedward.strategies.registry import STRATEGIES
 
 HEAVY = ("torch", "sklearn", "pandas", "matplotlib", "scipy", "opacus", "monai", "ray", "pydicom", "flwr")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from common import clinical
-from common.clinical import (
+from fedward.common import clinical
+from fedward.common.clinical import (
     BOOTSTRAP_RESAMPLES,
     auc_batch,
     balanced_accuracy_batch,
@@ -20,7 +20,7 @@ from common.clinical import (
     macro_auc_batch,
     percentile_interval,
 )
-from common.metrics import binary_metrics, multiclass_metrics
+from fedward.common.metrics import binary_metrics, multiclass_metrics
 
 Scalar = Callable[[np.ndarray, np.ndarray], float]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import RunConfig
-from common.errors import ConfigError
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

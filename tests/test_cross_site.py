@@ -10,7 +10,7 @@ import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
-from simulations.prepare import prepare_ckd_sites
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3

@@ -20,15 +20,15 @@ from mri_helpers import CONTRASTS, SPEC
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from client.cli import app as site_app
-from client.dicom.deidentify import Keys, deidentify_folder, load_secret
-from client.dicom.gate import check_folder
-from client.site import load_site
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import SiteSource, get_task
-from common.training import LocalTraining, train_model
-from simulations.phantoms import _uid, generate_site, render, scanner, write_dicom
+from fedward.client.cli import app as site_app
+from fedward.client.dicom.deidentify import Keys, deidentify_folder, load_secret
+from fedward.client.dicom.gate import check_folder
+from fedward.client.site import load_site
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import SiteSource, get_task
+from fedward.common.training import LocalTraining, train_model
+from fedward.simulations.phantoms import _uid, generate_site, render, scanner, write_dicom
 
 SECRET = b"test-secret-0123456789abcdef"
 PYDICOM_MR = ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm")

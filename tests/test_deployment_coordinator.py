@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from common.errors import ConfigError, FedwardError
-from server.deployment import launch, superlink
-from server.deployment.provision import Federation, provision
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.server.deployment import launch, superlink
+from fedward.server.deployment.provision import Federation, provision
 
 
 @pytest.fixture()

@@ -29,13 +29,13 @@ from safetensors.numpy import load_file
 from site_policy import policy_text
 from test_app_signing import tamper, write_app
 
-from common.app_signature import load_private_key, sign_app
-from common.secure_aggregation import COLLECT, STAGES
-from server.deployment import launch, superlink
-from server.deployment.provision import provision
-from server.provenance.manifest import verify_run
-from server.provenance.signing import SIGNING_KEY_ENV
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.app_signature import load_private_key, sign_app
+from fedward.common.secure_aggregation import COLLECT, STAGES
+from fedward.server.deployment import launch, superlink
+from fedward.server.deployment.provision import provision
+from fedward.server.provenance.manifest import verify_run
+from fedward.server.provenance.signing import SIGNING_KEY_ENV
+from fedward.simulations.prepare import prepare_ckd_sites
 
 BIN = Path(sys.executable).parent
 FEDWARD = str(BIN / "fedward")

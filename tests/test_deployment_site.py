@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from client import node
-from common.errors import ConfigError, DataValidationError, PrivacyError
-from common.tls_probe import tls_handshake
-from server.deployment import superlink
-from server.deployment.provision import Federation, load_site_kit, provision
+from fedward.client import node
+from fedward.common.errors import ConfigError, DataValidationError, PrivacyError
+from fedward.common.tls_probe import tls_handshake
+from fedward.server.deployment import superlink
+from fedward.server.deployment.provision import Federation, load_site_kit, provision
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 POLICY = """[policy]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from flower_processes import stop_groups, wait_for
 
-from server.deployment.provision import provision
+from fedward.server.deployment.provision import provision
 
 BIN = Path(sys.executable).parent  # the venv's bin: flower-superlink, flower-supernode, flwr
 FEDERATION = "testfed"

@@ -13,17 +13,17 @@ from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from site_policy import policy_text
 
-from client.policy import load_policy, min_cell_count
-from common.clinical import calibration_sums, expected_calibration_error
-from common.config import RunConfig
-from common.disclosure import BINARY_CELLS, CELL_DERIVED, release_evaluation
-from common.errors import ConfigError
-from common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
-from common.seg_metrics import pool_segmentation
-from common.tasks import get_task
-from server.report.data import RunData, pooled_confusion
-from server.report.model_card import class_counts
-from simulations.prepare import prepare_ckd_sites
+from fedward.client.policy import load_policy, min_cell_count
+from fedward.common.clinical import calibration_sums, expected_calibration_error
+from fedward.common.config import RunConfig
+from fedward.common.disclosure import BINARY_CELLS, CELL_DERIVED, release_evaluation
+from fedward.common.errors import ConfigError
+from fedward.common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
+from fedward.common.seg_metrics import pool_segmentation
+from fedward.common.tasks import get_task
+from fedward.server.report.data import RunData, pooled_confusion
+from fedward.server.report.model_card import class_counts
+from fedward.simulations.prepare import prepare_ckd_sites
 
 K = 10
 

@@ -16,10 +16,10 @@ from test_no_patient_data_leaves import _check_listed, _listed_fields
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.distributed_dp import sites_in_sum
-from client.policy import SitePolicy
-from common.config import RunConfig
-from common.distributed_dp import (
+from fedward.client.distributed_dp import sites_in_sum
+from fedward.client.policy import SitePolicy
+from fedward.common.config import RunConfig
+from fedward.common.distributed_dp import (
     SITES_KEY,
     clipped_gradient_sum,
     granularity,
@@ -28,11 +28,11 @@ from common.distributed_dp import (
     share_noise,
     sum_epsilon_z,
 )
-from common.errors import ConfigError
-from common.secure_aggregation import SecAggParameters
-from common.tasks import get_task
-from simulations.baselines import load_sites
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.errors import ConfigError
+from fedward.common.secure_aggregation import SecAggParameters
+from fedward.common.tasks import get_task
+from fedward.simulations.baselines import load_sites
+from fedward.simulations.prepare import prepare_ckd_sites
 
 SITES = 3
 DDP = {"secure-aggregation": True, "distributed-dp": True, "dp-accountant": "rdp"}

@@ -24,7 +24,7 @@ import yaml
 from flwr.common.config import parse_config_args
 
 from fedward.cli import app as fedward_app
-from server.deployment.provision import NODE_CONFIG_KEYS
+from fedward.server.deployment.provision import NODE_CONFIG_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -225,7 +225,7 @@ def test_dockerfile_builds_on_the_pinned_superexec_as_uid_49999() -> None:
 
 
 def test_the_proxy_image_runs_nginx_with_the_config_server_proxy_renders() -> None:
-    from server.deployment.proxy import DOCKER_CONFIG, render_nginx_config
+    from fedward.server.deployment.proxy import DOCKER_CONFIG, render_nginx_config
 
     assert (DOCKER / "nginx-coordinator.conf").read_text() == render_nginx_config(DOCKER_CONFIG)
     text = (DOCKER / "Dockerfile.proxy").read_text()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.data.ckd import load_ckd_csv
-from common.data.ckd_reference import CKD_REFERENCE
-from common.data.ckd_schema import NUM_FEATURES
-from common.data.partition import partition_indices
-from common.data.split import stratified_split
-from common.dp_release import release_sum
-from common.stats import Standardiser
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.ckd_reference import CKD_REFERENCE
+from fedward.common.data.ckd_schema import NUM_FEATURES
+from fedward.common.data.partition import partition_indices
+from fedward.common.data.split import stratified_split
+from fedward.common.dp_release import release_sum
+from fedward.common.stats import Standardiser
 
 
 @pytest.mark.parametrize("scheme", ["iid", "dirichlet"])

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from client.ledger import LEDGER_FILE, PrivacyLedger, dataset_fingerprint
-from common.errors import ConfigError, PrivacyError
+from fedward.client.ledger import LEDGER_FILE, PrivacyLedger, dataset_fingerprint
+from fedward.common.errors import ConfigError, PrivacyError
 
 DELTA = 1e-5
 ROUND_1 = [(1.1, 0.25, 8)]
@@ -53,7 +53,7 @@ def test_ledger_survives_restart_and_accumulates_runs(tmp_path: Path) -> None:
 def test_epsilon_is_composed_over_the_whole_history_by_the_accountant(tmp_path: Path) -> None:
     # imported here, not at the top: the spawned workers below import this module, and Opacus
     # (torch) takes seconds to load in each of them
-    from common.privacy import compose_epsilon
+    from fedward.common.privacy import compose_epsilon
 
     ledger = PrivacyLedger(tmp_path)
     ledger.record("fp", "run-a", 1, ROUND_1, DELTA, "rdp", "ckd")

@@ -19,21 +19,21 @@ KEYS = [f"{i:064x}" for i in range(100)]
 
 
 def _config():
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
     return RunConfig(dp_noise_multiplier=1.0, dp_accountant="rdp", num_server_rounds=1, batch_size=16)
 
 
 def _site():
-    from common.tasks.base import SiteData
+    from fedward.common.tasks.base import SiteData
 
     return SiteData("site-a", None, None, 100, 0, patient_keys=list(KEYS))
 
 
 def _train(policy: str, worker: int, barrier: Barrier, results) -> None:
     """Child process: reserve a round, wait until the other one has checked too, then settle it."""
-    from client.budget import SiteBudget, SitePrivacy
-    from common.privacy import PrivacyHistory
+    from fedward.client.budget import SiteBudget, SitePrivacy
+    from fedward.common.privacy import PrivacyHistory
 
     config = _config()
     budget = SiteBudget(SitePrivacy(None, Path(policy)), _site())
@@ -47,8 +47,8 @@ def _train(policy: str, worker: int, barrier: Barrier, results) -> None:
 
 
 def test_two_processes_cannot_both_pass_a_cap_that_allows_one_round(tmp_path: Path) -> None:
-    from client.budget import SiteBudget, SitePrivacy
-    from common.privacy import PrivacyHistory, compose_epsilon
+    from fedward.client.budget import SiteBudget, SitePrivacy
+    from fedward.common.privacy import PrivacyHistory, compose_epsilon
 
     plan = SiteBudget(SitePrivacy(), _site()).plan(_config(), 100)
     one, two = (compose_epsilon(plan.entries * k, 1e-3, "rdp") for k in (1, 2))

@@ -10,13 +10,13 @@ import pytest
 from mri_helpers import CONTRASTS, make_site
 from site_policy import policy_text
 
-from client.budget import SiteBudget, SitePrivacy
-from client.ledger import LEDGER_FILE, PrivacyLedger, dataset_identity
-from common.config import RunConfig
-from common.privacy import PrivacyHistory
-from common.tasks import get_task
-from common.tasks.base import SiteData, SiteSource
-from common.tasks.ckd import CkdTask
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.client.ledger import LEDGER_FILE, PrivacyLedger, dataset_identity
+from fedward.common.config import RunConfig
+from fedward.common.privacy import PrivacyHistory
+from fedward.common.tasks import get_task
+from fedward.common.tasks.base import SiteData, SiteSource
+from fedward.common.tasks.ckd import CkdTask
 
 POLICY = policy_text(50.0, ledger_dir="ledger")
 CONFIG = RunConfig(dp_noise_multiplier=1.0, dp_accountant="rdp", num_server_rounds=1, device="cpu")
@@ -110,7 +110,7 @@ def test_disjoint_data_set_starts_at_zero_and_overlap_composes_per_patient(
 
 
 def test_ledger_groups_patients_by_the_data_sets_they_belong_to(tmp_path: Path) -> None:
-    from common.privacy import compose_epsilon
+    from fedward.common.privacy import compose_epsilon
 
     ledger = PrivacyLedger(tmp_path)
     a, b = ["p1", "p2"], ["p2", "p3"]

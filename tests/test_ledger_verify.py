@@ -10,8 +10,8 @@ import pytest
 from site_policy import policy_text
 from typer.testing import CliRunner
 
-from client.cli import app as site_app
-from client.ledger import (
+from fedward.client.cli import app as site_app
+from fedward.client.ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     SECRET_FILE,
@@ -19,7 +19,7 @@ from client.ledger import (
     dataset_identity,
     keyed_fingerprint,
 )
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 POLICY = policy_text(8.0)
 KEYS = ["k1", "k2", "k3"]

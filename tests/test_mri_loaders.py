@@ -13,9 +13,9 @@ from mri_helpers import CONTRASTS, SPEC, make_site
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, RTPlanStorage, generate_uid
 
-from common.data.mri.sample import CLASSES
-from common.data.mri.site import scan_site
-from common.errors import DataValidationError
+from fedward.common.data.mri.sample import CLASSES
+from fedward.common.data.mri.site import scan_site
+from fedward.common.errors import DataValidationError
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def test_image_folders_take_labels_from_folders_and_patients_from_the_manifest(s
 
 
 def test_site_with_nothing_usable_raises_a_clear_error(tmp_path) -> None:
-    from common.config import RunConfig
-    from common.tasks import SiteSource, get_task
+    from fedward.common.config import RunConfig
+    from fedward.common.tasks import SiteSource, get_task
 
     (tmp_path / "junk.dcm").write_bytes(b"\0" * 300)
     with pytest.raises(DataValidationError, match=r"junk.dcm: skipped, not a DICOM file"):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from mri_helpers import CONTRASTS, make_site
 
-from common.config import RunConfig
-from common.data.mri.patients import PatientSampled
-from common.privacy import resolve_delta
-from common.tasks import SiteData, SiteSource, get_task
-from simulations.baselines import local_baselines
+from fedward.common.config import RunConfig
+from fedward.common.data.mri.patients import PatientSampled
+from fedward.common.privacy import resolve_delta
+from fedward.common.tasks import SiteData, SiteSource, get_task
+from fedward.simulations.baselines import local_baselines
 
 PATIENTS, STUDIES = 8, 3  # patient p has 1 + p % 3 studies: 1, 2, 3, 1, 2, 3, 1, 2
 CONFIG = RunConfig(

@@ -10,13 +10,13 @@ import torch
 from mri_helpers import CONTRASTS, make_site
 from opacus.validators import ModuleValidator
 
-from common import training
-from common.config import RunConfig
-from common.data.split import split_by_patient
-from common.metrics import multiclass_metrics, pool_multiclass
-from common.privacy import DPConfig
-from common.tasks import SiteSource, get_task
-from common.training import LocalTraining, local_mechanism, train_model
+from fedward.common import training
+from fedward.common.config import RunConfig
+from fedward.common.data.split import split_by_patient
+from fedward.common.metrics import multiclass_metrics, pool_multiclass
+from fedward.common.privacy import DPConfig
+from fedward.common.tasks import SiteSource, get_task
+from fedward.common.training import LocalTraining, local_mechanism, train_model
 
 
 def _config(task: str, **extra) -> RunConfig:

@@ -23,13 +23,13 @@ from flwr.app import Message
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from mri_helpers import CONTRASTS, SPEC
 
-from common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA
-from common.config import RunConfig
-from common.data.ckd import load_ckd_csv
-from common.data.ckd_schema import NUM_FEATURES
-from common.tasks import get_task
-from simulations.phantoms import generate_site
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA
+from fedward.common.config import RunConfig
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.ckd_schema import NUM_FEATURES
+from fedward.common.tasks import get_task
+from fedward.simulations.phantoms import generate_site
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3

@@ -13,10 +13,10 @@ from mri_helpers import SPEC, make_site
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from client.dicom.deidentify import deidentify_folder
-from client.dicom.gate import check_folder
-from client.dicom.text_rules import path_rules, text_rules
-from simulations.phantoms import _uid, render, scanner, write_dicom
+from fedward.client.dicom.deidentify import deidentify_folder
+from fedward.client.dicom.gate import check_folder
+from fedward.client.dicom.text_rules import path_rules, text_rules
+from fedward.simulations.phantoms import _uid, render, scanner, write_dicom
 
 SECRET = b"test-secret-0123456789abcdef"
 MRN, DAY = "4412345678", "20200131"

@@ -12,15 +12,15 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from client.budget import SitePrivacy
-from client.dicom.gate import PhiGateError, check_dataset, check_folder
-from client.dicom.profile import CLEAN_DESCRIPTORS, MODIFIED_DATES, PROFILE
-from client.policy import load_policy
-from client.site import load_site, phi_gate_mode
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import SiteSource
-from simulations.phantoms import generate_site
+from fedward.client.budget import SitePrivacy
+from fedward.client.dicom.gate import PhiGateError, check_dataset, check_folder
+from fedward.client.dicom.profile import CLEAN_DESCRIPTORS, MODIFIED_DATES, PROFILE
+from fedward.client.policy import load_policy
+from fedward.client.site import load_site, phi_gate_mode
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import SiteSource
+from fedward.simulations.phantoms import generate_site
 
 CONFIG = RunConfig(task="tumour", mri_contrasts=",".join(CONTRASTS), image_size=16, image_depth=8)
 POLICY = """[policy]

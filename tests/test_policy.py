@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from client.policy import SitePolicy, check_round, load_policy, validate_policy_for
-from common.errors import ConfigError, PrivacyError
+from fedward.client.policy import SitePolicy, check_round, load_policy, validate_policy_for
+from fedward.common.errors import ConfigError, PrivacyError
 
 POLICY = """
 [policy]

@@ -11,11 +11,11 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from site_policy import policy_text
 from torch.utils.data import TensorDataset
 
-from client.budget import SiteBudget, SitePrivacy
-from common.config import RunConfig
-from common.errors import PrivacyError
-from common.models import LogisticRegression
-from common.privacy import (
+from fedward.client.budget import SiteBudget, SitePrivacy
+from fedward.common.config import RunConfig
+from fedward.common.errors import PrivacyError
+from fedward.common.models import LogisticRegression
+from fedward.common.privacy import (
     DPConfig,
     Mechanism,
     PrivacyHistory,
@@ -24,8 +24,8 @@ from common.privacy import (
     group_entries,
     resolve_delta,
 )
-from common.tasks.base import SiteData
-from common.training import LocalTraining, local_mechanism, train_model
+from fedward.common.tasks.base import SiteData
+from fedward.common.training import LocalTraining, local_mechanism, train_model
 
 
 def _data(n: int = 64) -> TensorDataset:

@@ -20,17 +20,17 @@ from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.audit.canaries import CanaryInjection, GradientCanaries, active_canaries, draw_canaries
-from common.audit.membership import attack_metrics
-from common.audit.one_run import audit_bound, epsilon_lower_bound, p_value
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.local_training import LocalTraining
-from common.privacy import DPConfig, Mechanism
-from common.training import train_model
-from server.provenance.manifest import verify_run
-from simulations.audit import analyse, prepare_canaries
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.audit.canaries import CanaryInjection, GradientCanaries, active_canaries, draw_canaries
+from fedward.common.audit.membership import attack_metrics
+from fedward.common.audit.one_run import audit_bound, epsilon_lower_bound, p_value
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.local_training import LocalTraining
+from fedward.common.privacy import DPConfig, Mechanism
+from fedward.common.training import train_model
+from fedward.server.provenance.manifest import verify_run
+from fedward.simulations.audit import analyse, prepare_canaries
+from fedward.simulations.prepare import prepare_ckd_sites
 
 SITES = 3
 

@@ -15,17 +15,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import get_task
 from fedward.cli import app
-from server.deployment.provision import PROVENANCE_KEY, provision, write_provenance_key
-from server.export import finalise_run, load_exported
-from server.provenance.manifest import build_manifest, verify_run
-from server.provenance.signing import SIGNING_KEY_ENV, load_private_key, resolve_signing_key
-from server.provenance.software import SOURCE_ROOT, git_state
-from server.report.model_card import class_counts, model_card
-from server.rundir import RunDirectory
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import get_task
+from fedward.server.deployment.provision import PROVENANCE_KEY, provision, write_provenance_key
+from fedward.server.export import finalise_run, load_exported
+from fedward.server.provenance.manifest import build_manifest, verify_run
+from fedward.server.provenance.signing import SIGNING_KEY_ENV, load_private_key, resolve_signing_key
+from fedward.server.provenance.software import SOURCE_ROOT, git_state
+from fedward.server.report.model_card import class_counts, model_card
+from fedward.server.rundir import RunDirectory
 
 SITES = {"st-marys": 1.2345, "royal-free": 2.4681}
 FINGERPRINT = "ab" * 32

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from common.errors import ConfigError
-from server.deployment.provision import Federation, load_site_kit, numbered_sites, provision
+from fedward.common.errors import ConfigError
+from fedward.server.deployment.provision import Federation, load_site_kit, numbered_sites, provision
 
 
 @pytest.fixture()
@@ -235,7 +235,7 @@ def test_an_existing_folder_loses_write_access_for_others(tmp_path: Path) -> Non
     "loosened", ["coordinator", "coordinator/site-public-keys", "coordinator/site-public-keys/H1.pub"]
 )
 def test_coordinator_refuses_keys_others_could_have_written(fed: Federation, loosened: str) -> None:
-    from server.deployment.superlink import load_federation
+    from fedward.server.deployment.superlink import load_federation
 
     target = fed.root / loosened
     target.chmod(stat.S_IMODE(target.stat().st_mode) | 0o002)
@@ -244,7 +244,7 @@ def test_coordinator_refuses_keys_others_could_have_written(fed: Federation, loo
 
 
 def test_coordinator_refuses_a_symlinked_site_key(fed: Federation, tmp_path: Path) -> None:
-    from server.deployment.superlink import load_federation
+    from fedward.server.deployment.superlink import load_federation
 
     key = fed.coordinator / "site-public-keys" / "H1.pub"
     elsewhere = tmp_path / "planted.pub"

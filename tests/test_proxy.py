@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flower_processes import require_nginx
 
-from server.deployment import proxy, superlink
-from server.deployment.provision import Federation, provision, rotate_site_key, ssh_fingerprint
+from fedward.server.deployment import proxy, superlink
+from fedward.server.deployment.provision import Federation, provision, rotate_site_key, ssh_fingerprint
 
 FLWR = Path(flwr.__file__).parent
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from flower_processes import wait_for
 
-from common.config import RunConfig
-from simulations.prepare import prepare_ckd_sites
-from simulations.runner import SimulationResources, run_simulation
+from fedward.common.config import RunConfig
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.simulations.runner import SimulationResources, run_simulation
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -64,7 +64,7 @@ def test_simulation_runs_on_a_ray_cluster_given_its_address(tmp_path: Path) -> N
 
 
 def test_cluster_address_and_machine_totals_exclude_each_other() -> None:
-    from common.errors import ConfigError
+    from fedward.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cluster"):
         SimulationResources(ray_address="127.0.0.1:6379", total_cpus=4).federation_config()

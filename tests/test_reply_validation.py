@@ -21,13 +21,13 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from inprocess_grid import FIRST_NODE, InProcessGrid, ckd_run_config, run_server
 
-from common.tasks import get_task
-from server.rounds import RoundRecorder, RunStopped
-from server.rundir import RunDirectory
-from server.statistics import SiteInfo
-from simulations.prepare import prepare_ckd_sites
-from strategies.reply_checks import SiteLimits, cap_shares, train_metrics_problem
-from strategies.validation import Rejection, ValidatedStrategy, screen_evaluations
+from fedward.common.tasks import get_task
+from fedward.server.rounds import RoundRecorder, RunStopped
+from fedward.server.rundir import RunDirectory
+from fedward.server.statistics import SiteInfo
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.strategies.reply_checks import SiteLimits, cap_shares, train_metrics_problem
+from fedward.strategies.validation import Rejection, ValidatedStrategy, screen_evaluations
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 HOSTILE = FIRST_NODE + 1  # site-1

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from common.errors import ConfigError, FedwardError
-from server.report.build import make_report
-from server.report.data import load_run, pooled_confusion
-from server.report.tensorboard_log import TensorBoardLog
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.server.report.build import make_report
+from fedward.server.report.data import load_run, pooled_confusion
+from fedward.server.report.tensorboard_log import TensorBoardLog
 
 SITES = ("site-0", "site-1", "site-2")
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -351,7 +351,7 @@ def test_cli_prints_summary_table(tmp_path):
 def test_terminal_summary_reads_in_full_at_80_columns(report):
     from rich.console import Console
 
-    from server.report.cli import print_report
+    from fedward.server.report.cli import print_report
 
     out = Console(width=80, record=True, file=io.StringIO())
     print_report(report, out)

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from test_report import IMG, write_run  # a run folder as server/app.py writes it
 
-from common.errors import ConfigError
-from server.report.build import make_report
-from server.report.data import load_run
-from server.report.model_card import model_card
-from server.report.plots import plot_audit_curve
+from fedward.common.errors import ConfigError
+from fedward.server.report.build import make_report
+from fedward.server.report.data import load_run
+from fedward.server.report.model_card import model_card
+from fedward.server.report.plots import plot_audit_curve
 
 AUDIT = {
     "method": "one-run canary audit (Steinke, Nasr & Jagielski 2023), Dirac gradient canaries",
@@ -229,7 +229,7 @@ def test_audit_curve_of_a_sweep_writes_a_png(tmp_path):
 def test_terminal_summary_names_the_bound_and_the_leak(leaking):
     from rich.console import Console
 
-    from server.report.cli import print_report
+    from fedward.server.report.cli import print_report
 
     out = Console(width=80, record=True, file=io.StringIO())
     print_report(leaking, out)

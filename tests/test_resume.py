@@ -15,10 +15,10 @@ import torch
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ServerCrashed, ckd_run_config, run_server
 
-from common.errors import ConfigError
-from server.checkpoint import CHECKPOINT, RoundCheckpoint
-from server.rundir import RunDirectory
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.errors import ConfigError
+from fedward.server.checkpoint import CHECKPOINT, RoundCheckpoint
+from fedward.server.rundir import RunDirectory
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 3

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError
-from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
+from fedward.common.errors import ConfigError
+from fedward.server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {CONFIG_FILE, SUMMARY_FILE, ROUNDS_FILE, CROSS_SITE_FILE}

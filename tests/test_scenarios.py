@@ -11,16 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.policy import load_policy
-from client.simulated_faults import drops_out, simulated_fault
-from common.config import RunConfig
-from common.data.ckd import load_ckd_csv
-from common.data.partition import partition_indices
-from common.errors import ConfigError
-from simulations.baselines import load_sites, local_baselines, pooled_baseline
-from simulations.scenario import load_scenario, parse_scenario, shipped_scenarios
-from simulations.scenario_sites import prepare_scenario_sites
-from simulations.sweep import parse_over, run_sweep
+from fedward.client.policy import load_policy
+from fedward.client.simulated_faults import drops_out, simulated_fault
+from fedward.common.config import RunConfig
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.partition import partition_indices
+from fedward.common.errors import ConfigError
+from fedward.simulations.baselines import load_sites, local_baselines, pooled_baseline
+from fedward.simulations.scenario import load_scenario, parse_scenario, shipped_scenarios
+from fedward.simulations.scenario_sites import prepare_scenario_sites
+from fedward.simulations.sweep import parse_over, run_sweep
 
 TINY = """
 [scenario]
@@ -162,7 +162,7 @@ def test_sweep_values_change_the_scenario() -> None:
 
 @pytest.fixture(scope="module")
 def ckd_labels() -> np.ndarray:
-    from common.datasets import ckd_csv_path
+    from fedward.common.datasets import ckd_csv_path
 
     return load_ckd_csv(ckd_csv_path(), strict=False).y
 
@@ -325,7 +325,7 @@ def test_sweep_runs_the_grid_and_summarises(tmp_path: Path) -> None:
         eps = variant.privacy.epsilon
         seen.append((run_dir.name, variant.scenario.seed, variant.privacy.private, eps))
         if eps == 8:
-            from common.errors import FedwardError
+            from fedward.common.errors import FedwardError
 
             raise FedwardError("flwr failed")
         noise = (variant.scenario.seed - 10) * 0.02
@@ -362,7 +362,7 @@ def test_sweep_runs_the_grid_and_summarises(tmp_path: Path) -> None:
 def test_sim_run_writes_federated_pooled_and_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from simulations.cli import app
+    from fedward.simulations.cli import app
 
     monkeypatch.setenv("FEDWARD_DEVICE", "cpu")
     path = _write(tmp_path, TINY, "tiny.toml")

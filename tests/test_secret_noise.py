@@ -14,10 +14,10 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from common.config import RunConfig
-from common.models import build_tabular_model
-from common.privacy import DPConfig
-from common.training import LocalTraining, local_mechanism, train_model
+from fedward.common.config import RunConfig
+from fedward.common.models import build_tabular_model
+from fedward.common.privacy import DPConfig
+from fedward.common.training import LocalTraining, local_mechanism, train_model
 
 N, FEATURES, LR, SIGMA, CLIP = 32, 24, 1.0, 1.0, 1.0
 

@@ -26,30 +26,35 @@ from scipy import stats
 from site_policy import policy_text
 from test_no_patient_data_leaves import _check_listed, _listed_fields
 
-from client.app import site_app
-from client.hostile import hostile_mod
-from client.simulated_faults import fault_mod
-from common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.secure_aggregation import (
+from fedward.client.app import site_app
+from fedward.client.hostile import hostile_mod
+from fedward.client.simulated_faults import fault_mod
+from fedward.common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.secure_aggregation import (
     COLLECT,
     KEY_BYTES,
     MASKED_KEY,
     MASKED_RECORD,
     MODULUS,
     RECORD,
+    SECRET_BYTES,
     SETUP,
+    SHARE_BYTES,
     SHARE_KEYS,
     UNMASK,
     Key,
     SecureAggregationError,
+    combine_secret,
     decrypt_shares,
     encrypt_shares,
     generate_key_pair,
+    new_secret,
     pairwise_seed,
+    share_secret,
 )
-from simulations.prepare import prepare_ckd_sites
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SECURE = {"secure-aggregation": True}
@@ -258,13 +263,26 @@ def test_protocol_messages_are_small_and_only_the_training_stage_carries_the_rou
             continue
         if record[Key.STAGE] == SETUP:
             assert len(record[Key.PUBLIC_KEY_1]) == len(record[Key.PUBLIC_KEY_2]) == KEY_BYTES
-        if record[Key.STAGE] == SHARE_KEYS:  # nonce + two 36-byte shares (2 Shamir chunks each) + tag
-            assert all(len(c) <= 12 + 2 * 36 + 16 for c in record[Key.CIPHERTEXTS])
+        if record[Key.STAGE] == SHARE_KEYS:  # nonce + two 20-byte shares (one Shamir polynomial each) + tag
+            assert all(len(c) == 12 + 2 * SHARE_BYTES + 16 for c in record[Key.CIPHERTEXTS])
         if record[Key.STAGE] == UNMASK:
-            assert all(len(share) <= 36 for share in record[Key.SHARES])
+            assert all(len(share) == SHARE_BYTES == 20 for share in record[Key.SHARES])
     # per participant: a node id and two raw keys (PEM keys were ~215 bytes each, the config ~500 bytes)
     assert max(stages[SHARE_KEYS]) <= 200 + 100 * sites
     assert max(stages[SETUP]) <= 200 and max(stages[UNMASK]) <= 200
+
+
+def test_any_threshold_of_shares_rebuilds_a_secret_and_fewer_do_not() -> None:
+    secret = new_secret()
+    assert len(secret) == SECRET_BYTES == 16
+    shares = share_secret(secret, 4, 7)
+    assert len(shares) == 7 and len({s[:4] for s in shares}) == 7
+    assert combine_secret(shares[3:]) == combine_secret(shares[:4]) == secret
+    assert combine_secret(shares[:3]) != secret  # below the threshold: another polynomial's value
+    with pytest.raises(ValueError):
+        combine_secret([shares[0], shares[0], shares[1], shares[2]])  # one holder twice
+    with pytest.raises(ValueError):
+        combine_secret([s + b"x" for s in shares[:4]])
 
 
 def _stage(node: int, stage: str, server_round: int, **fields: Any) -> Message:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from flwr.app import RecordDict
 
-from client.budget import CALIBRATION_STATE, SiteBudget, SitePrivacy
-from client.run_state import SiteRunState
-from common import privacy
-from common.config import RunConfig
-from common.dp_release import release_entry
-from common.privacy import calibration_key
+from fedward.client.budget import CALIBRATION_STATE, SiteBudget, SitePrivacy
+from fedward.client.run_state import SiteRunState
+from fedward.common import privacy
+from fedward.common.config import RunConfig
+from fedward.common.dp_release import release_entry
+from fedward.common.privacy import calibration_key
 
 SPENT = (release_entry(6.0),)  # the run drew its statistics release: σ is calibrated after it
 

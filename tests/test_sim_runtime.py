@@ -16,11 +16,11 @@ from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, run_server
 from rich.console import Console
 
-from common.config import RunConfig
-from server.checkpoint import RoundCheckpoint
-from simulations.leave_one_out import leave_one_out
-from simulations.prepare import prepare_ckd_sites
-from simulations.progress import RunProgress
+from fedward.common.config import RunConfig
+from fedward.server.checkpoint import RoundCheckpoint
+from fedward.simulations.leave_one_out import leave_one_out
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.simulations.progress import RunProgress
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-import simulations.cli as sim_cli
+import fedward.simulations.cli as sim_cli
 
 
 def test_final_table_cuts_no_cell_at_80_columns(tmp_path: Path, monkeypatch) -> None:

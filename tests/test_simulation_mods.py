@@ -10,13 +10,13 @@ from flower_fakes import FakeGrid, flower_identity  # noqa: F401 (fixture)
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from client.app import app, site_app
-from client.hostile import hostile_mod
-from client.simulated_faults import DROPPED, fault_mod
-from client.site import load_site, site_source
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.tasks import get_task
+from fedward.client.app import app, site_app
+from fedward.client.hostile import hostile_mod
+from fedward.client.simulated_faults import DROPPED, fault_mod
+from fedward.client.site import load_site, site_source
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
@@ -86,7 +86,7 @@ def test_a_dropped_site_never_reaches_the_handler() -> None:
 def test_a_ray_cluster_run_refuses_hostile_sites_and_faults() -> None:
     """The cluster path runs the deployed app (no simulation mods): asking it for hostile sites is an error,
     not a silently honest run."""
-    from simulations.runner import SimulationResources, run_simulation
+    from fedward.simulations.runner import SimulationResources, run_simulation
 
     cluster = SimulationResources(ray_address="127.0.0.1:1")
     for key, value in (("hostile-sites", "1"), ("sim-dropout", 0.5), ("sim-stragglers", "0")):

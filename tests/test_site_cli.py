@@ -9,8 +9,8 @@ from pathlib import Path
 
 from site_policy import policy_text
 
-from client.ledger import PrivacyLedger, dataset_identity
-from common.privacy import compose_epsilon
+from fedward.client.ledger import PrivacyLedger, dataset_identity
+from fedward.common.privacy import compose_epsilon
 
 FEDWARD = str(Path(sys.executable).parent / "fedward")
 POLICY = policy_text(8.0)

@@ -15,12 +15,12 @@ from mri_helpers import CONTRASTS, SPEC
 from site_policy import policy_text
 from typer.testing import CliRunner
 
-from client.data_report import check_site_data
-from client.policy import load_policy
-from common.config import RunConfig
-from common.errors import ConfigError
 from fedward.cli import app
-from simulations.phantoms import generate_site
+from fedward.client.data_report import check_site_data
+from fedward.client.policy import load_policy
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.simulations.phantoms import generate_site
 
 MRI = RunConfig(mri_contrasts=",".join(CONTRASTS), image_size=16, image_depth=8)
 
@@ -136,7 +136,7 @@ def test_small_and_skewed_sites_are_warned_about(ckd_csv: Path, tmp_path: Path) 
 def test_empty_and_single_class_held_out_splits_evaluate(ckd_csv: Path) -> None:
     from torch.utils.data import TensorDataset
 
-    from common.tasks import get_task
+    from fedward.common.tasks import get_task
 
     task = get_task("ckd")
     model = task.build_model(RunConfig())

@@ -11,9 +11,9 @@ from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from flwr.app import Context, Message, RecordDict
 from inprocess_grid import FIRST_NODE, InProcessGrid, ckd_run_config, run_server
 
-from client.mods import SITE_CONFIG_ERROR, SITE_ERROR, safe_errors_mod
-from common.errors import FedwardError
-from simulations.prepare import prepare_ckd_sites
+from fedward.client.mods import SITE_CONFIG_ERROR, SITE_ERROR, safe_errors_mod
+from fedward.common.errors import FedwardError
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SECRET = "st-elsewhere-oncology"

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from mri_helpers import CONTRASTS, SPEC, make_site
 
-from client.data_report import check_site_data
-from client.dicom.deidentify import deidentify_folder
-from client.dicom.gate import check_folder
-from common.config import RunConfig
-from common.data.mri.files import OUTSIDE_LINK
-from common.data.mri.manifest import read_manifest
-from common.data.mri.site import scan_site
-from common.errors import ConfigError, DataValidationError
+from fedward.client.data_report import check_site_data
+from fedward.client.dicom.deidentify import deidentify_folder
+from fedward.client.dicom.gate import check_folder
+from fedward.common.config import RunConfig
+from fedward.common.data.mri.files import OUTSIDE_LINK
+from fedward.common.data.mri.manifest import read_manifest
+from fedward.common.data.mri.site import scan_site
+from fedward.common.errors import ConfigError, DataValidationError
 
 SECRET = b"test-secret-0123456789abcdef"
 CONFIG = RunConfig(task="tumour", mri_contrasts=",".join(CONTRASTS), image_size=16, image_depth=8)

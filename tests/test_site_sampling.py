@@ -11,11 +11,11 @@ import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
-from common.data.ckd import load_ckd_csv
-from common.data.partition import partition_indices
-from common.errors import ConfigError
-from simulations.prepare import prepare_ckd_sites
-from strategies.registry import sample_size
+from fedward.common.data.ckd import load_ckd_csv
+from fedward.common.data.partition import partition_indices
+from fedward.common.errors import ConfigError
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.strategies.registry import sample_size
 
 
 def test_resample_gives_many_stratified_sites_from_a_small_table(ckd_csv: Path) -> None:

@@ -13,11 +13,11 @@ from flwr.app import Context, RecordDict
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from site_policy import policy_text
 
-from client.budget import SitePrivacy
-from client.ledger import PrivacyLedger
-from client.site import seeded_noise_refusal
-from common.config import RunConfig
-from simulations.prepare import prepare_ckd_sites
+from fedward.client.budget import SitePrivacy
+from fedward.client.ledger import PrivacyLedger
+from fedward.client.site import seeded_noise_refusal
+from fedward.common.config import RunConfig
+from fedward.simulations.prepare import prepare_ckd_sites
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 2

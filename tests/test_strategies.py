@@ -12,12 +12,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from common.algorithms.fedbn import LOCAL_NORM_LAYERS
-from common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA
-from common.config import RunConfig
-from common.errors import ConfigError
-from strategies.central_dp import with_central_dp
-from strategies.registry import ROBUST_STRATEGIES, STRATEGIES, StrategySettings, build_strategy
+from fedward.common.algorithms.fedbn import LOCAL_NORM_LAYERS
+from fedward.common.algorithms.scaffold import SCAFFOLD_CONTROL, SCAFFOLD_CONTROL_DELTA
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.strategies.central_dp import with_central_dp
+from fedward.strategies.registry import ROBUST_STRATEGIES, STRATEGIES, StrategySettings, build_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 

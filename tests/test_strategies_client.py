@@ -12,21 +12,21 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from client.app import train
-from client.hostile import LabelFlipped, corrupt_update, hostile_mod, hostile_mode
-from client.site import load_site, site_source
-from common.algorithms.fedbn import (
+from fedward.client.app import train
+from fedward.client.hostile import LabelFlipped, corrupt_update, hostile_mod, hostile_mode
+from fedward.client.site import load_site, site_source
+from fedward.common.algorithms.fedbn import (
     LOCAL_NORM_LAYERS,
     NORM_STATE,
     keep_norm_layers,
     norm_layer_keys,
     site_model_state,
 )
-from common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA, SCAFFOLD_STATE
-from common.config import RunConfig
-from common.tasks import get_task
-from common.training import LocalTraining, train_model
-from strategies.registry import StrategySettings, build_strategy
+from fedward.common.algorithms.scaffold import SCAFFOLD_CONTROL_DELTA, SCAFFOLD_STATE
+from fedward.common.config import RunConfig
+from fedward.common.tasks import get_task
+from fedward.common.training import LocalTraining, train_model
+from fedward.strategies.registry import StrategySettings, build_strategy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 

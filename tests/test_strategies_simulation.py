@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common.config import RunConfig
-from simulations.prepare import prepare_ckd_sites
-from simulations.runner import run_simulation
+from fedward.common.config import RunConfig
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.slow
 

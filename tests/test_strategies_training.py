@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.privacy import DPConfig
-from common.training import LocalTraining, local_mechanism, train_model
+from fedward.common.privacy import DPConfig
+from fedward.common.training import LocalTraining, local_mechanism, train_model
 
 LOCAL = LocalTraining(epochs=2, batch_size=8, lr=0.3, seed=5)
 

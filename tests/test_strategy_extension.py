@@ -20,10 +20,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
-from common.algorithms.base import SiteHook, TrainedRound
-from common.algorithms.registry import register_site_hook, unregister_site_hook
-from simulations.prepare import prepare_ckd_sites
-from strategies.registry import register_strategy, unregister_strategy
+from fedward.common.algorithms.base import SiteHook, TrainedRound
+from fedward.common.algorithms.registry import register_site_hook, unregister_site_hook
+from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.strategies.registry import register_strategy, unregister_strategy
 
 TOY = "toy-mean"
 TOY_GLOBAL = "toy-mean-global"  # ConfigRecord, server → site: the mean of the sites' scalars

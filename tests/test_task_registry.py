@@ -19,12 +19,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.imaging_models import CLASSIFIERS, SEGMENTERS
-from common.metrics import binary_metrics, pool_binary
-from common.models import TABULAR_MODELS
-from common.tasks import (
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.imaging_models import CLASSIFIERS, SEGMENTERS
+from fedward.common.metrics import binary_metrics, pool_binary
+from fedward.common.models import TABULAR_MODELS
+from fedward.common.tasks import (
     TASKS,
     CardText,
     SiteData,
@@ -36,7 +36,7 @@ from common.tasks import (
     task_spec,
     unregister_task,
 )
-from common.training import predict_proba
+from fedward.common.training import predict_proba
 
 TOY = "toy-threshold"
 PREDICTS = "whether the first of two toy measurements is positive"
@@ -165,6 +165,7 @@ def test_builtin_specs_match_their_tasks() -> None:
 
 
 def test_a_bad_factory_string_names_the_task() -> None:
-    spec = TaskSpec(name="broken", factory="common.tasks.nowhere:Nothing", card=CardText("x", "y"))
-    with pytest.raises(ConfigError, match=r"task 'broken': factory 'common\.tasks\.nowhere:Nothing'"):
+    spec = TaskSpec(name="broken", factory="fedward.common.tasks.nowhere:Nothing", card=CardText("x", "y"))
+    expected = r"task 'broken': factory 'fedward\.common\.tasks\.nowhere:Nothing'"
+    with pytest.raises(ConfigError, match=expected):
         spec.build()

@@ -15,10 +15,10 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.transfer import BFLOAT16_STYPE, TRANSFER_DTYPES, decode, encode
-from simulations.prepare import prepare_ckd_sites
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.transfer import BFLOAT16_STYPE, TRANSFER_DTYPES, decode, encode
+from fedward.simulations.prepare import prepare_ckd_sites
 
 RNG = np.random.default_rng(0)  # test data only
 WEIGHTS = {

@@ -12,11 +12,11 @@ from flower_fakes import FakeGrid, arrays, flower_identity  # noqa: F401 (fixtur
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian
 
-from common.tasks import get_task
-from server.rounds import RoundRecorder
-from server.rundir import RunDirectory
-from server.statistics import SiteInfo
-from strategies.validation import Rejection, ValidatedStrategy
+from fedward.common.tasks import get_task
+from fedward.server.rounds import RoundRecorder
+from fedward.server.rundir import RunDirectory
+from fedward.server.statistics import SiteInfo
+from fedward.strategies.validation import Rejection, ValidatedStrategy
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.validation_errors import KeyedValueError, validation_problems
+from fedward.common.config import RunConfig
+from fedward.common.errors import ConfigError
+from fedward.common.validation_errors import KeyedValueError, validation_problems
 
 
 class _Table(BaseModel):

@@ -7,6 +7,6 @@
 - `media`: PHI in NIfTI headers and image text metadata.
 - `deidentify`: `fedward site deidentify IN OUT`, a de-identified copy of a DICOM folder.
 
-The sub-modules are imported by name (`from client.dicom.gate import check_folder`); this file imports
+The sub-modules are imported by name (`from fedward.client.dicom.gate import check_folder`); this file imports
 none of them, so that pydicom loads only where DICOM is read.
 """

@@ -56,8 +56,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from client.dicom.gate import GateReport, check_folder
-from client.dicom.profile import (
+from fedward.client.dicom.gate import GateReport, check_folder
+from fedward.client.dicom.profile import (
     CLEAN_DESCRIPTORS,
     DATE_VRS,
     FREE_TEXT_VRS,
@@ -65,10 +65,10 @@ from client.dicom.profile import (
     PROFILE,
     is_overlay_or_curve,
 )
-from common.data.mri.files import inside, outside_reason
-from common.data.mri.manifest import MANIFEST_NAME, path_problems
-from common.data.mri.sample import contrast_name
-from common.errors import ConfigError, DataValidationError
+from fedward.common.data.mri.files import inside, outside_reason
+from fedward.common.data.mri.manifest import MANIFEST_NAME, path_problems
+from fedward.common.data.mri.sample import contrast_name
+from fedward.common.errors import ConfigError, DataValidationError
 
 SECRET_ENV = "FEDWARD_SITE_SECRET"
 MIN_SECRET_BYTES = 16

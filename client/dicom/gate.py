@@ -36,8 +36,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from client.dicom.media import image_findings, nifti_findings
-from client.dicom.profile import (
+from fedward.client.dicom.media import image_findings, nifti_findings
+from fedward.client.dicom.profile import (
     CLEAN_DESCRIPTORS,
     DATE_VRS,
     FREE_TEXT_VRS,
@@ -48,9 +48,9 @@ from client.dicom.profile import (
     is_clean_descriptor,
     is_overlay_or_curve,
 )
-from client.dicom.text_rules import path_rules
-from common.data.mri.files import list_site_files
-from common.errors import DataValidationError
+from fedward.client.dicom.text_rules import path_rules
+from fedward.common.data.mri.files import list_site_files
+from fedward.common.errors import DataValidationError
 
 log = logging.getLogger("fedward.client")
 

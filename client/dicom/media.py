@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from client.dicom.text_rules import text_rules
+from fedward.client.dicom.text_rules import text_rules
 
 NIFTI_TEXT_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 RULE_CATEGORY = {"date": "date", "person-name": "name", "long-number": "id"}

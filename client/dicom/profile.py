@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from common.data.mri.sample import contrast_name
+from fedward.common.data.mri.sample import contrast_name
 
 # keyword: (Basic Profile action, category) -- PS3.15 Table E.1-1.
 PROFILE: dict[str, tuple[str, str]] = {

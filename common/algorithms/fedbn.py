@@ -13,7 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from torch import nn
 
-from common.algorithms.base import SiteHook, TrainedRound, pick
+from fedward.common.algorithms.base import SiteHook, TrainedRound, pick
 
 LOCAL_NORM_LAYERS = "local-norm-layers"  # config flag, server → site: keep normalisation layers at the site
 NORM_STATE = "fedbn-norm-layers"  # context.state key of the site's normalisation layers

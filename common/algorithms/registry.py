@@ -7,10 +7,10 @@ fedward's stateful strategies (SCAFFOLD, FedBN) are registered here; `register_s
 
 from __future__ import annotations
 
-from common.algorithms.base import SiteHook
-from common.algorithms.fedbn import FedBNSite
-from common.algorithms.scaffold import ScaffoldSite
-from common.errors import ConfigError
+from fedward.common.algorithms.base import SiteHook
+from fedward.common.algorithms.fedbn import FedBNSite
+from fedward.common.algorithms.scaffold import ScaffoldSite
+from fedward.common.errors import ConfigError
 
 PLAIN = SiteHook()
 _HOOKS: dict[str, SiteHook] = {"scaffold": ScaffoldSite(), "fedbn": FedBNSite()}

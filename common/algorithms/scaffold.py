@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from common.algorithms.base import SiteHook, TrainedRound, pick
+from fedward.common.algorithms.base import SiteHook, TrainedRound, pick
 
 SCAFFOLD_CONTROL = "scaffold-control"  # ArrayRecord, server → site: global control variate c
 SCAFFOLD_CONTROL_DELTA = "scaffold-control-delta"  # ArrayRecord, site → server: Δc_i

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.ckd_aliases import code_key
-from common.data.ckd_harmonise import SCHEMA, ColumnPlan, Layout, plan_columns, unit_hint
-from common.data.ckd_mapping import MAPPING_FILE_NAME, SiteMapping, load_mapping
-from common.data.ckd_schema import (
+from fedward.common.data.ckd_aliases import code_key
+from fedward.common.data.ckd_harmonise import SCHEMA, ColumnPlan, Layout, plan_columns, unit_hint
+from fedward.common.data.ckd_mapping import MAPPING_FILE_NAME, SiteMapping, load_mapping
+from fedward.common.data.ckd_schema import (
     FEATURES,
     LABEL,
     LABEL_NEGATIVE,
@@ -25,8 +25,8 @@ from common.data.ckd_schema import (
     NumericFeature,
     OrdinalFeature,
 )
-from common.data.ckd_units import schema_unit
-from common.errors import CellIssue, DataValidationError
+from fedward.common.data.ckd_units import schema_unit
+from fedward.common.errors import CellIssue, DataValidationError
 
 _MISSING = {"", "?", "na", "nan", "n/a", "null", "none"}
 ROW = "(row)"  # CellIssue.column of a problem with a whole row

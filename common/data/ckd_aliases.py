@@ -13,8 +13,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from common.data.ckd_schema import FEATURE_NAMES, LABEL, LABEL_NEGATIVE, LABEL_POSITIVE
-from common.data.ckd_units import BUN, UREA
+from fedward.common.data.ckd_schema import FEATURE_NAMES, LABEL, LABEL_NEGATIVE, LABEL_POSITIVE
+from fedward.common.data.ckd_units import BUN, UREA
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from common.data.ckd_aliases import (
+from fedward.common.data.ckd_aliases import (
     BUILTIN_CODES,
     DIPSTICK_CODES,
     Alias,
@@ -17,8 +17,8 @@ from common.data.ckd_aliases import (
     name_key,
     split_header,
 )
-from common.data.ckd_mapping import MAPPING_FILE_NAME, SiteMapping
-from common.data.ckd_schema import (
+from fedward.common.data.ckd_mapping import MAPPING_FILE_NAME, SiteMapping
+from fedward.common.data.ckd_schema import (
     FEATURE_NAMES,
     FEATURES,
     LABEL,
@@ -27,8 +27,8 @@ from common.data.ckd_schema import (
     BinaryFeature,
     NumericFeature,
 )
-from common.data.ckd_units import UNITS, Unit, accepted_units, find_unit, schema_unit
-from common.errors import DataValidationError
+from fedward.common.data.ckd_units import UNITS, Unit, accepted_units, find_unit, schema_unit
+from fedward.common.errors import DataValidationError
 
 BUILTIN = "built-in alias"
 MAPPING = "mapping"

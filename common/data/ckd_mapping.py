@@ -28,8 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.data.ckd_aliases import code_key, name_key
-from common.data.ckd_schema import (
+from fedward.common.data.ckd_aliases import code_key, name_key
+from fedward.common.data.ckd_schema import (
     FEATURE_NAMES,
     FEATURES,
     LABEL,
@@ -39,10 +39,10 @@ from common.data.ckd_schema import (
     NumericFeature,
     OrdinalFeature,
 )
-from common.data.ckd_units import UNITS, accepted_units, find_unit
-from common.errors import ConfigError
-from common.tomlfile import read_toml
-from common.validation_errors import KeyedValueError, validation_problems
+from fedward.common.data.ckd_units import UNITS, accepted_units, find_unit
+from fedward.common.errors import ConfigError
+from fedward.common.tomlfile import read_toml
+from fedward.common.validation_errors import KeyedValueError, validation_problems
 
 MAPPING_FILE_NAME = "ckd-mapping.toml"
 _TARGETS = (*FEATURE_NAMES, LABEL)

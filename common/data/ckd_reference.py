@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data.ckd_schema import FEATURE_NAMES
-from common.stats import Reference
+from fedward.common.data.ckd_schema import FEATURE_NAMES
+from fedward.common.stats import Reference
 
 BINARY = (0.5, 0.5)
 CENTRE_AND_SCALE: dict[str, tuple[float, float]] = {

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 PARTITIONS = ("iid", "dirichlet", "quantity", "pathological", "natural", "resample")
 RESAMPLE_ROWS_PER_SITE = 40  # rows each `resample` site draws unless told otherwise

@@ -6,7 +6,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 _CKD_RELATIVE = Path("common") / "datasets" / "ckd" / "chronic_kidney_disease.csv"
 

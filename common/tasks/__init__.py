@@ -7,21 +7,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from common.tasks.registry import TASKS, get_task, register_task, task_spec, unregister_task
-from common.tasks.spec import CardText, TaskSpec
+from fedward.common.tasks.registry import TASKS, get_task, register_task, task_spec, unregister_task
+from fedward.common.tasks.spec import CardText, TaskSpec
 
 if TYPE_CHECKING:
-    from common.tasks.base import SiteData, SiteSource, Task
+    from fedward.common.tasks.base import SiteData, SiteSource, Task
 
 _HEAVY = ("SiteData", "SiteSource", "Task")
 
 
 def __getattr__(name: str) -> Any:
     if name in _HEAVY:
-        from common.tasks import base
+        from fedward.common.tasks import base
 
         return getattr(base, name)
-    raise AttributeError(f"module 'common.tasks' has no attribute {name!r}")
+    raise AttributeError(f"module 'fedward.common.tasks' has no attribute {name!r}")
 
 
 __all__ = [

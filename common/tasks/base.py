@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.config import RunConfig
+from fedward.common.config import RunConfig
 
 
 @dataclass(frozen=True)

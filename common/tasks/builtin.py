@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.data.ckd_schema import LABEL_NEGATIVE, LABEL_POSITIVE
-from common.data.mri.sample import CLASSES
-from common.tasks.spec import CardText, TaskSpec
+from fedward.common.data.ckd_schema import LABEL_NEGATIVE, LABEL_POSITIVE
+from fedward.common.data.mri.sample import CLASSES
+from fedward.common.tasks.spec import CardText, TaskSpec
 
 if TYPE_CHECKING:
-    from common.tasks.base import SiteData
+    from fedward.common.tasks.base import SiteData
 
 _IMAGING_TRAINING = {"local_epochs": 40, "batch_size": 4, "lr": 0.002, "optimizer": "adam"}
 _PHANTOMS = "**synthetic brain phantoms** made by `fedward sim tumour` (no patient data)"
@@ -42,7 +42,7 @@ def _tumour_predicts(run_config: Mapping[str, Any]) -> str:
 
 CKD = TaskSpec(
     name="ckd",
-    factory="common.tasks.ckd:CkdTask",
+    factory="fedward.common.tasks.ckd:CkdTask",
     card=CardText(
         predicts="chronic kidney disease (CKD) or not, from 24 routine laboratory and clinical values of an "
         "adult",
@@ -58,7 +58,7 @@ CKD = TaskSpec(
 
 TUMOUR = TaskSpec(
     name="tumour",
-    factory="common.tasks.tumour:TumourTask",
+    factory="fedward.common.tasks.tumour:TumourTask",
     card=CardText(
         predicts=_tumour_predicts({}),
         use="research into multi-site MRI classification; triage suggestions reviewed by a radiologist",
@@ -75,7 +75,7 @@ TUMOUR = TaskSpec(
 
 TUMOUR_SEG = TaskSpec(
     name="tumour-seg",
-    factory="common.tasks.tumour_seg:TumourSegTask",
+    factory="fedward.common.tasks.tumour_seg:TumourSegTask",
     card=CardText(
         predicts="a voxel mask of brain tumour on MRI",
         use="research into multi-site MRI segmentation; draft contours corrected by a radiologist",

@@ -12,20 +12,20 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from common.config import RunConfig
-from common.data.ckd import CkdTable, find_site_csv, load_ckd_csv
-from common.data.ckd_mapping import find_site_mapping, load_mapping
-from common.data.ckd_reference import CKD_REFERENCE
-from common.data.ckd_schema import NUM_FEATURES
-from common.data.partition import partition_indices
-from common.data.patient_keys import ckd_row_keys
-from common.data.split import stratified_split
-from common.datasets import ckd_csv_path
-from common.metrics import binary_metrics, pool_binary
-from common.models import build_tabular_model
-from common.stats import Standardiser
-from common.tasks.base import SiteData, SiteSource, Task
-from common.training import predict_proba
+from fedward.common.config import RunConfig
+from fedward.common.data.ckd import CkdTable, find_site_csv, load_ckd_csv
+from fedward.common.data.ckd_mapping import find_site_mapping, load_mapping
+from fedward.common.data.ckd_reference import CKD_REFERENCE
+from fedward.common.data.ckd_schema import NUM_FEATURES
+from fedward.common.data.partition import partition_indices
+from fedward.common.data.patient_keys import ckd_row_keys
+from fedward.common.data.split import stratified_split
+from fedward.common.datasets import ckd_csv_path
+from fedward.common.metrics import binary_metrics, pool_binary
+from fedward.common.models import build_tabular_model
+from fedward.common.stats import Standardiser
+from fedward.common.tasks.base import SiteData, SiteSource, Task
+from fedward.common.training import predict_proba
 
 
 class CkdTask(Task):

@@ -11,15 +11,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from common.config import RunConfig
-from common.data.mri.patients import PatientSampled
-from common.data.mri.preprocess import model_input
-from common.data.mri.sample import MriSample, ScanResult, SkipFile, Skipped, parse_contrasts
-from common.data.mri.site import scan_site
-from common.data.patient_keys import mri_patient_keys
-from common.data.split import split_by_patient
-from common.errors import ConfigError, DataValidationError
-from common.tasks.base import SiteData, SiteSource, Task
+from fedward.common.config import RunConfig
+from fedward.common.data.mri.patients import PatientSampled
+from fedward.common.data.mri.preprocess import model_input
+from fedward.common.data.mri.sample import MriSample, ScanResult, SkipFile, Skipped, parse_contrasts
+from fedward.common.data.mri.site import scan_site
+from fedward.common.data.patient_keys import mri_patient_keys
+from fedward.common.data.split import split_by_patient
+from fedward.common.errors import ConfigError, DataValidationError
+from fedward.common.tasks.base import SiteData, SiteSource, Task
 
 NOTHING_FOUND = "no MRI data found (expected DICOM series, BraTS-style NIfTI cases or class image folders)"
 DEFAULT_MODEL = RunConfig.model_fields["model"].default

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from common.errors import ConfigError
-from common.tasks.builtin import BUILTIN
-from common.tasks.spec import TaskSpec
+from fedward.common.errors import ConfigError
+from fedward.common.tasks.builtin import BUILTIN
+from fedward.common.tasks.spec import TaskSpec
 
 if TYPE_CHECKING:
-    from common.tasks.base import Task
+    from fedward.common.tasks.base import Task
 
 _REGISTRY: dict[str, TaskSpec] = {}
 

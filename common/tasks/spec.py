@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from common.tasks.base import SiteData, Task
+    from fedward.common.tasks.base import SiteData, Task
 
 CLASSIFICATION_METRICS = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1")
 

@@ -7,13 +7,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from common.config import RunConfig
-from common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, MriSample, SkipFile
-from common.errors import ConfigError
-from common.imaging_models import CLASSIFIERS, build_classifier
-from common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
-from common.tasks.mri import MriTask, contrasts_of, model_name
-from common.training import predict_proba
+from fedward.common.config import RunConfig
+from fedward.common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, MriSample, SkipFile
+from fedward.common.errors import ConfigError
+from fedward.common.imaging_models import CLASSIFIERS, build_classifier
+from fedward.common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
+from fedward.common.tasks.mri import MriTask, contrasts_of, model_name
+from fedward.common.training import predict_proba
 
 
 class TumourTask(MriTask):

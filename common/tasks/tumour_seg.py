@@ -7,11 +7,11 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.config import RunConfig
-from common.data.mri.sample import MriSample, SkipFile
-from common.imaging_models import SEGMENTERS, build_segmenter
-from common.seg_metrics import pool_segmentation, segmentation_metrics
-from common.tasks.mri import MriTask, contrasts_of, model_name
+from fedward.common.config import RunConfig
+from fedward.common.data.mri.sample import MriSample, SkipFile
+from fedward.common.imaging_models import SEGMENTERS, build_segmenter
+from fedward.common.seg_metrics import pool_segmentation, segmentation_metrics
+from fedward.common.tasks.mri import MriTask, contrasts_of, model_name
 
 _dice = DiceLoss(to_onehot_y=True, softmax=True)
 

@@ -8,6 +8,6 @@
 - `launch`: `fedward run` (submit a signed app with `flwr run`, judge the run by its status and summary).
 - `cli`: `fedward provision`, `fedward coordinator start|register`, `fedward run`.
 
-The sub-modules are imported by name (`from server.deployment.provision import provision`); this file
+The sub-modules are imported by name (`from fedward.server.deployment.provision import provision`); this file
 imports none of them, so `server.provenance.signing` can use `provision` without loading the rest.
 """

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from common.errors import ConfigError, FedwardError
-from server.deployment import launch, proxy
-from server.deployment.provision import PROVENANCE_KEY, numbered_sites, provision
-from server.deployment.superlink import (
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.server.deployment import launch, proxy
+from fedward.server.deployment.provision import PROVENANCE_KEY, numbered_sites, provision
+from fedward.server.deployment.superlink import (
     Registration,
     check_port_free,
     cli_home,
@@ -26,8 +26,8 @@ from server.deployment.superlink import (
     supervise,
     wait_until_serving,
 )
-from server.provenance.signing import SIGNING_KEY_ENV
-from server.rundir import SUMMARY_FILE, RunDirectory
+from fedward.server.provenance.signing import SIGNING_KEY_ENV
+from fedward.server.rundir import SUMMARY_FILE, RunDirectory
 
 console = Console()
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.app_signature import APP_SIGNING_KEY, SignedApp, load_private_key, sign_app
-from common.errors import ConfigError, FedwardError
-from server.deployment.superlink import (
+from fedward.common.app_signature import APP_SIGNING_KEY, SignedApp, load_private_key, sign_app
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.server.deployment.superlink import (
     CoordinatorFiles,
     failure,
     flower_env,
@@ -25,7 +25,7 @@ from server.deployment.superlink import (
     flwr_json,
     retrying,
 )
-from server.rundir import SUMMARY_FILE, RunDirectory, default_run_name
+from fedward.server.rundir import SUMMARY_FILE, RunDirectory, default_run_name
 
 FINISHED = "finished"
 COMPLETED = "finished:completed"
@@ -42,7 +42,7 @@ def app_dir(app: Path | None = None) -> Path:
 def run_overrides(items: list[str], default_runs_dir: Path) -> dict[str, Any]:
     """Parse `-c k=v` items as `flwr run` does, add an absolute runs-dir and a fresh run-name, and
     check the result against the run configuration (unknown keys and bad values fail here)."""
-    from common.config import RunConfig  # imports torch and opacus: only when a run is launched
+    from fedward.common.config import RunConfig  # imports torch and opacus: only when a run is launched
 
     overrides = _parse_items(items)
     overrides.setdefault("runs-dir", str(default_runs_dir))
@@ -67,7 +67,7 @@ def _parse_items(items: list[str]) -> dict[str, Any]:
 def resume_overrides(run_dir: Path, items: list[str]) -> dict[str, Any]:
     """The run config of an earlier run (its config.json) with resume on; `-c k=v` items win (for
     example a larger num-server-rounds to extend a finished run)."""
-    from common.config import RunConfig
+    from fedward.common.config import RunConfig
 
     previous = RunDirectory.existing(run_dir).run_config()
     merged = {**previous, **_parse_items(items), "run-name": run_dir.name, "resume": True}
@@ -98,7 +98,7 @@ def sign_for_run(fed: CoordinatorFiles, app: Path, staging: Path) -> SignedApp:
         raise ConfigError(
             f"{key_file}: missing; sites run only app bundles signed with the federation's app-signing "
             "key (made by `fedward provision` since app signing; re-provision, or write one with "
-            "server.deployment.provision.write_app_signing_key and send its .pub to every site)"
+            "fedward.server.deployment.provision.write_app_signing_key and send its .pub to every site)"
         )
     return sign_app(app, load_private_key(key_file), staging)
 

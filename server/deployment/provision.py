@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from common.app_signature import APP_PUBLIC_KEY, APP_SIGNING_KEY, load_public_key, public_pem
-from common.errors import ConfigError
-from common.tomlfile import read_toml
-from server.deployment.proxy import OPERATOR_OU
+from fedward.common.app_signature import APP_PUBLIC_KEY, APP_SIGNING_KEY, load_public_key, public_pem
+from fedward.common.errors import ConfigError
+from fedward.common.tomlfile import read_toml
+from fedward.server.deployment.proxy import OPERATOR_OU
 
 SUPERLINK_PORT = 8000
 """The SuperLink's single HTTPS port in Flower 1.42 (Fleet, Control and Runtime APIs)."""

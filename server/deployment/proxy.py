@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import ConfigError, FedwardError
+from fedward.common.errors import ConfigError, FedwardError
 
 OPERATOR_OU = "fedward-operator"
 """Organizational unit of the operator client certificate; the proxy admits Control API calls only

@@ -29,11 +29,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from common.errors import ConfigError, FedwardError
-from common.tls_probe import tls_handshake
-from common.tomlfile import read_toml
-from server.deployment import proxy
-from server.deployment.provision import OPERATOR_CERT, OPERATOR_KEY, rotate_site_key, writable_by_others
+from fedward.common.errors import ConfigError, FedwardError
+from fedward.common.tls_probe import tls_handshake
+from fedward.common.tomlfile import read_toml
+from fedward.server.deployment import proxy
+from fedward.server.deployment.provision import (
+    OPERATOR_CERT,
+    OPERATOR_KEY,
+    rotate_site_key,
+    writable_by_others,
+)
 
 ALREADY_REGISTERED = "Public key already in use"
 """What the SuperLink answers (error code 23) when a key is registered a second time."""

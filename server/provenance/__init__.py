@@ -5,6 +5,6 @@
 - `software`: package versions and the git commit of the code that ran.
 - `cli`: `fedward verify` and `fedward sign`.
 
-The sub-modules are imported by name (`from server.provenance.manifest import verify_run`); this file
+The sub-modules are imported by name (`from fedward.server.provenance.manifest import verify_run`); this file
 imports none of them, so `server.checkpoint_store` can use `signing` while `manifest` uses the store.
 """

@@ -25,7 +25,7 @@ def verify_command(
     ] = None,
 ) -> None:
     """Check a run's provenance signature and the sha256 of every artifact; exit 1 on any mismatch."""
-    from server.provenance.manifest import verify_run
+    from fedward.server.provenance.manifest import verify_run
 
     result = verify_run(run_dir, public_key)
     for warning in result.warnings:
@@ -52,9 +52,9 @@ def sign_command(
     ] = None,
 ) -> None:
     """Export model.pt to model.safetensors, write MODEL_CARD.md and sign the run's provenance manifest."""
-    from server.export import finalise_run
-    from server.provenance.manifest import MANIFEST_FILE, SIGNATURE_FILE
-    from server.provenance.signing import key_fingerprint, load_private_key, resolve_signing_key
+    from fedward.server.export import finalise_run
+    from fedward.server.provenance.manifest import MANIFEST_FILE, SIGNATURE_FILE
+    from fedward.server.provenance.signing import key_fingerprint, load_private_key, resolve_signing_key
 
     key_path = resolve_signing_key(key)
     finalise_run(run_dir, key_path)

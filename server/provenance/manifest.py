@@ -24,9 +24,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from common.errors import ConfigError
-from server.checkpoint_store import checkpoint_files, checkpoint_problems, legacy_problem
-from server.provenance.signing import (
+from fedward.common.errors import ConfigError
+from fedward.server.checkpoint_store import checkpoint_files, checkpoint_problems, legacy_problem
+from fedward.server.provenance.signing import (
     key_fingerprint,
     load_private_key,
     load_public_key,
@@ -35,8 +35,8 @@ from server.provenance.signing import (
     sign,
     signature_valid,
 )
-from server.provenance.software import software
-from server.rundir import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory, json_safe
+from fedward.server.provenance.software import software
+from fedward.server.rundir import CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory, json_safe
 
 FORMAT = "fedward-provenance/1"
 MANIFEST_FILE = "provenance.json"

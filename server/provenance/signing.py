@@ -20,9 +20,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from common.ed25519_keys import read_private_key, read_public_key
-from common.errors import ConfigError
-from server.deployment.provision import PROVENANCE_KEY, write_provenance_key
+from fedward.common.ed25519_keys import read_private_key, read_public_key
+from fedward.common.errors import ConfigError
+from fedward.server.deployment.provision import PROVENANCE_KEY, write_provenance_key
 
 SIGNING_KEY_ENV = "FEDWARD_SIGNING_KEY"
 

@@ -10,6 +10,6 @@
 - `cli`: `fedward report RUN_DIR`.
 - `model_card`: the run's `MODEL_CARD.md` (written by `server.export`).
 
-The sub-modules are imported by name (`from server.report.build import make_report`); this file imports
-none of them, so that the coordinator CLI does not load matplotlib until a report is made.
+The sub-modules are imported by name (`from fedward.server.report.build import make_report`); this file
+imports none of them, so that the coordinator CLI does not load matplotlib until a report is made.
 """

@@ -6,11 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.report.data import RunData, load_run
-from server.report.html import render
-from server.report.mlflow_log import log_to_mlflow
-from server.report.plots import ReportFigure, make_figures
-from server.report.tensorboard_log import write_tensorboard
+from fedward.server.report.data import RunData, load_run
+from fedward.server.report.html import render
+from fedward.server.report.mlflow_log import log_to_mlflow
+from fedward.server.report.plots import ReportFigure, make_figures
+from fedward.server.report.tensorboard_log import write_tensorboard
 
 
 @dataclass(frozen=True)

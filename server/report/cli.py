@@ -14,10 +14,10 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from server.report.data import RunData, confidence_interval, metric_keys, number
+from fedward.server.report.data import RunData, confidence_interval, metric_keys, number
 
 if TYPE_CHECKING:  # plots and exports import matplotlib: only when a report is made
-    from server.report.build import Report
+    from fedward.server.report.build import Report
 
 console = Console()
 
@@ -163,7 +163,7 @@ def report_command(
     ] = True,
 ) -> None:
     """Write <run>/report.html (self-contained) and PNG figures, and print the final metrics."""
-    from server.report.build import make_report
+    from fedward.server.report.build import make_report
 
     report = make_report(run_dir, tensorboard=tensorboard, mlflow=mlflow)
     print_report(report)

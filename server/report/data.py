@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import ConfigError
-from common.tasks import task_spec
-from server.report.empirical_privacy import EmpiricalPrivacy, read_empirical_privacy
-from server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import task_spec
+from fedward.server.report.empirical_privacy import EmpiricalPrivacy, read_empirical_privacy
+from fedward.server.rundir import CONFIG_FILE, CROSS_SITE_FILE, ROUNDS_FILE, SUMMARY_FILE, RunDirectory
 
 BOUNDED = ("accuracy", "roc-auc", "sensitivity", "specificity", "f1", "dice", "dice-voxels")
 UNBOUNDED = ("loss", "hd95")

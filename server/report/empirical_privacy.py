@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from fedward.common.errors import ConfigError
 
 SUMMARY_KEY = "empirical-privacy"
 

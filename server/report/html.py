@@ -7,8 +7,8 @@ import math
 from html import escape
 from typing import Any
 
-from server.report.data import RunData, confidence_interval, failures, metric_keys, number
-from server.report.empirical_privacy import (
+from fedward.server.report.data import RunData, confidence_interval, failures, metric_keys, number
+from fedward.server.report.empirical_privacy import (
     claimed_text,
     explanation,
     guesses_text,
@@ -16,7 +16,7 @@ from server.report.empirical_privacy import (
     membership_text,
     percent,
 )
-from server.report.plots import ReportFigure
+from fedward.server.report.plots import ReportFigure
 
 _CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1180px;

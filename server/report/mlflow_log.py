@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common.errors import FedwardError
-from server.report.data import RunData, is_metric_key, number
+from fedward.common.errors import FedwardError
+from fedward.server.report.data import RunData, is_metric_key, number
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 

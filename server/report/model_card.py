@@ -10,10 +10,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
-from common.tasks import TASKS, CardText, task_spec
-from server.provenance.manifest import CARD_FILE, WEIGHT_FILES, sha256_file
-from server.report.empirical_privacy import (
+from fedward.common.errors import ConfigError
+from fedward.common.tasks import TASKS, CardText, task_spec
+from fedward.server.provenance.manifest import CARD_FILE, WEIGHT_FILES, sha256_file
+from fedward.server.report.empirical_privacy import (
     EmpiricalPrivacy,
     claimed_text,
     explanation,
@@ -23,7 +23,7 @@ from server.report.empirical_privacy import (
     percent,
     read_empirical_privacy,
 )
-from server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory
+from fedward.server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory
 
 
 def metric_columns() -> tuple[str, ...]:
@@ -354,8 +354,8 @@ def _how_to_load() -> list[str]:
         "```python",
         "import json",
         "from safetensors.torch import load_file",
-        "from common.config import RunConfig",
-        "from common.tasks import get_task",
+        "from fedward.common.config import RunConfig",
+        "from fedward.common.tasks import get_task",
         "",
         'config = RunConfig.from_flower(json.load(open("config.json"))["run-config"])',
         "model = get_task(config.task).build_model(config)",

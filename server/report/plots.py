@@ -12,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from server.report.data import (
+from fedward.server.report.data import (
     BOUNDED,
     RunData,
     cross_site_matrix,

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from server.report.data import is_metric_key, number
+from fedward.server.report.data import is_metric_key, number
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _TRAIN_KEYS = ("train-loss", "noise-multiplier")

@@ -80,8 +80,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Pat
 def require_nginx() -> str:
     """The nginx program the coordinator's TLS proxy runs; missing: fail under CI (.ci/run installs it),
     skip elsewhere."""
-    from common.errors import ConfigError
-    from server.deployment.proxy import nginx_program
+    from fedward.common.errors import ConfigError
+    from fedward.server.deployment.proxy import nginx_program
 
     try:
         return nginx_program()

@@ -16,12 +16,12 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from client.app import site_app
-from client.audit_mod import audit_mod
-from client.hostile import hostile_mod
-from client.simulated_faults import fault_mod
-from common.config import RunConfig
-from server.app import main as server_main
+from fedward.client.app import site_app
+from fedward.client.audit_mod import audit_mod
+from fedward.client.hostile import hostile_mod
+from fedward.client.simulated_faults import fault_mod
+from fedward.common.config import RunConfig
+from fedward.server.app import main as server_main
 
 FIRST_NODE = 101
 client_app = site_app(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulations.phantoms import PhantomSpec, generate_site
+from fedward.simulations.phantoms import PhantomSpec, generate_site
 
 SPEC = PhantomSpec(size=32, slices=8, contrasts=("t1ce", "flair"))
 CONTRASTS = SPEC.contrasts

@@ -17,9 +17,9 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from common.data.mri.files import relative
-from common.data.mri.manifest import Manifest
-from common.data.mri.sample import (
+from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.manifest import Manifest
+from fedward.common.data.mri.sample import (
     UNLABELLED,
     MriSample,
     ScanResult,
@@ -28,7 +28,7 @@ from common.data.mri.sample import (
     contrast_name,
     pixel_problem,
 )
-from common.data.mri.volume import load_mask, stack_channels
+from fedward.common.data.mri.volume import load_mask, stack_channels
 
 MR_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage (single-frame)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.mri.files import relative
-from common.data.mri.manifest import Manifest
-from common.data.mri.sample import MriSample, ScanResult, Skipped, class_index, pixel_problem
+from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.manifest import Manifest
+from fedward.common.data.mri.sample import MriSample, ScanResult, Skipped, class_index, pixel_problem
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -6,9 +6,9 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.data.mri.files import outside_reason
-from common.data.mri.sample import UNLABELLED, Skipped, class_index
-from common.errors import DataValidationError
+from fedward.common.data.mri.files import outside_reason
+from fedward.common.data.mri.sample import UNLABELLED, Skipped, class_index
+from fedward.common.errors import DataValidationError
 
 MANIFEST_NAME = "manifest.csv"
 PATH_COLUMNS = ("file", "mask")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.mri.files import relative
-from common.data.mri.manifest import Manifest
-from common.data.mri.sample import UNLABELLED, MriSample, ScanResult, SkipFile, Skipped, contrast_name
-from common.data.mri.volume import load_mask, read_nifti, stack_channels
+from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.manifest import Manifest
+from fedward.common.data.mri.sample import UNLABELLED, MriSample, ScanResult, SkipFile, Skipped, contrast_name
+from fedward.common.data.mri.volume import load_mask, read_nifti, stack_channels
 
 SEG_NAMES = ("seg", "mask", "label")
 

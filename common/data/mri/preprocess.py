@@ -19,7 +19,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from common.data.mri.sample import MriSample, SkipFile, pixel_problem
+from fedward.common.data.mri.sample import MriSample, SkipFile, pixel_problem
 
 
 def foreground(image: torch.Tensor) -> torch.Tensor:

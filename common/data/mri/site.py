@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data.mri.dicom import load_dicom
-from common.data.mri.files import OUTSIDE_LINK, list_site_files, relative
-from common.data.mri.images import load_images
-from common.data.mri.manifest import read_manifest
-from common.data.mri.nifti import load_nifti
-from common.data.mri.sample import ScanResult, Skipped
+from fedward.common.data.mri.dicom import load_dicom
+from fedward.common.data.mri.files import OUTSIDE_LINK, list_site_files, relative
+from fedward.common.data.mri.images import load_images
+from fedward.common.data.mri.manifest import read_manifest
+from fedward.common.data.mri.nifti import load_nifti
+from fedward.common.data.mri.sample import ScanResult, Skipped
 
 
 def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:

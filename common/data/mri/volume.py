@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from common.data.mri.files import relative
-from common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, SkipFile, Skipped, pixel_problem
+from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, SkipFile, Skipped, pixel_problem
 
 
 def stack_channels(volumes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
