@@ -23,6 +23,7 @@ import typer
 import yaml
 from flwr.common.config import parse_config_args
 
+import fedward
 from fedward.cli import app as fedward_app
 from fedward.server.deployment.provision import NODE_CONFIG_KEYS
 
@@ -222,6 +223,9 @@ def test_dockerfile_builds_on_the_pinned_superexec_as_uid_49999() -> None:
     assert any(d.startswith("flwr[simulation,dp]") for d in dependencies)
     ignored = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignored and "**/*.key" in ignored
+    # the image's `pip install` builds the wheel: everything setup.py maps must be in the context
+    needed = ["!pyproject.toml", "!setup.py", "!fedward/", *(f"!{c}/" for c in fedward.CONCEPTS)]
+    assert set(needed) <= set(ignored), sorted(set(needed) - set(ignored))
 
 
 def test_the_proxy_image_runs_nginx_with_the_config_server_proxy_renders() -> None:
