@@ -196,12 +196,46 @@ class PhantomFormat(StrEnum):
     png = "png"
 
 
+class PhantomAnatomy(StrEnum):
+    """What the synthetic heads are made of."""
+
+    simple = "simple"
+    mni = "mni"
+
+
+def site_sizes(text: str, sites: int, smallest: int = 4) -> list[int]:
+    """`--patients`: one number for every site, or a comma list with one number per site."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a number or a comma list such as 40,120,250,400; got {text!r}", param_hint="--patients"
+        ) from None
+    if len(counts) == 1:
+        counts *= sites
+    if len(counts) != sites:
+        raise typer.BadParameter(
+            f"{len(counts)} site sizes given for --sites {sites}; give one number, or one per site",
+            param_hint="--patients",
+        )
+    if min(counts) < smallest:
+        raise typer.BadParameter(
+            f"each site needs at least {smallest} patients, got {text}", param_hint="--patients"
+        )
+    return counts
+
+
 @app.command("tumour")
 def tumour(
     ctx: typer.Context,
     sites: Annotated[int, typer.Option(min=1, help="Number of simulated hospitals.")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
-    patients: Annotated[int, typer.Option(min=4, help="Synthetic patients per site.")] = 24,
+    patients: Annotated[
+        str, typer.Option(help="Synthetic patients per site: one number, or one per site (40,120,250,400).")
+    ] = "24",
+    anatomy: Annotated[
+        PhantomAnatomy, typer.Option(help="simple (ellipsoid heads) or mni (MNI template anatomy).")
+    ] = PhantomAnatomy.simple,
     fmt: Annotated[
         PhantomFormat, typer.Option("--format", help="dicom series, BraTS nifti, or png class folders.")
     ] = PhantomFormat.dicom,
@@ -237,6 +271,7 @@ def tumour(
 ) -> None:
     """Federated brain-tumour MRI on synthetic multi-site phantoms: DP training at each site, FedAvg."""
     task = "tumour-seg" if segmentation else "tumour"
+    counts = site_sizes(patients, sites)
     run_name = name or f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
     data_root = run_dir / "sites"
@@ -264,11 +299,12 @@ def tumour(
     from fedward.common.tasks.mri import contrasts_of  # imaging stack: imported only for this command
     from fedward.simulations.phantoms import PhantomSpec, generate_sites
 
-    spec = PhantomSpec(size=size, slices=slices, contrasts=contrasts_of(config))
-    generate_sites(data_root, sites, patients, fmt=fmt.value, spec=spec, skew=skew, seed=seed)
+    spec = PhantomSpec(size=size, slices=slices, contrasts=contrasts_of(config), anatomy=anatomy.value)
+    generate_sites(data_root, sites, counts, fmt=fmt.value, spec=spec, skew=skew, seed=seed)
     dp_text = "no DP" if no_dp else f"DP-Adam, ε ≤ {epsilon:g} per site"
+    sizes = f"{sites} sites × {counts[0]}" if len(set(counts)) == 1 else f"sites of {patients}"
     console.print(
-        f"fedward sim {task}: {sites} sites × {patients} phantom patients ({fmt.value}), "
+        f"fedward sim {task}: {sizes} phantom patients ({fmt.value}, {anatomy.value} anatomy), "
         f"{rounds} rounds, {dp_text}"
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)

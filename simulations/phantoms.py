@@ -10,6 +10,7 @@ order, rescale slope) and its own class mix (label skew).
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fedward.common.data.mri.sample import CLASSES
 
 CONTRASTS = ("t1", "t1ce", "t2", "flair")
 FORMATS = ("dicom", "nifti", "png")
+ANATOMIES = ("simple", "mni")
 # Tissue intensities per contrast (t1, t1ce, t2, flair), relative to the scanner's scale.
 TISSUE = {
     "skull": (0.90, 0.90, 0.50, 0.40),
@@ -45,6 +47,11 @@ class PhantomSpec:
     size: int = 32
     slices: int = 12
     contrasts: tuple[str, ...] = CONTRASTS
+    anatomy: str = "simple"  # "simple" (ellipsoid heads, fast) or "mni" (MNI template: anatomy.py)
+
+    def __post_init__(self) -> None:
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"PhantomSpec.anatomy must be one of {ANATOMIES}, got {self.anatomy!r}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,10 @@ def _tumour(rng: np.random.Generator, label: int, x, y, z, brain) -> dict[str, n
 
 def render(rng: np.random.Generator, label: int, spec: PhantomSpec, scan: Scanner) -> Phantom:
     """One case of class `label` as `scan` acquires it."""
+    if spec.anatomy == "mni":
+        from fedward.simulations.anatomy import render_mni
+
+        return render_mni(rng, label, spec, scan)
     n, s = spec.size, spec.slices
     x, y, z = np.meshgrid(
         np.linspace(-1, 1, n), np.linspace(-1, 1, n), np.linspace(-0.8, 0.8, s), indexing="ij"
@@ -338,6 +349,10 @@ def generate_site(
     return out_dir
 
 
-def generate_sites(root: Path, sites: int, patients: int, **kwargs) -> list[Path]:
-    """`root/site-<i>` for i < `sites` (see generate_site for the options)."""
-    return [generate_site(root / f"site-{i}", i, patients, **kwargs) for i in range(sites)]
+def generate_sites(root: Path, sites: int, patients: int | Sequence[int], **kwargs) -> list[Path]:
+    """`root/site-<i>` for i < `sites`, with `patients` cases each or `patients[i]` at site i (see
+    generate_site for the options)."""
+    counts = [patients] * sites if isinstance(patients, int) else [int(p) for p in patients]
+    if len(counts) != sites:
+        raise ValueError(f"patients: {len(counts)} site sizes given for {sites} sites")
+    return [generate_site(root / f"site-{i}", i, counts[i], **kwargs) for i in range(sites)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -131,10 +131,14 @@ class SitesTable(_Table):
     hostile_scale: float = Field(10.0, gt=0, allow_inf_nan=False)
 
 
+SiteSize = Annotated[int, Field(ge=4)]
+
+
 class PhantomTable(_Table):
     """`[data]`: the synthetic MRI sites of the tumour tasks (simulations/phantoms.py)."""
 
-    patients: int = Field(24, ge=4)
+    patients: SiteSize | list[SiteSize] = 24  # one size for every site, or one per site
+    anatomy: Literal["simple", "mni"] = "simple"  # ellipsoid heads, or the MNI template (anatomy.py)
     format: Literal["dicom", "nifti", "png"] = "dicom"
     contrasts: str = "t1ce,flair"
     image_size: int = Field(32, ge=8)

@@ -145,9 +145,15 @@ def _phantom_sites(scenario: Scenario, data_root: Path) -> list[PreparedSite]:
     num_sites = scenario.num_sites or 3
     skew = IID_PHANTOM_SKEW if p.kind == "iid" else (p.alpha or DEFAULT_ALPHA)
     try:
-        spec = PhantomSpec(size=d.image_size, slices=d.slices, contrasts=parse_contrasts(d.contrasts))
+        spec = PhantomSpec(
+            size=d.image_size, slices=d.slices, contrasts=parse_contrasts(d.contrasts), anatomy=d.anatomy
+        )
     except ValueError as exc:
         raise scenario.fail(f"data.contrasts: {exc}") from exc
+    if isinstance(d.patients, list) and len(d.patients) != num_sites:
+        raise scenario.fail(
+            f"data.patients: {len(d.patients)} site sizes for {num_sites} sites; give one per site"
+        )
     folders = generate_sites(
         data_root, num_sites, d.patients, fmt=d.format, spec=spec, skew=skew, seed=scenario.scenario.seed
     )

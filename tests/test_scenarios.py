@@ -379,3 +379,13 @@ def test_sim_run_writes_federated_pooled_and_local(tmp_path: Path, monkeypatch: 
     assert payload["budget"]["steps"]["pooled"] <= payload["budget"]["steps"]["federated"]
     assert json.loads((run / "summary.json").read_text())["rounds-completed"] == 2
     assert "federated vs pooled vs local" in result.output
+
+
+def test_tumour_scenario_sites_of_unequal_size_on_mni_anatomy(tmp_path: Path) -> None:
+    text = '[scenario]\ntask = "tumour"\nsites = 2\n[data]\npatients = [4, 6]\nanatomy = "mni"\nslices = 8\n'
+    sites = prepare_scenario_sites(load_scenario(_write(tmp_path, text)), tmp_path / "data")
+    counts = [len(pd.read_csv(site.folder / "manifest.csv")["patient_id"].unique()) for site in sites]
+    assert counts == [4, 6]
+    wrong = _write(tmp_path, text.replace("sites = 2", "sites = 3"), "bad.toml")
+    with pytest.raises(ConfigError, match=r"data\.patients: 2 site sizes for 3 sites"):
+        prepare_scenario_sites(load_scenario(wrong), tmp_path / "other")
