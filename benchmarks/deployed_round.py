@@ -1,8 +1,15 @@
 """A deployed 3-site CKD federation on this machine, and where a site's message time goes.
 
-Starts a real local deployment (insecure: a SuperLink and three SuperNodes on 127.0.0.1, each in
-Flower's subprocess isolation, so every message runs in a fresh `flwr-clientapp` process), runs
-`flwr run .` with and without DP and reads the run folder's `metrics.jsonl` (round-seconds,
+Two deployments, side by side on the same site data:
+
+- **flower-isolation**: a SuperLink and three SuperNodes on 127.0.0.1 (insecure), each in Flower's
+  subprocess isolation, so every message runs in a fresh `flwr-clientapp` process; `flwr run .`;
+- **fedward**: the deployment hospitals run: `fedward provision`, `fedward coordinator start` (TLS,
+  SuperNode authentication, the Control API behind the operator's certificate), `fedward site start` per
+  site (the gated SuperExec: every bundle's signature checked, each task forked from the warm worker that
+  imported torch and Opacus once) and `fedward run` (a signed bundle).
+
+Each runs with and without DP; the figures come from the run folder's `metrics.jsonl` (round-seconds,
 site-seconds). Then, in fresh processes, one train message's stages are timed one by one (import,
 data load, σ calibration, training), beside plain Flower's own per-process floor (importing the
 ClientApp API). Writes benchmarks/results/deployed_round.json.
@@ -161,7 +168,79 @@ def deployed_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: 
         total = time.monotonic() - submitted
     finally:
         _stop(procs)
-    rows = [json.loads(line) for line in (runs / "bench" / "metrics.jsonl").read_text().splitlines() if line]
+    return _round_figures(runs / "bench" / "metrics.jsonl", dp, total)
+
+
+def fedward_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: float = 900) -> dict:
+    """One run through `fedward provision` / `coordinator start` / `site start` / `run` (TLS, gated,
+    warm worker); per-round figures from the run folder."""
+    from fedward.server.deployment import superlink
+    from fedward.server.deployment.provision import provision
+
+    names = [f"H{i + 1}" for i in range(len(sites))]
+    port = _port()
+    fed = provision(work / "federation", names, sans=["127.0.0.1"], port=port, name="bench")
+    env = {k: v for k, v in os.environ.items() if k != "FEDWARD_SIGNING_KEY"}  # the federation signs
+    env["PATH"] = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+    fedward = str(BIN / "fedward")
+    coordinator = work / "coordinator.log"
+    procs = [_start([fedward, "coordinator", "start", "--federation", str(fed.root), "--host", "127.0.0.1"],
+                    coordinator, env)]  # fmt: skip
+    try:
+        _wait_for_text(coordinator, "coordinator ready", 120)
+        for name, data in zip(names, sites, strict=True):
+            procs.append(
+                _start(
+                    [
+                        fedward, "site", "start", "--kit", str(fed.sites[name].dir), "--data", str(data),
+                        "--state", str(work / f"state-{name}"), "--superlink", f"127.0.0.1:{port}",
+                        "--port", str(_port()),
+                    ],
+                    work / f"site-{name}.log",
+                    env,
+                )
+            )  # fmt: skip
+        files = superlink.load_federation(fed.root)
+        deadline = time.monotonic() + 180
+        while True:
+            with superlink.operator_home(files) as home:
+                nodes = superlink.flwr_json(["supernode", "list", fed.name], home)["nodes"]
+            if sum(n["status"] == "online" for n in nodes) == len(sites):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sites not online after 180 s: see {work}")
+            time.sleep(1)
+        runs = work / "runs"
+        submitted = time.monotonic()
+        subprocess.run(
+            [
+                fedward, "run", "--federation", str(fed.root), "--poll", "1", "--timeout", str(int(timeout)),
+                "-c", f"num-server-rounds={rounds} min-sites={len(sites)} dp={str(dp).lower()}",
+                "-c", f'runs-dir="{runs}" run-name="bench"',
+            ],
+            env=env, capture_output=True, text=True, timeout=timeout + 60, check=True,
+        )  # fmt: skip
+        summary = runs / "bench" / "summary.json"
+        while not summary.exists():
+            if time.monotonic() > submitted + timeout:
+                raise RuntimeError(f"no summary after {timeout:.0f} s: see {work}")
+            time.sleep(0.5)
+        total = time.monotonic() - submitted
+    finally:
+        _stop(procs)
+    return _round_figures(runs / "bench" / "metrics.jsonl", dp, total)
+
+
+def _wait_for_text(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} not in {log} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def _round_figures(metrics: Path, dp: bool, total: float) -> dict:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
     rows = [r for r in rows if "round-seconds" in r]
     return {
         "dp": dp,
@@ -203,6 +282,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--arms", default="no-dp,dp")
     parser.add_argument("--no-deploy", action="store_true", help="only the per-process anatomy")
+    parser.add_argument("--deployments", default="flower-isolation,fedward")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from fedward.simulations.prepare import prepare_ckd_sites
@@ -213,8 +293,10 @@ def main() -> None:
         result["flower-clientapp-import-s"] = flower_floor()
         for arm in args.arms.split(","):
             result[f"anatomy-{arm}"] = anatomy(sites[0], args.rounds, arm == "dp")
-            if not args.no_deploy:
-                result[f"deployed-{arm}"] = deployed_run(Path(tmp) / arm, sites, args.rounds, arm == "dp")
+            for deployment in [] if args.no_deploy else args.deployments.split(","):
+                run = deployed_run if deployment == "flower-isolation" else fedward_run
+                work = Path(tmp) / f"{deployment}-{arm}"
+                result[f"{deployment}-{arm}"] = run(work, sites, args.rounds, arm == "dp")
             print(json.dumps({k: v for k, v in result.items() if arm in k}), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,11 +15,21 @@ the coordinator sees, and its task ends as failed; nothing of it is installed or
 
 The Runtime API hands a task's input out once (the task then counts as started), so the check cannot
 run before `flwr-clientapp` in a separate step; hence the one process that checks and then runs.
+
+Flower starts that process afresh for every message, and a fresh interpreter spends seconds importing
+torch and Opacus before its first line of work (benchmarks/deployed_round.py). The executor therefore
+keeps one warm worker, the standard library's fork server with the heavy third-party libraries imported
+once (`WARM_IMPORTS`), and forks each task's process from it: still one process per task, gated as
+before, but without the import. The worker imports no fedward module and no bundle code (a bundle's
+modules are imported afresh in each task's process, after its check), holds no site data and no key,
+and starts no thread or connection before forking. Where the platform has no fork server, or the worker
+cannot start, each task gets a fresh interpreter as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -39,6 +49,11 @@ if TYPE_CHECKING:  # Flower is imported where it is used: `fedward site` starts 
     from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult
 
 GATE_MODULE = "fedward.client.app_gate"
+WARM_IMPORTS = (
+    "numpy", "torch", "opacus", "pandas", "scipy.stats", "sklearn.metrics", "monai.networks.nets",
+    "flwr.app", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp", "cryptography.hazmat.primitives",
+)  # fmt: skip
+"""Third-party modules the warm worker imports once (a missing one is skipped); never fedward's own."""
 POLL_SECONDS = 1.0
 """How often the SuperExec asks the SuperNode for a new task (Flower's default)."""
 
@@ -64,11 +79,6 @@ class Gate:
         """Command-line form, for the process that runs each task."""
         policy = ["--policy-file", str(self.policy_file)] if self.policy_file else []
         return ["--app-key", str(self.app_key), *policy]
-
-
-def gate_command(spec_args: list[str], gate: Gate) -> list[str]:
-    """The gated ClientApp process: this Python, this module, Flower's task arguments and the gate's."""
-    return [sys.executable, "-m", GATE_MODULE, *spec_args, *gate.args()]
 
 
 # ----------------------------------------------------------------------------- the SuperExec
@@ -137,7 +147,7 @@ class GatedExecutor:
     """Flower's subprocess executor, with the gated ClientApp process in place of `flwr-clientapp`
     (the same arguments, plus the gate's)."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, *, warm: bool = True) -> None:
         from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 
         self.gate = gate
@@ -146,6 +156,32 @@ class GatedExecutor:
         self.wait_for_capacity = self._flower.wait_for_capacity
         self.reconcile = self._flower.reconcile
         self.close = self._flower.close
+        self._workers = _start_warm_worker() if warm else None
+        self._tasks: list[multiprocessing.process.BaseProcess] = []
+
+    def worker_pid(self) -> int | None:
+        """The warm worker's process id, or None when each task starts a fresh interpreter."""
+        if self._workers is None:
+            return None
+        from multiprocessing import forkserver
+
+        return forkserver._forkserver._forkserver_pid  # the standard library keeps it private
+
+    def start_task(self, argv: list[str]) -> multiprocessing.process.BaseProcess | subprocess.Popen[bytes]:
+        """One gated ClientApp process for `argv` (the task's and the gate's arguments): forked from the
+        warm worker, or a fresh interpreter when there is none."""
+        self._tasks = [task for task in self._tasks if task.is_alive()]  # reap the finished ones
+        if self._workers is not None:
+            try:
+                task = self._workers.Process(target=main, args=(argv,), name="fedward-clientapp")
+                task.start()
+            except OSError as exc:  # the worker died and cannot restart: fresh interpreters from now on
+                log_warning(f"fedward SuperExec: warm worker unavailable ({exc}); starting tasks afresh")
+                self._workers = None
+            else:
+                self._tasks.append(task)
+                return task
+        return subprocess.Popen([sys.executable, "-m", GATE_MODULE, *argv])  # our own Python and module
 
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         """Start the gated process for a ClientApp task; refuse any other kind of task."""
@@ -161,8 +197,32 @@ class GatedExecutor:
             args += ["--root-certificates", spec.root_certificates_path]
         if spec.parent_pid is not None:
             args += ["--parent-pid", str(spec.parent_pid)]
-        subprocess.Popen(gate_command(args, self.gate))  # our own Python and module
+        self.start_task([*args, *self.gate.args()])
         return LaunchResult.accepted()
+
+
+def _start_warm_worker() -> multiprocessing.context.BaseContext | None:
+    """The fork server with `WARM_IMPORTS` imported, started now (so the first task does not wait for it);
+    None where the platform has none."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(WARM_IMPORTS))
+    try:
+        forkserver.ensure_running()
+    except OSError as exc:
+        log_warning(f"fedward SuperExec: no warm worker ({exc}); each task starts a fresh interpreter")
+        return None
+    return context
+
+
+def log_warning(text: str) -> None:
+    """A warning in the SuperExec's log (Flower's logger, as the rest of this module)."""
+    from flwr.supercore import log
+
+    log(WARNING, "%s", text)
 
 
 # ----------------------------------------------------------------------------- the ClientApp process

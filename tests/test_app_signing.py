@@ -12,7 +12,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
 
-from fedward.client.app_gate import Gate, _bundle_packages
+from fedward.client.app_gate import Gate, GatedExecutor, _bundle_packages
 from fedward.client.policy import load_policy
 from fedward.common.app_signature import (
     APP_PUBLIC_KEY,
@@ -215,3 +215,18 @@ def test_every_site_superexec_in_the_compose_files_is_the_gated_one() -> None:
             assert key.endswith("/" + APP_PUBLIC_KEY), (path.name, name)
             assert not any(v.split(":")[1].endswith(".key") for v in service.get("volumes", [])), name
     assert site_execs == 3  # hospital.yml, and the demo's two hospitals
+
+
+def test_the_site_superexec_forks_each_task_from_a_warm_worker_that_imported_torch(tmp_path: Path) -> None:
+    """Each ClientApp task is still its own gated process, but forked from a worker that has imported
+    torch once, not a fresh interpreter paying the import per message (issue: deployed round time)."""
+    executor = GatedExecutor(Gate(tmp_path / "app.pub"))
+    worker = executor.worker_pid()
+    assert worker is not None
+    task = executor.start_task(["--no-such-option"])  # the gate's own argument parser refuses it
+    task.join(timeout=60)  # served once the worker has imported what it preloads
+    assert task.exitcode == 2
+    assert "libtorch" in Path(f"/proc/{worker}/maps").read_text()  # torch: imported in the worker
+    second = executor.start_task(["--runtime-api-address"])  # the worker serves task after task
+    second.join(timeout=60)
+    assert second.exitcode == 2 and executor.worker_pid() == worker
