@@ -54,8 +54,8 @@ WARM_IMPORTS = (
     "flwr.app", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp", "cryptography.hazmat.primitives",
 )  # fmt: skip
 """Third-party modules the warm worker imports once (a missing one is skipped); never fedward's own."""
-POLL_SECONDS = 1.0
-"""How often the SuperExec asks the SuperNode for a new task (Flower's default)."""
+POLL_SECONDS = 0.2
+"""How often the SuperExec asks its SuperNode for a new task (Flower's default 1 s; a local call)."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,19 @@
 """A Grid that lists only the run's sites, so that the strategy's rounds never sample a node left out at
-the statistics step (a refusing site would otherwise be asked, and refuse, every round)."""
+the statistics step (a refusing site would otherwise be asked, and refuse, every round), and that collects
+a deployed round's replies as they arrive."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+FIRST_PULL_SECONDS = 0.05
+LONGEST_PULL_SECONDS = 1.0
+"""A deployed grid's reply pulls: the first after 50 ms, then backing off (×1.5) to 1 s while none come."""
 
 
 class RunGrid(Grid):
@@ -55,5 +61,28 @@ class RunGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """As the wrapped grid."""
-        return self.inner.send_and_receive(messages, timeout=timeout)
+        """As the wrapped grid (see `relay`)."""
+        return self.relay(messages, timeout)
+
+    def relay(self, messages: Iterable[Message], timeout: float | None) -> list[Message]:
+        """Send `messages` and collect their replies (until all came, or `timeout`). A deployed grid
+        (Flower's HttpGrid) pulls replies every 3 s, a floor under every message exchange of a round;
+        here its replies are pulled after 50 ms, backing off to 1 s while none arrive. Other grids (the
+        simulation's, which polls every few ms) collect as they do."""
+        from flwr.superlink.grid.http_grid import HttpGrid
+
+        if not isinstance(self.inner, HttpGrid):
+            return list(self.inner.send_and_receive(messages, timeout=timeout))
+        waiting = set(self.inner.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        pause = FIRST_PULL_SECONDS
+        while waiting:
+            pulled = list(self.inner.pull_messages(waiting))
+            replies += pulled
+            waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
+            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                break
+            pause = FIRST_PULL_SECONDS if pulled else min(pause * 1.5, LONGEST_PULL_SECONDS)
+            time.sleep(pause)
+        return replies

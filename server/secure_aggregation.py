@@ -79,7 +79,7 @@ class SecureAggregationGrid(RunGrid):
         """Train messages: a secure-aggregation round; anything else: as the wrapped grid."""
         messages = list(messages)
         if not messages or any(m.metadata.message_type != MessageType.TRAIN for m in messages):
-            return self.inner.send_and_receive(messages, timeout=timeout)
+            return self.relay(messages, timeout)
         return _Round(self, messages, timeout).run()
 
 
@@ -119,7 +119,7 @@ class _Round:
             sent.append(
                 Message(content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=self.group_id)
             )
-        replies = self.grid.inner.send_and_receive(sent, timeout=self.timeout)
+        replies = self.grid.relay(sent, self.timeout)
         # the node a reply answers for: the SuperLink answers for an unavailable node from its own id
         destination = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
         usable: dict[int, Message] = {}
