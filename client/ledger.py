@@ -208,6 +208,13 @@ class PrivacyLedger:
         self.head_path = self.path.with_name(HEAD_FILE)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
+        with closing(self._connect()) as db:  # a site opens its ledger per message: read before writing
+            current = db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
+        if not current:
+            self._set_up()
+
+    def _set_up(self) -> None:
+        """Refuse an old or newer schema; create the tables (idempotent) and switch to WAL."""
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 1:

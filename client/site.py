@@ -37,10 +37,11 @@ def site_source(context: Context, config: RunConfig) -> SiteSource:
     return SiteSource(site_id, data_dir, index, count)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=64)
 def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") -> SiteData:
-    """Load (once per process) and validate the site's data for the run's task; warn (site log) when
-    it is too small or too skewed to train or evaluate well.
+    """Load (once per process and run: a simulation's worker serves many sites, hence room for 64) and
+    validate the site's data for the run's task; warn (site log) when it is too small or too skewed to
+    train or evaluate well.
 
     For an imaging task (spec `imaging`) the DICOM PHI gate runs first (headers only): with
     `phi_gate` "block" a folder whose files carry PHI raises PhiGateError, with "warn" it is logged;

@@ -4,6 +4,7 @@ a deployed round's replies as they arrive."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 
@@ -69,9 +70,8 @@ class RunGrid(Grid):
         (Flower's HttpGrid) pulls replies every 3 s, a floor under every message exchange of a round;
         here its replies are pulled after 50 ms, backing off to 1 s while none arrive. Other grids (the
         simulation's, which polls every few ms) collect as they do."""
-        from flwr.superlink.grid.http_grid import HttpGrid
-
-        if not isinstance(self.inner, HttpGrid):
+        deployed = sys.modules.get("flwr.superlink.grid.http_grid")  # not imported: not a deployed grid
+        if deployed is None or not isinstance(self.inner, deployed.HttpGrid):
             return list(self.inner.send_and_receive(messages, timeout=timeout))
         waiting = set(self.inner.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
