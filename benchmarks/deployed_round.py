@@ -171,13 +171,27 @@ def deployed_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: 
     return _round_figures(runs / "bench" / "metrics.jsonl", dp, total)
 
 
+POLICY = """[policy]
+epsilon-cap = 100.0
+delta = 1e-3
+clipping-min = 0.1
+clipping-max = 5.0
+allowed-tasks = ["ckd"]
+min-samples = 10
+"""
+"""A deployed site needs a policy, and a site with a policy trains only with DP."""
+
+
 def fedward_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: float = 900) -> dict:
     """One run through `fedward provision` / `coordinator start` / `site start` / `run` (TLS, gated,
-    warm worker); per-round figures from the run folder."""
+    warm worker; DP, as every site with a policy requires); per-round figures from the run folder."""
     from fedward.server.deployment import superlink
     from fedward.server.deployment.provision import provision
 
     names = [f"H{i + 1}" for i in range(len(sites))]
+    policy = work / "policy.toml"
+    work.mkdir(parents=True, exist_ok=True)
+    policy.write_text(POLICY)
     port = _port()
     fed = provision(work / "federation", names, sans=["127.0.0.1"], port=port, name="bench")
     env = {k: v for k, v in os.environ.items() if k != "FEDWARD_SIGNING_KEY"}  # the federation signs
@@ -193,7 +207,8 @@ def fedward_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: f
                 _start(
                     [
                         fedward, "site", "start", "--kit", str(fed.sites[name].dir), "--data", str(data),
-                        "--state", str(work / f"state-{name}"), "--superlink", f"127.0.0.1:{port}",
+                        "--state", str(work / f"state-{name}"), "--policy", str(policy),
+                        "--superlink", f"127.0.0.1:{port}",
                         "--port", str(_port()),
                     ],
                     work / f"site-{name}.log",
@@ -207,6 +222,9 @@ def fedward_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: f
                 nodes = superlink.flwr_json(["supernode", "list", fed.name], home)["nodes"]
             if sum(n["status"] == "online" for n in nodes) == len(sites):
                 break
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args[1:3]} exited: see the logs in {work}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sites not online after 180 s: see {work}")
             time.sleep(1)
@@ -294,6 +312,8 @@ def main() -> None:
         for arm in args.arms.split(","):
             result[f"anatomy-{arm}"] = anatomy(sites[0], args.rounds, arm == "dp")
             for deployment in [] if args.no_deploy else args.deployments.split(","):
+                if deployment == "fedward" and arm != "dp":
+                    continue  # a deployed site has a policy, and a policy refuses runs without DP
                 run = deployed_run if deployment == "flower-isolation" else fedward_run
                 work = Path(tmp) / f"{deployment}-{arm}"
                 result[f"{deployment}-{arm}"] = run(work, sites, args.rounds, arm == "dp")

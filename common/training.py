@@ -97,6 +97,7 @@ def train_model(
     device: torch.device | str = "cpu",
     proximal_mu: float = 0.0,
     correction: Mapping[str, torch.Tensor] | None = None,
+    grad_sample_mode: str = "hooks",
 ) -> TrainOutcome:
     """Train `model` in place on `dataset` for `local.epochs` epochs.
 
@@ -108,6 +109,9 @@ def train_model(
     `proximal_mu` > 0 adds FedProx's μ/2·||w - w_start||² to the objective (w_start: the weights the
     model has on entry, i.e. the global model); `correction` (parameter name → tensor) adds SCAFFOLD's
     ⟨w, c - c_i⟩. See `_parameter_terms` for how both reach the update, with or without Opacus.
+
+    `grad_sample_mode` is how Opacus computes per-sample gradients (the task's `Task.grad_sample_mode`:
+    "hooks" or "functorch"); it changes the speed, not the gradients or the privacy.
     """
     private = dp is not None and dp.enabled
     n = len(dataset)
@@ -138,6 +142,7 @@ def train_model(
                 noise_multiplier=sigma,
                 max_grad_norm=dp.max_grad_norm,
                 poisson_sampling=False,  # the loader above already samples (Poisson, secret generator)
+                grad_sample_mode=grad_sample_mode,
                 noise_generator=privacy_generator(_param_device(params, device), seeds[1]),
             )
         optimizer.secure_mode = True  # Opacus' noise robust to floating-point attacks (sum of 4 draws)

@@ -104,6 +104,43 @@ def test_private_unet_survives_empty_poisson_batches(root, monkeypatch: pytest.M
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
+def test_tumour_dp_uses_functorch_and_survives_empty_batches(root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tumour task's private training computes per-sample gradients with functorch (its 3D convs are
+    faster so) and an empty Poisson batch is still a counted noise-only step."""
+    from opacus.grad_sample import grad_sample_module
+
+    config = _config("tumour", model="cnn")
+    t = get_task("tumour")
+    train_set, _ = t.datasets(t.load_site(SiteSource("s", root / "nifti-1"), config), {})
+    torch.manual_seed(0)
+    net = t.build_model(config)
+    functorch_layers, empty_batches = set(), []
+    per_sample = grad_sample_module.ft_compute_per_sample_gradient
+    monkeypatch.setattr(
+        grad_sample_module,
+        "ft_compute_per_sample_gradient",
+        lambda layer, *a: functorch_layers.add(type(layer).__name__) or per_sample(layer, *a),
+    )
+    noise_only = training._empty_per_sample_gradients
+    monkeypatch.setattr(
+        training, "_empty_per_sample_gradients", lambda p: empty_batches.append(noise_only(p))
+    )
+    # seeded sampling (research switch) so that this run surely draws empty batches
+    local = LocalTraining(epochs=3, batch_size=1, lr=0.01, optimizer="adam", seed=1, seeded_noise=True)
+    dp = DPConfig(noise_multiplier=1.0)
+    mechanism = local_mechanism(dp, len(train_set), local, delta=1e-3)
+    out = train_model(
+        net, train_set, t.loss, local, dp, mechanism=mechanism, grad_sample_mode=t.grad_sample_mode
+    )
+
+    assert t.grad_sample_mode == "functorch" and get_task("ckd").grad_sample_mode == "hooks"
+    assert functorch_layers == {"Conv3d", "GroupNorm", "Linear"}  # hooks would use none of it
+    assert empty_batches and out.steps == 3 * len(train_set)
+    assert sum(k for _, _, k in out.privacy_steps) == out.steps
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert not any(hasattr(m, "ft_compute_sample_grad") for m in net.modules())  # nothing left behind
+
+
 def test_multiclass_pooling_is_exact() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 40)

@@ -51,6 +51,9 @@ class Task(ABC):
     """One learning problem: data, model, loss, metrics. Client and server only see this."""
 
     name: str
+    # Opacus' per-sample gradient mode for this task's models under DP-SGD: "hooks" (Opacus' per-layer
+    # grad samplers) or "functorch" (vmap over each layer; faster for 3D convolutions, BENCHMARKS.md)
+    grad_sample_mode: str = "hooks"
 
     @abstractmethod
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:

@@ -20,6 +20,7 @@ class TumourTask(MriTask):
     """4-class tumour type (CLASSES order), or binary tumour (1) / no tumour (0) with `tumour-binary`."""
 
     name = "tumour"
+    grad_sample_mode = "functorch"  # 3D convolutions: 2.2-2.7x the non-private step vs 2.8-3.8x (hooks)
 
     def target(self, sample: MriSample, mask: torch.Tensor | None, config: RunConfig) -> torch.Tensor:
         """The class index (binary: 1 = any tumour)."""

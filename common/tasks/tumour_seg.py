@@ -20,6 +20,7 @@ class TumourSegTask(MriTask):
     """Voxel-wise tumour (any label > 0) against background."""
 
     name = "tumour-seg"
+    grad_sample_mode = "functorch"  # the 3D UNet: 2.0-2.6x the non-private step vs 2.7-2.9x (hooks)
 
     def target(self, sample: MriSample, mask: torch.Tensor | None, config: RunConfig) -> torch.Tensor:
         """The preprocessed mask (1, ...) as uint8."""
