@@ -159,13 +159,7 @@ def deployed_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: 
         answer = reply.stdout[reply.stdout.find("{") :]
         if not answer or json.loads(answer).get("success") is not True:
             raise RuntimeError(f"flwr run failed: {reply.stdout[-1500:]} {reply.stderr[-1500:]}")
-        summary = runs / "bench" / "summary.json"
-        deadline = time.monotonic() + timeout
-        while not summary.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no summary after {timeout:.0f} s: see {work}")
-            time.sleep(0.5)
-        total = time.monotonic() - submitted
+        total = _wait_for_summary(runs / "bench", submitted, timeout)
     finally:
         _stop(procs)
     return _round_figures(runs / "bench" / "metrics.jsonl", dp, total)
@@ -238,15 +232,19 @@ def fedward_run(work: Path, sites: list[Path], rounds: int, dp: bool, timeout: f
             ],
             env=env, capture_output=True, text=True, timeout=timeout + 60, check=True,
         )  # fmt: skip
-        summary = runs / "bench" / "summary.json"
-        while not summary.exists():
-            if time.monotonic() > submitted + timeout:
-                raise RuntimeError(f"no summary after {timeout:.0f} s: see {work}")
-            time.sleep(0.5)
-        total = time.monotonic() - submitted
+        total = _wait_for_summary(runs / "bench", submitted, timeout)
     finally:
         _stop(procs)
     return _round_figures(runs / "bench" / "metrics.jsonl", dp, total)
+
+
+def _wait_for_summary(run: Path, submitted: float, timeout: float) -> float:
+    """Seconds from submission until the run folder's summary.json exists."""
+    while not (run / "summary.json").exists():
+        if time.monotonic() > submitted + timeout:
+            raise RuntimeError(f"no summary after {timeout:.0f} s: see {run}")
+        time.sleep(0.5)
+    return time.monotonic() - submitted
 
 
 def _wait_for_text(log: Path, text: str, timeout: float) -> None:
