@@ -194,6 +194,7 @@ def _train_privately(msg: Message, context: Context, setup: _Setup, how: _Traini
         log.warning("site %s refuses %s: %s", source.site_id, how.what, reason)
         return _refused(msg, source, reason)
 
+    task.receive(msg.content)  # the run's inputs (e.g. a frozen segmenter), if the task has any
     train_set, _ = task.datasets(site, shared)
     model = task.build_model(config)
     global_state = msg.content["arrays"].to_torch_state_dict()
@@ -315,6 +316,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     config, task, _, site, privacy = _setup(context)
     shared = msg.content["config"]
+    task.receive(msg.content)
     _, test_set = task.datasets(site, shared)
     model = task.build_model(config)
     global_state = msg.content["arrays"].to_torch_state_dict()

@@ -95,6 +95,8 @@ class RunConfig(BaseModel):
     image_depth: int = Field(16, ge=0)
     mri_contrasts: str = "t1,t1ce,t2,flair"
     tumour_binary: bool = False
+    # tumour-pipeline: folder of a finished tumour-seg run at the coordinator (its final model segments)
+    segmenter_run: str = ""
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -16,10 +17,12 @@ from fedward.common.config import RunConfig
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.secure_aggregation import SecAggParameters
 from fedward.common.tasks import get_task
+from fedward.common.tasks.base import RunInputs, Task
 from fedward.server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from fedward.server.cross_site import CROSS_SITE, cross_site_matrix
 from fedward.server.export import finalise_run
-from fedward.server.provenance.signing import resolve_signing_key
+from fedward.server.provenance.manifest import MANIFEST_FILE, sha256_file, verify_run
+from fedward.server.provenance.signing import load_private_key, resolve_signing_key
 from fedward.server.rounds import RoundRecorder, RunStopped
 from fedward.server.run_grid import RunGrid
 from fedward.server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
@@ -101,6 +104,20 @@ def _statistics_release(sites: list, site_id: str) -> dict:
     }
 
 
+def _verified_inputs(task: Task, config: RunConfig, signing_key: Path) -> RunInputs:
+    """The task's run inputs (e.g. a tumour-seg run's model), each source run's signed provenance checked
+    against this coordinator's key; ConfigError naming the run-config key otherwise."""
+    inputs = task.run_inputs(config)
+    if not inputs.runs:
+        return inputs
+    public = load_private_key(signing_key).public_key()
+    for key, folder in inputs.runs.items():
+        result = verify_run(folder, public)
+        if not result.ok:
+            raise ConfigError(f"{key}: {folder} fails its provenance check: {'; '.join(result.problems)}")
+    return inputs
+
+
 def _run_uid(run: RunDirectory, config: RunConfig, checkpoint: RoundCheckpoint | None) -> str:
     """The logical run's id: kept across resumes (sites key their per-run privacy state by it)."""
     if checkpoint is not None:
@@ -122,6 +139,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"fedward: run directory {run.path}", flush=True)
     signing_key = resolve_signing_key(None)  # a bad key fails now, not after training
     checkpoint = RoundCheckpoint.load(run.path, signing_key) if config.resume else None  # verified first
+    inputs = _verified_inputs(task, config, signing_key)  # records sent with every train/evaluate message
     run_uid = _run_uid(run, config, checkpoint)
 
     if config.dp_seeded_noise:
@@ -157,6 +175,10 @@ def main(grid: Grid, context: Context) -> None:
             "flower-run-id": context.run_id,
             "statistics-failures": sorted(failed.values()),  # sites left out of the run, with their reason
             "resumed-after-round": checkpoint.server_round if checkpoint else None,
+            "run-inputs": {
+                k: {"run": str(f), MANIFEST_FILE: sha256_file(f / MANIFEST_FILE)}
+                for k, f in inputs.runs.items()
+            },
         },
     )
 
@@ -218,7 +240,11 @@ def main(grid: Grid, context: Context) -> None:
         run.truncate_rounds(0)
         print("fedward: no completed round to resume from; starting at round 1", flush=True)
     strategy = ObservedStrategy(
-        validated, on_train=recorder.on_train, on_evaluate=recorder.on_evaluate, first_round=done + 1
+        validated,
+        on_train=recorder.on_train,
+        on_evaluate=recorder.on_evaluate,
+        first_round=done + 1,
+        records=inputs.records,
     )
     recorder.node_of = strategy.destination_of
     start_arrays = final

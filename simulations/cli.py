@@ -242,6 +242,15 @@ def tumour(
     segmentation: Annotated[
         bool, typer.Option("--segmentation", help="Task tumour-seg (UNet, Dice) instead of classification.")
     ] = False,
+    pipeline: Annotated[
+        Path | None,
+        typer.Option(
+            "--pipeline",
+            metavar="SEG_RUN",
+            help="Task tumour-pipeline: classify per-tumour features of the masks of this finished "
+            "`--segmentation` run's model, on that run's phantom sites (their ledgers: ε adds up).",
+        ),
+    ] = None,
     binary: Annotated[
         bool, typer.Option("--binary", help="Tumour / no tumour instead of 4 classes.")
     ] = False,
@@ -270,17 +279,21 @@ def tumour(
     verbose: Annotated[bool, typer.Option(help="Print Flower's whole log.")] = False,
 ) -> None:
     """Federated brain-tumour MRI on synthetic multi-site phantoms: DP training at each site, FedAvg."""
-    task = "tumour-seg" if segmentation else "tumour"
+    task = "tumour-pipeline" if pipeline else "tumour-seg" if segmentation else "tumour"
     counts = site_sizes(patients, sites)
     run_name = name or f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = (runs_dir / run_name).resolve()
     data_root = run_dir / "sites"
+    if pipeline is not None:
+        seg = _segmenter_run(pipeline.resolve(), segmentation)
+        sites, data_root, contrasts = seg["min-sites"], Path(seg["data-root"]), seg["mri-contrasts"]
+    depth = seg["image-depth"] if pipeline else 0 if fmt is PhantomFormat.png else RunConfig().image_depth
     config = RunConfig(
         task=task,
         num_server_rounds=rounds,
         min_sites=sites,
         seed=seed,
-        model=model or ("unet" if segmentation else "cnn"),
+        model=model or ("unet" if segmentation else "mlp" if pipeline else "cnn"),
         local_epochs=local_epochs,
         batch_size=batch_size,
         lr=lr,
@@ -291,11 +304,18 @@ def tumour(
         data_root=str(data_root),
         runs_dir=str(run_dir.parent),
         run_name=run_name,
-        image_size=size,
-        image_depth=0 if fmt is PhantomFormat.png else RunConfig().image_depth,
+        image_size=seg["image-size"] if pipeline else size,
+        image_depth=depth,
         mri_contrasts=contrasts,
         tumour_binary=binary,
+        segmenter_run=str(pipeline.resolve()) if pipeline else "",
     )
+    if pipeline is not None:  # the segmenter run's sites, as they are
+        console.print(f"fedward sim {task}: the {sites} sites of {pipeline}, {rounds} rounds")
+        _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
+        print_summary(run_dir)
+        _pipeline_privacy(pipeline.resolve(), run_dir)
+        return
     from fedward.common.tasks.mri import contrasts_of  # imaging stack: imported only for this command
     from fedward.simulations.phantoms import PhantomSpec, generate_sites
 
@@ -309,6 +329,35 @@ def tumour(
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
     print_summary(run_dir)
+
+
+def _segmenter_run(folder: Path, segmentation: bool) -> dict[str, Any]:
+    """The run config of the finished tumour-seg run `--pipeline` names (exit 1 with a reason if not)."""
+    if segmentation:
+        raise typer.Exit(_fail("--pipeline trains the classifier: it does not go with --segmentation"))
+    try:
+        seg = RunDirectory.existing(folder).run_config()
+    except ConfigError as exc:
+        raise typer.Exit(_fail(f"--pipeline: {exc}")) from None
+    if seg.get("task") != "tumour-seg" or not seg.get("data-root"):
+        raise typer.Exit(_fail(f"--pipeline: {folder} is not a `fedward sim tumour --segmentation` run"))
+    return seg
+
+
+def _pipeline_privacy(seg_run: Path, run_dir: Path) -> None:
+    """One line per site: each stage's ε and the two composed, as the site's ledger (which holds every
+    step of both) reports it after the classifier run."""
+    runs = [RunDirectory(r, create=False).read_optional_json(SUMMARY_FILE) or {} for r in (seg_run, run_dir)]
+    if not all(r.get("dp") for r in runs):
+        console.print("privacy: a stage trained without DP, so the pipeline has no finite ε")
+        return
+    for site in sorted(runs[1].get("sites", {})):
+        seg, clf = ((r["sites"].get(site) or {}) for r in runs)
+        both = float(clf.get("epsilon-lifetime") or math.nan)
+        console.print(
+            f"privacy {site}: ε segmenter {float(seg.get('epsilon') or math.nan):.2f}, classifier "
+            f"{float(clf.get('epsilon') or math.nan):.2f}; both composed (the site's ledger) {both:.2f}"
+        )
 
 
 ScenarioArg = Annotated[

@@ -6,7 +6,7 @@ Built like Flower's DP wrappers: it delegates every step to the wrapped strategy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -21,13 +21,21 @@ class ObservedStrategy(Strategy):
     global arrays). An observer may raise to stop the run after a round.
 
     `first_round` > 1 continues a resumed run: Flower's `start` counts rounds from 1, this wrapper
-    shifts them so sites, strategy and observers see the run's real round numbers.
+    shifts them so sites, strategy and observers see the run's real round numbers. `records` (the task's
+    run inputs, e.g. a frozen segmenter) are added to every train and evaluate message; no reply carries
+    them back.
     """
 
     def __init__(
-        self, inner: Strategy, on_train: TrainObserver, on_evaluate: EvaluateObserver, first_round: int = 1
+        self,
+        inner: Strategy,
+        on_train: TrainObserver,
+        on_evaluate: EvaluateObserver,
+        first_round: int = 1,
+        records: Mapping[str, ArrayRecord] | None = None,
     ) -> None:
         self.inner = inner
+        self.records = dict(records or {})
         self.on_train = on_train
         self.on_evaluate = on_evaluate
         self.offset = first_round - 1
@@ -44,6 +52,9 @@ class ObservedStrategy(Strategy):
 
     def _remember(self, messages: Iterable[Message]) -> list[Message]:
         self.sent = list(messages)
+        for message in self.sent:
+            for name, record in self.records.items():
+                message.content[name] = record
         return self.sent
 
     def configure_train(

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,6 +14,19 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from fedward.common.config import RunConfig
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What the coordinator adds to every train and evaluate message of a run (e.g. a frozen model the
+    sites apply to their inputs): `records` by name, and the finished run folders they come from (by
+    run-config key), whose signed provenance the coordinator verifies first. Sites never send them back."""
+
+    records: Mapping[str, ArrayRecord] = field(default_factory=dict)
+    runs: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,15 @@ class Task(ABC):
     ) -> dict[str, list[float]]:
         """Server side: turn the sites' (noisy) sums into the preprocessing every site applies."""
         return {}
+
+    def run_inputs(self, config: RunConfig) -> RunInputs:
+        """Coordinator side, once per run: the records sent with every train and evaluate message (none
+        by default); ConfigError naming the run-config key when they cannot be prepared."""
+        return RunInputs()
+
+    def receive(self, content: Mapping[str, Any]) -> None:
+        """Site side, before `datasets`: a train or evaluate message's records (`run_inputs`' names)."""
+        return None  # a task without run inputs needs nothing from the message
 
     @abstractmethod
     def datasets(self, site: SiteData, shared: Mapping[str, Any]) -> tuple[Dataset, Dataset]:

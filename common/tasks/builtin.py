@@ -40,6 +40,10 @@ def _tumour_predicts(run_config: Mapping[str, Any]) -> str:
     return "the tumour class of a brain MRI study (glioma, meningioma, pituitary tumour or no tumour)"
 
 
+def _pipeline_predicts(run_config: Mapping[str, Any]) -> str:
+    return _tumour_predicts(run_config) + ", from per-tumour features of a segmentation model's mask"
+
+
 CKD = TaskSpec(
     name="ckd",
     factory="fedward.common.tasks.ckd:CkdTask",
@@ -90,4 +94,21 @@ TUMOUR_SEG = TaskSpec(
     training_defaults={**_IMAGING_TRAINING, "model": "unet"},
 )
 
-BUILTIN = (CKD, TUMOUR, TUMOUR_SEG)
+TUMOUR_PIPELINE = TaskSpec(
+    name="tumour-pipeline",
+    factory="fedward.common.tasks.tumour_pipeline:TumourPipelineTask",
+    card=CardText(
+        predicts=_pipeline_predicts({}),
+        use="research into two-stage MRI classification (segment, then classify); reviewed by a radiologist",
+        simulated_source=_PHANTOMS,
+        synthetic=True,
+        predicts_for=_pipeline_predicts,
+    ),
+    class_names=_tumour_classes,
+    labels=_tumour_labels,
+    imaging=True,
+    models=("mlp",),
+    training_defaults={"local_epochs": 20, "batch_size": 8, "lr": 0.01, "optimizer": "adam", "model": "mlp"},
+)
+
+BUILTIN = (CKD, TUMOUR, TUMOUR_SEG, TUMOUR_PIPELINE)
