@@ -133,8 +133,13 @@ def _load(
     from fedward.common.tasks import SiteSource
 
     if spec.imaging:
-        _phi(report, folder, phi_gate)
-    site = _read(report, spec, SiteSource("site", folder), config, contrasts)
+        from fedward.common.data.mri.folder import kept_site_folder
+
+        with kept_site_folder(folder):  # one listing and one parse per file, for the gate and the loader
+            _phi(report, folder, phi_gate)
+            site = _read(report, spec, SiteSource("site", folder), config, contrasts)
+    else:
+        site = _read(report, spec, SiteSource("site", folder), config, contrasts)
     if spec.unit == "rows":
         _rows(report, site)
         patients: list[object] = list(range(report.samples))

@@ -45,14 +45,18 @@ def load_site(source: SiteSource, config: RunConfig, phi_gate: str = "block") ->
 
     For an imaging task (spec `imaging`) the DICOM PHI gate runs first (headers only): with
     `phi_gate` "block" a folder whose files carry PHI raises PhiGateError, with "warn" it is logged;
-    the gate's counts join the site's data report.
+    the gate's counts join the site's data report. The folder is listed and each file parsed once for
+    both (pixel data stays on disk until the loader decodes it: `common/data/mri/folder.py`).
     """
-    gate = None
     if task_spec(config.task).imaging and source.data_dir is not None:
-        gate = gate_site(source.data_dir, phi_gate, source.site_id)
-    site = get_task(config.task).load_site(source, config)
-    if gate is not None:
+        from fedward.common.data.mri.folder import kept_site_folder
+
+        with kept_site_folder(source.data_dir):  # listed and parsed once: the gate, then the loader
+            gate = gate_site(source.data_dir, phi_gate, source.site_id)
+            site = get_task(config.task).load_site(source, config)
         site.report.update(gate.metrics())
+    else:
+        site = get_task(config.task).load_site(source, config)
     found = readiness(site, config.task, config)
     for line in found.blocking + found.warnings:
         log.warning("site %s: %s", source.site_id, line)

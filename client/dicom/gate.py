@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from fedward.client.dicom.media import image_findings, nifti_findings
 from fedward.client.dicom.profile import (
@@ -49,7 +48,7 @@ from fedward.client.dicom.profile import (
     is_overlay_or_curve,
 )
 from fedward.client.dicom.text_rules import path_rules
-from fedward.common.data.mri.files import list_site_files
+from fedward.common.data.mri.folder import dicom_dataset, nifti_image, site_folder
 from fedward.common.errors import DataValidationError
 
 log = logging.getLogger("fedward.client")
@@ -75,6 +74,9 @@ class Finding:
 
 def _name(element: DataElement) -> str:
     return element.keyword or str(element.tag)
+
+
+PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # float, double float and integer pixel data
 
 
 def check_dataset(ds: Dataset, file: str) -> list[Finding]:
@@ -110,18 +112,21 @@ def check_dataset(ds: Dataset, file: str) -> list[Finding]:
         elif element.VR in DATE_VRS and not removed:
             found[(_name(element), "date")] = None
 
-    ds.walk(visit)
+    _walk_header(ds, visit)
     return [Finding(file, keyword, category) for keyword, category in found]
 
 
-def read_header(path: Path) -> Dataset | None:
-    """The header of a DICOM file (no pixel data); None when the file is not DICOM or unreadable."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        return None
-    except Exception:  # truncated or malformed: the loader skips it with the reason
-        return None
+def _walk_header(ds: Dataset, visit: Callable[[Dataset, DataElement], None]) -> None:
+    """`Dataset.walk` without the pixel data: it holds no text, and it stays on disk (deferred) for the
+    loader, which decodes it once."""
+    for tag in sorted(ds.keys()):
+        if tag in PIXEL_TAGS:
+            continue
+        element = ds[tag]
+        visit(ds, element)
+        if element.VR == "SQ":
+            for item in element.value or ():
+                _walk_header(item, visit)
 
 
 @dataclass
@@ -180,14 +185,18 @@ def file_label(rel: PurePath, number: int, flagged: list[tuple[int, str]]) -> st
 
 def _content(path: Path, kind: str, label: str) -> list[Finding] | None:
     if kind == "dicom":
-        ds = read_header(path)
-        if ds is None:
+        ds = dicom_dataset(path)  # the site folder's one parse, kept for the loader
+        if isinstance(ds, str):  # not DICOM, or unreadable: the loader skips it with the reason
             return None
         try:
             return check_dataset(ds, label)
         except Exception:  # an element that cannot be decoded: not known to be clean
             return [Finding(label, "header", "unchecked")]
-    found = nifti_findings(path) if kind == "nifti" else image_findings(path)
+    if kind == "nifti":
+        image = nifti_image(path)  # opened once; its voxels are read later, by the loader only
+        found = None if isinstance(image, str) else nifti_findings(image)
+    else:
+        found = image_findings(path)
     return None if found is None else [Finding(label, field, category) for field, category in found]
 
 
@@ -196,7 +205,7 @@ def check_folder(folder: Path, *, examples: int = 20) -> GateReport:
     NIfTI / image metadata."""
     folder = Path(folder)
     report = GateReport(folder)
-    files = list_site_files(folder)
+    files = site_folder(folder).files  # the one listing (kept for the loader inside `kept_site_folder`)
     kinds = {p: "dicom" for p in files.dicom} | {p: "nifti" for p in files.nifti}
     kinds |= {p: "image" for p in files.images}
     for number, path in enumerate(sorted(kinds), start=1):

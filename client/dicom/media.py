@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from fedward.client.dicom.text_rules import text_rules
 
@@ -38,12 +39,11 @@ def _rules(field: str, value: object) -> list[tuple[str, str]]:
     return [(field, RULE_CATEGORY[rule]) for rule in text_rules(_text(value))]
 
 
-def nifti_findings(path: Path) -> list[tuple[str, str]] | None:
-    """(field, category) for each PHI finding in a NIfTI header; None when the file cannot be read."""
-    import nibabel as nib
-
+def nifti_findings(image: Any) -> list[tuple[str, str]] | None:
+    """(field, category) for each PHI finding in a (nibabel) NIfTI image's header; None when it cannot
+    be read."""
     try:
-        header = nib.load(path).header
+        header = image.header
         keys = set(header.keys())
         found = [
             f for name in NIFTI_TEXT_FIELDS if name in keys for f in _rules(f"nifti {name}", header[name])

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.folder import dicom_dataset
 from fedward.common.data.mri.manifest import Manifest
 from fedward.common.data.mri.sample import (
     UNLABELLED,
@@ -66,12 +66,9 @@ def _floats(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray | None:
 
 def read_slice(path: Path) -> DicomSlice:
     """Decode one file; raise SkipFile with the reason when it is not a usable MR slice."""
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        raise SkipFile("not a DICOM file") from None
-    except Exception as exc:  # truncated header, bad element lengths, ...
-        raise SkipFile(f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
+    ds = dicom_dataset(path)  # parsed once (pixel data deferred) when the site folder's reading is kept
+    if isinstance(ds, str):
+        raise SkipFile(ds)
     sop = UID(str(ds.get("SOPClassUID", "")))
     if "PixelData" not in ds and str(sop) in MR_IMAGE_SOP_CLASSES:
         raise SkipFile("MR image without pixel data (truncated file?)")

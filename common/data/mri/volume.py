@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from fedward.common.data.mri.files import relative
+from fedward.common.data.mri.folder import nifti_image
 from fedward.common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, SkipFile, Skipped, pixel_problem
 
 
@@ -48,8 +48,10 @@ def read_nifti(path: Path, *, mask: bool = False) -> tuple[np.ndarray, np.ndarra
     Raises SkipFile with the reason when the file is unreadable, not one 3D volume, holds non-finite
     voxels, has a singular or non-finite affine, or (an image, not a `mask`) has no contrast at all.
     """
+    img = nifti_image(path)  # opened once (voxels not yet read) when the site folder's reading is kept
+    if isinstance(img, str):
+        raise SkipFile(img)
     try:
-        img = nib.load(str(path))
         array = np.asarray(img.dataobj, dtype=np.float32)
         affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as exc:  # truncated gzip, bad header, wrong format...
