@@ -42,7 +42,13 @@ TUMOUR = {
 
 
 def scenario(
-    task: str, arm: str, epsilon: float | None, seed: int, sites: int = 3, alpha: float | None = None
+    task: str,
+    arm: str,
+    epsilon: float | None,
+    seed: int,
+    sites: int = 3,
+    alpha: float | None = None,
+    tumour_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
     """The scenario document of one run (CKD: `alpha` for Dirichlet label skew, else iid)."""
     recipe = (CKD if task == "ckd" else TUMOUR).get(arm, {"rounds": 10 if task == "ckd" else 3})
@@ -58,10 +64,14 @@ def scenario(
     if task == "ckd" and alpha is not None:
         doc["partition"] = {"kind": "dirichlet", "alpha": alpha}
     if task == "tumour":
-        doc["data"] = {"patients": 24, "format": "nifti"}
+        doc["data"] = {"patients": tumour_sizes or 24, "format": "nifti"}
+        if tumour_sizes:
+            doc["scenario"]["sites"] = len(tumour_sizes)
         doc["partition"] = {"kind": "dirichlet", "alpha": 2.0}
         doc["training"] = {"local-epochs": 40, "batch-size": 4, "lr": 0.002, "optimizer": "adam",
                            "model": "cnn", **doc["training"]}  # fmt: skip
+        if tumour_sizes and arm != "distributed-dp":  # sites of hundreds: large batches, few epochs
+            doc["training"].update({"local-epochs": 3, "batch-size": 32, "lr": 0.01})
         if arm == "distributed-dp":
             doc["training"]["optimizer"] = "sgd"
     return doc
@@ -75,8 +85,10 @@ def run_arm(
     work: Path,
     sites: int = 3,
     alpha: float | None = None,
+    tumour_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
-    spec = parse_scenario(scenario(task, arm, epsilon, seed, sites, alpha), f"<{task}-{arm}>")
+    doc = scenario(task, arm, epsilon, seed, sites, alpha, tumour_sizes)
+    spec = parse_scenario(doc, f"<{task}-{arm}>")
     started = time.perf_counter()
     payload = run_study(spec, work / f"{task}-{arm}-e{epsilon}-s{seed}", baselines=False)
     federated = payload["federated"]
@@ -98,8 +110,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--sites", type=int, default=3, help="CKD sites")
     parser.add_argument("--alpha", type=float, default=None, help="CKD Dirichlet label skew (default iid)")
+    parser.add_argument(
+        "--tumour-sizes", default="", help="patients per tumour site, e.g. 40,120,250,400 (default 3 x 24)"
+    )
     args = parser.parse_args()
     epsilons = [float(e) for e in args.epsilons.split(",")]
+    sizes = [int(n) for n in args.tumour_sizes.split(",")] if args.tumour_sizes else None
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fedward-ddp-") as tmp:
         for task in args.tasks.split(","):
@@ -107,7 +123,7 @@ def main() -> None:
             for seed in seeds:
                 arms = [("no-dp", None)] + [(a, e) for e in epsilons for a in ("local-dp", "distributed-dp")]
                 for arm, epsilon in arms:
-                    result = run_arm(task, arm, epsilon, seed, Path(tmp), args.sites, args.alpha)
+                    result = run_arm(task, arm, epsilon, seed, Path(tmp), args.sites, args.alpha, sizes)
                     runs.append({"task": task, "arm": arm, "epsilon": epsilon, "seed": seed, **result})
                     print(json.dumps(runs[-1]), flush=True)
     table: dict[str, dict[str, Any]] = {}
@@ -126,8 +142,9 @@ def main() -> None:
         print(f"{k:40s} {v['median-accuracy']:10.3f}  {[round(a, 3) for a in v['accuracies']]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     skew = "iid" if args.alpha is None else f"Dirichlet {args.alpha:g}"
+    tumour = f"tumour sites of {sizes} patients" if sizes else "3 tumour sites of 24 patients"
     note = (
-        f"{args.sites} CKD sites ({skew}), 3 tumour sites (24 nifti phantoms each, Dirichlet 2); other "
+        f"{args.sites} CKD sites ({skew}), {tumour} (nifti phantoms, Dirichlet 2); other "
         "benchmarks may have run on this 2-core machine at the same time (accuracy only: no timing claims)"
     )
     args.out.write_text(json.dumps({"runs": runs, "summary": summary, "note": note}, indent=2) + "\n")
