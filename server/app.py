@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
@@ -17,14 +16,14 @@ from fedward.common.config import RunConfig
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.secure_aggregation import SecAggParameters
 from fedward.common.tasks import get_task
-from fedward.common.tasks.base import RunInputs, Task
 from fedward.server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from fedward.server.cross_site import CROSS_SITE, cross_site_matrix
 from fedward.server.export import finalise_run
-from fedward.server.provenance.manifest import MANIFEST_FILE, sha256_file, verify_run
-from fedward.server.provenance.signing import load_private_key, resolve_signing_key
+from fedward.server.provenance.manifest import MANIFEST_FILE, sha256_file
+from fedward.server.provenance.signing import resolve_signing_key
 from fedward.server.rounds import RoundRecorder, RunStopped
 from fedward.server.run_grid import RunGrid
+from fedward.server.run_inputs import load_run_inputs
 from fedward.server.rundir import CONFIG_FILE, SUMMARY_FILE, RunDirectory, default_run_name
 from fedward.server.secure_aggregation import SecureAggregationGrid
 from fedward.server.statistics import collect_statistics, pooled_noise_std, wait_for_sites
@@ -104,20 +103,6 @@ def _statistics_release(sites: list, site_id: str) -> dict:
     }
 
 
-def _verified_inputs(task: Task, config: RunConfig, signing_key: Path) -> RunInputs:
-    """The task's run inputs (e.g. a tumour-seg run's model), each source run's signed provenance checked
-    against this coordinator's key; ConfigError naming the run-config key otherwise."""
-    inputs = task.run_inputs(config)
-    if not inputs.runs:
-        return inputs
-    public = load_private_key(signing_key).public_key()
-    for key, folder in inputs.runs.items():
-        result = verify_run(folder, public)
-        if not result.ok:
-            raise ConfigError(f"{key}: {folder} fails its provenance check: {'; '.join(result.problems)}")
-    return inputs
-
-
 def _run_uid(run: RunDirectory, config: RunConfig, checkpoint: RoundCheckpoint | None) -> str:
     """The logical run's id: kept across resumes (sites key their per-run privacy state by it)."""
     if checkpoint is not None:
@@ -139,7 +124,7 @@ def main(grid: Grid, context: Context) -> None:
     print(f"fedward: run directory {run.path}", flush=True)
     signing_key = resolve_signing_key(None)  # a bad key fails now, not after training
     checkpoint = RoundCheckpoint.load(run.path, signing_key) if config.resume else None  # verified first
-    inputs = _verified_inputs(task, config, signing_key)  # records sent with every train/evaluate message
+    inputs = load_run_inputs(task, config, signing_key)  # records sent with every train/evaluate message
     run_uid = _run_uid(run, config, checkpoint)
 
     if config.dp_seeded_noise:

@@ -24,7 +24,9 @@ from fedward.common.data.mri.tumour_features import (
 )
 from fedward.common.errors import ConfigError
 from fedward.common.tasks import get_task
-from fedward.common.tasks.tumour_pipeline import KEY, SEGMENTER, load_segmenter_run
+from fedward.common.tasks.tumour_pipeline import KEY, SEGMENTER
+from fedward.server.provenance.signing import resolve_signing_key
+from fedward.server.run_inputs import load_run_inputs
 from fedward.simulations.phantoms import generate_site
 
 SITES = 2
@@ -99,6 +101,12 @@ def _config(task: str, root: Path, runs: Path, name: str, **overrides: object) -
     return config
 
 
+def _segmenter(config: RunConfig) -> dict:
+    """What the coordinator sends as the segmenter, read and checked as the ServerApp does."""
+    inputs = load_run_inputs(get_task("tumour-pipeline"), config, resolve_signing_key(None))
+    return inputs.records[SEGMENTER].to_torch_state_dict()
+
+
 @pytest.fixture(scope="module")
 def seg_run(identity: None, sites: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 1-round tumour-seg federation (real ServerApp and ClientApp) on the two sites."""
@@ -119,7 +127,7 @@ def test_pipeline_federation_sends_the_segmenter_and_no_reply_returns_it(
 
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("train") == 2 * SITES and kinds.count("evaluate") == 2 * SITES
-    state, _ = load_segmenter_run(RunConfig.from_flower(config))
+    state = _segmenter(RunConfig.from_flower(config))
     for message in grid.sent:
         if message.metadata.message_type.split(".")[0] in ("train", "evaluate"):
             sent = message.content[SEGMENTER].to_torch_state_dict()
@@ -155,9 +163,9 @@ def test_a_segmenter_run_of_another_task_or_grid_is_refused(
     (copy / "config.json").write_text(json.dumps(saved))
     config = RunConfig.from_flower(_config("tumour-pipeline", tmp_path, tmp_path, "x", **{KEY: str(copy)}))
     with pytest.raises(ConfigError, match=f"^{KEY}: .*{expected}"):
-        load_segmenter_run(config)
+        _segmenter(config)
     with pytest.raises(ConfigError, match=f"^{KEY}: "):
-        load_segmenter_run(config.model_copy(update={"segmenter_run": str(tmp_path / "missing")}))
+        _segmenter(config.model_copy(update={"segmenter_run": str(tmp_path / "missing")}))
 
 
 def test_a_changed_segmenter_run_fails_its_provenance_check(

@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class InputRun:
+    """A finished earlier run a task builds on (its `input_runs`), as the coordinator read it from the
+    run folder: where it is, its run config and its final model's weights."""
+
+    folder: Path
+    run_config: Mapping[str, Any]
+    weights: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
 class RunInputs:
     """What the coordinator adds to every train and evaluate message of a run (e.g. a frozen model the
     sites apply to their inputs): `records` by name, and the finished run folders they come from (by
@@ -84,9 +94,12 @@ class Task(ABC):
         """Server side: turn the sites' (noisy) sums into the preprocessing every site applies."""
         return {}
 
-    def run_inputs(self, config: RunConfig) -> RunInputs:
-        """Coordinator side, once per run: the records sent with every train and evaluate message (none
-        by default); ConfigError naming the run-config key when they cannot be prepared."""
+    input_runs: Mapping[str, str] = {}
+
+    def run_inputs(self, config: RunConfig, runs: Mapping[str, InputRun]) -> RunInputs:
+        """Coordinator side, once per run, given the `input_runs` as read (server/run_inputs.py): the
+        records sent with every train and evaluate message (none by default); ConfigError naming the
+        run-config key when they cannot be prepared."""
         return RunInputs()
 
     def receive(self, content: Mapping[str, Any]) -> None:

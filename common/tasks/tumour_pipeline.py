@@ -10,10 +10,8 @@ gradients; the feature vectors stay at the site. Classes, labels, split and metr
 from __future__ import annotations
 
 import hashlib
-import json
 import weakref
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,7 @@ from fedward.common.data.mri.tumour_features import feature_names, tumour_featur
 from fedward.common.errors import ConfigError
 from fedward.common.imaging_models import SEGMENTERS, build_segmenter
 from fedward.common.models import TabularMLP
-from fedward.common.tasks.base import RunInputs, SiteData
+from fedward.common.tasks.base import InputRun, RunInputs, SiteData
 from fedward.common.tasks.mri import MriTensors, contrasts_of, model_name
 from fedward.common.tasks.tumour import TumourTask
 
@@ -36,7 +34,6 @@ SEGMENTER = "segmenter"  # the ArrayRecord's name in train and evaluate messages
 KEY = "segmenter-run"  # the run-config key naming the segmenter run
 SEG_TASK = "tumour-seg"
 MATCHING = ("image-size", "image-depth", "mri-contrasts")  # the segmenter's input grid must be the run's
-WEIGHTS = "model.safetensors"
 MODELS = ("mlp",)
 _BATCH = 16
 # (id of a site's SiteData, segmenter digest) -> (train features, test features); dropped with the site
@@ -53,43 +50,27 @@ def arrays_digest(record: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def load_segmenter_run(config: RunConfig) -> tuple[dict[str, torch.Tensor], Path]:
-    """The final model of the tumour-seg run `config.segmenter_run` and its folder; ConfigError naming
-    `segmenter-run` unless it is a finished tumour-seg run with this run's image size, depth and
-    contrasts whose weights fit the segmenter built for them."""
-    if not config.segmenter_run.strip():
-        raise ConfigError(f"{KEY}: empty; the {TumourPipelineTask.name} task needs a finished {SEG_TASK} run")
-    folder = Path(config.segmenter_run).expanduser().resolve()
-    config_file = folder / "config.json"
-    try:
-        seg_config = json.loads(config_file.read_text())["run-config"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{KEY}: {config_file} is not readable as a fedward run config ({type(exc).__name__}); expected "
-            f"the folder of a finished {SEG_TASK} run"
-        ) from None
-    if seg_config.get("task") != SEG_TASK:
-        raise ConfigError(f"{KEY}: {folder} is a {seg_config.get('task')!r} run; expected a {SEG_TASK} run")
+def segmenter_state(config: RunConfig, run: InputRun) -> dict[str, torch.Tensor]:
+    """The segmenter run's final weights, after checking that the run segments this run's input grid
+    (image size, depth, contrasts) and that its weights fit the segmenter built for it; ConfigError
+    naming `segmenter-run` otherwise."""
     ours = config.to_flower()
     for key in MATCHING:
-        if seg_config.get(key) != ours[key]:
+        if run.run_config.get(key) != ours[key]:
             raise ConfigError(
-                f"{KEY}: {folder} was trained with {key} = {seg_config.get(key)!r}; this run has "
+                f"{KEY}: {run.folder} was trained with {key} = {run.run_config.get(key)!r}; this run has "
                 f"{ours[key]!r} (the segmenter must see the classifier's input grid)"
             )
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise ConfigError(f"{KEY}: {weights} missing; expected a finished {SEG_TASK} run (it exports it)")
-    from safetensors.torch import load_file  # the coordinator only
-
-    state = load_file(str(weights))
+    state = dict(run.weights)
     dims = 2 if config.image_depth == 0 else 3
-    model = _segmenter(dims, len(contrasts_of(config)), str(seg_config.get("model")))
+    model = _segmenter(dims, len(contrasts_of(config)), str(run.run_config.get("model")))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"{KEY}: {weights} does not fit a {SEG_TASK} model of this run's grid") from exc
-    return state, folder
+        raise ConfigError(
+            f"{KEY}: {run.folder}'s model does not fit a {SEG_TASK} model of this run's grid"
+        ) from exc
+    return state
 
 
 def _segmenter(spatial_dims: int, channels: int, name: str = SEGMENTERS[0]) -> nn.Module:
@@ -126,14 +107,16 @@ class TumourPipelineTask(TumourTask):
     def __init__(self) -> None:
         self.segmenter: Mapping[str, Any] | None = None  # the message's `segmenter` ArrayRecord
 
-    def run_inputs(self, config: RunConfig) -> RunInputs:
+    input_runs = {KEY: SEG_TASK}  # noqa: RUF012 (read only)
+
+    def run_inputs(self, config: RunConfig, runs: Mapping[str, InputRun]) -> RunInputs:
         """The segmenter run's final model as the record `segmenter`; its folder for provenance."""
         from flwr.app import ArrayRecord  # the coordinator builds records; the task module stays light
 
         if config.cross_site_local:  # its local-only messages (server/cross_site.py) carry no segmenter
             raise ConfigError(f"cross-site-local: not available with the {self.name} task; set it to false")
-        state, folder = load_segmenter_run(config)
-        return RunInputs(records={SEGMENTER: ArrayRecord(state)}, runs={KEY: folder})
+        state = segmenter_state(config, runs[KEY])
+        return RunInputs(records={SEGMENTER: ArrayRecord(state)}, runs={KEY: runs[KEY].folder})
 
     def receive(self, content: Mapping[str, Any]) -> None:
         """Keep the message's segmenter."""
