@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--sites", type=int, default=3, help="CKD sites")
     parser.add_argument("--alpha", type=float, default=None, help="CKD Dirichlet label skew (default iid)")
+    parser.add_argument("--arms", default="no-dp,local-dp,distributed-dp")
     parser.add_argument(
         "--tumour-sizes", default="", help="patients per tumour site, e.g. 40,120,250,400 (default 3 x 24)"
     )
@@ -121,7 +122,9 @@ def main() -> None:
         for task in args.tasks.split(","):
             seeds = range(args.seeds if task == "ckd" else 1)
             for seed in seeds:
+                wanted = args.arms.split(",")
                 arms = [("no-dp", None)] + [(a, e) for e in epsilons for a in ("local-dp", "distributed-dp")]
+                arms = [(a, e) for a, e in arms if a in wanted]
                 for arm, epsilon in arms:
                     result = run_arm(task, arm, epsilon, seed, Path(tmp), args.sites, args.alpha, sizes)
                     runs.append({"task": task, "arm": arm, "epsilon": epsilon, "seed": seed, **result})

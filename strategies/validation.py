@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -232,6 +232,24 @@ def cap_weights(replies: list[Message], weight_key: str, max_share: float) -> No
             reply.content["metrics"][weight_key] = after
 
 
+def _in_model_dtypes(arrays: ArrayRecord, dtypes: Mapping[str, np.dtype]) -> ArrayRecord:
+    """The aggregate with every floating-point entry in the model's own dtype: server optimisers
+    (FedAdam, FedYogi, FedAdagrad) compute in float64, but the global model — what sites load, what a
+    secure-aggregation round adds the masked sum to, what is exported — stays in the model's dtypes."""
+    values = {key: array.numpy() for key, array in arrays.items()}
+    changed = {
+        key: value.astype(dtypes[key])
+        for key, value in values.items()
+        if key in dtypes
+        and np.issubdtype(dtypes[key], np.floating)
+        and np.issubdtype(value.dtype, np.floating)
+        and value.dtype != dtypes[key]
+    }
+    if not changed:
+        return arrays
+    return ArrayRecord({key: Array(changed.get(key, value)) for key, value in values.items()})
+
+
 class ValidatedStrategy(Strategy):
     """Delegates to `inner`; screens each round's train and evaluation replies first and reports the
     rejections.
@@ -308,7 +326,8 @@ class ValidatedStrategy(Strategy):
         self._report(server_round, "update", screening.rejections, self.on_reject)
         self.rejections[server_round] = screening.rejections
         cap_weights(screening.kept, self.weight_key, self.max_site_share)
-        return self.inner.aggregate_train(server_round, screening.kept)  # none left: the model stays
+        arrays, metrics = self.inner.aggregate_train(server_round, screening.kept)  # none left: model stays
+        return (None if arrays is None else _in_model_dtypes(arrays, self.reference.dtypes)), metrics
 
     def _own_bounds(self, screening: Screening) -> bool:
         """Whether a kept update was checked against a per-site bound (then none is learned)."""

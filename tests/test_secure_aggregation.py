@@ -11,6 +11,7 @@ round's or lacks its own keys.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,19 @@ def test_the_server_sees_masked_vectors_and_the_aggregate_equals_fedavg(tmp_path
         assert np.allclose(got[key], want[key], rtol=0, atol=tolerance), key
     moved = max(float(np.abs(want[k] - start[k].numpy()).max()) for k in want)
     assert moved > 100 * tolerance  # the round did move the model: the comparison means something
+
+
+def test_a_server_optimiser_with_a_float64_global_still_gets_float32_updates(tmp_path: Path) -> None:
+    """FedAdam's global arrays come back float64; the secure aggregate must still be in the dtypes the
+    sites trained in (the layout's), or every later round's aggregate fails the update check (found by
+    the tumour distributed-DP benchmark: all updates rejected from round 2 on)."""
+    sites = 3
+    overrides = {"strategy": "fedadam", "num-server-rounds": 3, "dp": True, "distributed-dp": True,
+                 "dp-accountant": "rdp", "lr": 1.0}  # fmt: skip
+    _run(_config(tmp_path, sites, "secure", **overrides, **SECURE), sites)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "secure" / "metrics.jsonl").open()]
+    assert [r["failures"] for r in rows if "round" in r] == [[]] * 3
+    assert {str(v.dtype) for v in _model(tmp_path, "secure").values()} == {"float32"}
 
 
 def test_scaffold_control_variates_travel_masked_and_aggregate_as_plain_scaffold(tmp_path: Path) -> None:
