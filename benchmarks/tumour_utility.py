@@ -92,7 +92,7 @@ def base_config(task: str, args: argparse.Namespace, data_root: Path, work: Path
         num_server_rounds=args.rounds,
         min_sites=len(args.site_sizes),
         seed=seed,
-        model="unet" if task == "tumour-seg" else "cnn",
+        model="unet" if task == "tumour-seg" else args.model,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -367,6 +367,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16, help="slices per volume = model input depth")
     parser.add_argument("--skew", type=float, default=2.0)
     parser.add_argument("--contrasts", default="t1ce,flair")
+    parser.add_argument("--model", default="cnn", help="tumour classifier: cnn, densenet121, features")
     parser.add_argument("--step-batches", type=_ints, default=[], help="batch sizes of the step timing")
     parser.add_argument("--step-batches-per-epoch", type=int, default=4)
     parser.add_argument("--step-epochs", type=int, default=1, help="epochs per timed call (one setup)")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fedward.common.errors import ConfigError
 
-CLASSIFIERS = ("cnn", "densenet121")
+CLASSIFIERS = ("cnn", "densenet121", "features")
 SEGMENTERS = ("unet",)
 
 
@@ -45,10 +48,125 @@ class SmallCNN(nn.Module):
         return self.head(torch.cat([self.avg(f).flatten(1), self.max(f).flatten(1)], dim=1))
 
 
-def build_classifier(name: str, spatial_dims: int, in_channels: int, num_classes: int) -> nn.Module:
-    """`cnn` (small, CPU default) or MONAI `densenet121` with GroupNorm and out-of-place ReLU."""
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(2.5 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+class FixedFeatures(nn.Module):
+    """A fixed (untrained, parameter-free) 3D filter bank in front of a linear head.
+
+    Per input channel, five maps: the image, two difference-of-Gaussians band-pass magnitudes
+    (σ 0 → 1 → 2 voxels), the σ = 2 low-pass image and the gradient magnitude at σ = 1; each map is
+    average- and max-pooled over a 2 × 2 × 2 grid (where a lesion is) and over the whole volume.
+    Output (B, C · MAPS · STATS), ordered channel, map, statistic. With nothing to learn in front of the
+    head, DP-SGD's noise spreads over a few hundred weights instead of thousands (Tramèr & Boneh 2021).
+    """
+
+    MAPS = 5
+    GRID = (2, 2, 2)
+    STATS = 2 * 8 + 2  # grid average and maximum, global mean and maximum
+
+    def __init__(self, sigmas: tuple[float, float] = (1.0, 2.0)) -> None:
+        super().__init__()
+        self.sigmas = sigmas
+        for i, s in enumerate(sigmas):
+            self.register_buffer(f"kernel{i}", _gaussian_kernel(s), persistent=False)
+
+    def _blur(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        radius, channels = (len(kernel) - 1) // 2, x.shape[1]
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = len(kernel)
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+            weight = kernel.view(shape).repeat(channels, 1, 1, 1, 1)
+            x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=channels)
+        return x
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine = self._blur(x, self.kernel0)
+        coarse = self._blur(fine, self._sequential_kernel())
+        gradients = torch.gradient(fine, dim=(2, 3, 4))
+        edges = torch.sqrt(sum(g**2 for g in gradients))
+        maps = torch.stack([x, (x - fine).abs(), (fine - coarse).abs(), coarse, edges], dim=2)
+        b, c = x.shape[:2]
+        maps = maps.flatten(1, 2)  # (B, C * MAPS, ...)
+        stats = [
+            F.adaptive_avg_pool3d(maps, self.GRID).flatten(2),
+            F.adaptive_max_pool3d(maps, self.GRID).flatten(2),
+            maps.mean((2, 3, 4))[..., None],
+            maps.amax((2, 3, 4))[..., None],
+        ]
+        return torch.cat(stats, dim=2).reshape(b, c * self.MAPS * self.STATS)
+
+    def _sequential_kernel(self) -> torch.Tensor:
+        """Blurring the σ0 image by this kernel gives the σ1 image (variances add)."""
+        return _gaussian_kernel(math.sqrt(self.sigmas[1] ** 2 - self.sigmas[0] ** 2)).to(self.kernel0)
+
+
+class FeatureClassifier(nn.Module):
+    """`FixedFeatures`, standardised by a fixed reference (`feature_mean`, `feature_scale`: buffers, so
+    they travel with the model and are never trained), then one linear layer.
+
+    The reference must not come from any site's training data (it is not private): `reference_for`
+    gives a public one per contrast; without one the features are used unscaled.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, reference: tuple | None = None) -> None:
+        super().__init__()
+        self.front = FixedFeatures()
+        dim = in_channels * FixedFeatures.MAPS * FixedFeatures.STATS
+        mean, scale = reference if reference is not None else (torch.zeros(dim), torch.ones(dim))
+        mean, scale = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+        if mean.shape != (dim,) or scale.shape != (dim,) or bool((scale <= 0).any()):
+            raise ConfigError(
+                f"features model: the reference needs {dim} means and {dim} positive scales "
+                f"({in_channels} channel(s)), got shapes {tuple(mean.shape)} and {tuple(scale.shape)}"
+            )
+        self.register_buffer("feature_mean", mean)
+        self.register_buffer("feature_scale", scale)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((self.front(x) - self.feature_mean) / self.feature_scale)
+
+
+def phantom_reference(contrasts: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public (phantom-derived) standardisation of `FixedFeatures` for these input contrasts, in
+    channel order (common/imaging_reference.py); ConfigError for a contrast it does not cover.
+
+    Computed on a SIZE × SIZE × DEPTH grid (32 × 32 × 16); other grids use the same numbers, which fit
+    the intensity features exactly and the band-pass and edge features only roughly. On real MRI it is a
+    prior from synthetic data: a reference from phantoms of the other anatomy still lifted ε = 3 AUC from
+    0.89 (unscaled) to 0.92 (simple phantoms), against 0.98 with a matched one."""
+    from fedward.common.imaging_reference import REFERENCE
+
+    missing = [c for c in contrasts if c not in REFERENCE]
+    if missing:
+        raise ConfigError(
+            f"features model: no reference standardisation for contrast(s) {missing}; "
+            f"common/imaging_reference.py covers {sorted(REFERENCE)}"
+        )
+    mean = torch.tensor([v for c in contrasts for v in REFERENCE[c][0]])
+    scale = torch.tensor([v for c in contrasts for v in REFERENCE[c][1]])
+    return mean, scale
+
+
+def build_classifier(
+    name: str, spatial_dims: int, in_channels: int, num_classes: int, reference: tuple | None = None
+) -> nn.Module:
+    """`cnn` (small, CPU default), MONAI `densenet121` with GroupNorm and out-of-place ReLU, or `features`
+    (3D only: a fixed filter bank, standardised by `reference` (mean, scale), and a linear head)."""
     if name == "cnn":
         return SmallCNN(spatial_dims, in_channels, num_classes)
+    if name == "features":
+        if spatial_dims != 3:
+            raise ConfigError("model 'features' takes 3D volumes: set image-depth > 0")
+        return FeatureClassifier(in_channels, num_classes, reference)
     if name == "densenet121":
         from monai.networks.nets import DenseNet121
 

@@ -267,7 +267,11 @@ def tumour(
         bool, typer.Option("--no-dp", help="Train without differential privacy (baseline).")
     ] = False,
     model: Annotated[
-        str, typer.Option(help="cnn or densenet121 (classification); unet (segmentation).")
+        str,
+        typer.Option(
+            help="cnn, densenet121 or features (classification; features: fixed filter bank + linear head, "
+            "for DP); unet (segmentation)."
+        ),
     ] = "",
     local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 40,
     batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 4,

@@ -13,6 +13,8 @@ from opacus.validators import ModuleValidator
 from fedward.common import training
 from fedward.common.config import RunConfig
 from fedward.common.data.split import split_by_patient
+from fedward.common.errors import ConfigError
+from fedward.common.imaging_models import FixedFeatures, build_classifier, phantom_reference
 from fedward.common.metrics import multiclass_metrics, pool_multiclass
 from fedward.common.privacy import DPConfig
 from fedward.common.tasks import SiteSource, get_task
@@ -52,7 +54,12 @@ def test_image_folder_site_splits_by_patient(root) -> None:
 
 @pytest.mark.parametrize(
     ("task", "model", "depth"),
-    [("tumour", "cnn", 8), ("tumour", "densenet121", 0), ("tumour-seg", "unet", 8)],
+    [
+        ("tumour", "cnn", 8),
+        ("tumour", "densenet121", 0),
+        ("tumour", "features", 8),
+        ("tumour-seg", "unet", 8),
+    ],
 )
 def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
     folder, size = (root / "png-1", 32) if depth == 0 else (root / "nifti-1", 16)
@@ -139,6 +146,59 @@ def test_tumour_dp_uses_functorch_and_survives_empty_batches(root, monkeypatch: 
     assert sum(k for _, _, k in out.privacy_steps) == out.steps
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert not any(hasattr(m, "ft_compute_sample_grad") for m in net.modules())  # nothing left behind
+
+
+def test_features_model_trains_only_its_head_under_dp(root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `features` model's filter bank and its public standardisation are fixed: DP-SGD (functorch)
+    computes per-sample gradients of the linear head alone, and the reference travels unchanged."""
+    from opacus.grad_sample import grad_sample_module
+
+    config = _config("tumour", model="features")
+    t = get_task("tumour")
+    train_set, _ = t.datasets(t.load_site(SiteSource("s", root / "nifti-1"), config), {})
+    net = t.build_model(config)
+    assert [name for name, _ in net.named_parameters()] == ["head.weight", "head.bias"]
+    mean, scale = phantom_reference(CONTRASTS)
+    assert torch.equal(net.state_dict()["feature_mean"], mean)  # buffers: sent with the global model
+    layers = set()
+    per_sample = grad_sample_module.ft_compute_per_sample_gradient
+    monkeypatch.setattr(
+        grad_sample_module,
+        "ft_compute_per_sample_gradient",
+        lambda layer, *a: layers.add(type(layer).__name__) or per_sample(layer, *a),
+    )
+    local = LocalTraining(epochs=2, batch_size=4, lr=0.05, optimizer="adam")
+    dp = DPConfig(noise_multiplier=1.0)
+    mechanism = local_mechanism(dp, len(train_set), local, delta=1e-3)
+    head = net.head.weight.detach().clone()
+    train_model(net, train_set, t.loss, local, dp, mechanism=mechanism, grad_sample_mode=t.grad_sample_mode)
+    assert layers == {"Linear"}
+    assert not torch.equal(head, net.head.weight)
+    assert torch.equal(net.feature_mean, mean) and torch.equal(net.feature_scale, scale)
+
+
+def test_fixed_features_layout_is_channel_map_statistic() -> None:
+    """A bright blob in one octant of channel 1 raises that channel's grid maximum of the image map in
+    that octant only: the order (channel, map, statistic) the per-contrast reference relies on."""
+    front = FixedFeatures()
+    x = torch.zeros(1, 2, 16, 16, 8)
+    base = front(x).view(2, FixedFeatures.MAPS, FixedFeatures.STATS)
+    x[0, 1, 10:13, 2:5, 5:7] = 5.0  # octant (1, 0, 1) of the 2 x 2 x 2 grid
+    out = front(x).view(2, FixedFeatures.MAPS, FixedFeatures.STATS)
+    assert torch.equal(out[0], base[0])  # channel 0 untouched
+    grid_max = out[1, 0, 8:16] - base[1, 0, 8:16]  # image map, grid maxima (cells in C order)
+    assert int(grid_max.argmax()) == 1 * 4 + 0 * 2 + 1 and float(grid_max.max()) == 5.0
+    assert float(grid_max.sort().values[-2]) == 0.0
+    assert float(out[1, 0, 17]) == 5.0  # global maximum
+
+
+def test_features_model_refuses_what_it_cannot_standardise() -> None:
+    with pytest.raises(ConfigError, match="no reference standardisation for contrast"):
+        phantom_reference(("t1ce", "dwi"))
+    with pytest.raises(ConfigError, match="180 means and 180 positive scales"):
+        build_classifier("features", 3, 2, 4, reference=(torch.zeros(90), torch.ones(90)))
+    with pytest.raises(ConfigError, match="3D volumes"):
+        get_task("tumour").build_model(_config("tumour", model="features", image_depth=0))
 
 
 def test_multiclass_pooling_is_exact() -> None:

@@ -73,7 +73,7 @@ TUMOUR = TaskSpec(
     class_names=_tumour_classes,
     labels=_tumour_labels,
     imaging=True,
-    models=("cnn", "densenet121"),
+    models=("cnn", "densenet121", "features"),
     training_defaults={**_IMAGING_TRAINING, "model": "cnn"},
 )
 

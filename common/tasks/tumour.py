@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from fedward.common.config import RunConfig
 from fedward.common.data.mri.sample import CLASSES, NO_TUMOUR, UNLABELLED, MriSample, SkipFile
 from fedward.common.errors import ConfigError
-from fedward.common.imaging_models import CLASSIFIERS, build_classifier
+from fedward.common.imaging_models import CLASSIFIERS, build_classifier, phantom_reference
 from fedward.common.metrics import binary_metrics, multiclass_metrics, pool_binary, pool_multiclass
 from fedward.common.tasks.mri import MriTask, contrasts_of, model_name
 from fedward.common.training import predict_proba
@@ -34,7 +34,8 @@ class TumourTask(MriTask):
         return int(target)
 
     def build_model(self, config: RunConfig) -> nn.Module:
-        """Small CNN (default) or DenseNet121, 2D or 3D after `image-depth`."""
+        """Small CNN (default), DenseNet121 (2D or 3D after `image-depth`), or `features` (3D: a fixed filter
+        bank standardised by the public phantom reference, and a linear head)."""
         name = model_name(config, CLASSIFIERS, "cnn")
         smallest = min(config.image_size, config.image_depth or config.image_size)
         if name == "densenet121" and smallest < 32:
@@ -42,11 +43,13 @@ class TumourTask(MriTask):
                 "densenet121 downsamples 32-fold: image-size and image-depth must be >= 32 (or "
                 f"image-depth = 0 for 2D), got {config.image_size} x {config.image_depth}"
             )
+        contrasts = contrasts_of(config)
         return build_classifier(
             name,
             2 if config.image_depth == 0 else 3,
-            len(contrasts_of(config)),
+            len(contrasts),
             2 if config.tumour_binary else len(CLASSES),
+            reference=phantom_reference(contrasts) if name == "features" else None,
         )
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
