@@ -237,7 +237,7 @@ def targets(summary: dict[str, dict[str, dict[str, Any]]], steps: list[dict]) ->
 
 
 def time_steps(batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Median ms per step of the shared loop for the default classifier at batch `batch`: non-DP, and DP
+    """Median ms per step of the shared loop for the classifier `--model` at batch `batch`: non-DP, and DP
     with each per-sample gradient mode; modes interleaved within each repeat (the machine's load hits
     all alike), the first repeat a warm-up."""
     channels = len(args.contrasts.split(","))
@@ -256,7 +256,7 @@ def time_steps(batch: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         for mode in STEP_MODES:
             torch.manual_seed(rep)
-            model = build_classifier("cnn", 3, channels, 4)
+            model = build_classifier(args.model, 3, channels, 4)
             t0 = time.perf_counter()
             if mode == "non-dp":
                 steps = train_model(model, data, loss, local, None).steps
@@ -267,7 +267,7 @@ def time_steps(batch: int, args: argparse.Namespace) -> dict[str, Any]:
                 ).steps
             if rep:
                 per_step[mode].append((time.perf_counter() - t0) / steps)
-    row: dict[str, Any] = {"model": "cnn", "input": f"3D {args.size}²×{args.depth}", "batch": batch,
+    row: dict[str, Any] = {"model": args.model, "input": f"3D {args.size}²×{args.depth}", "batch": batch,
                            "device": f"cpu x{torch.get_num_threads()}"}  # fmt: skip
     plain = statistics.median(per_step["non-dp"])
     for mode, values in per_step.items():
@@ -276,7 +276,7 @@ def time_steps(batch: int, args: argparse.Namespace) -> dict[str, Any]:
             row[f"{mode}-ratio"] = statistics.median(values) / plain
     times = "  ".join(f"{m} {row[f'{m}-ms']:.1f} ms" for m in STEP_MODES)
     ratios = "  ".join(f"{m} {row[f'{m}-ratio']:.2f}" for m in STEP_MODES[1:])
-    print(f"step cnn B={batch}: {times}  ratios {ratios}", flush=True)
+    print(f"step {args.model} B={batch}: {times}  ratios {ratios}", flush=True)
     return row
 
 
