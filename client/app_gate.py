@@ -147,7 +147,7 @@ class GatedExecutor:
     """Flower's subprocess executor, with the gated ClientApp process in place of `flwr-clientapp`
     (the same arguments, plus the gate's)."""
 
-    def __init__(self, gate: Gate, *, warm: bool = True) -> None:
+    def __init__(self, gate: Gate) -> None:
         from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 
         self.gate = gate
@@ -156,7 +156,7 @@ class GatedExecutor:
         self.wait_for_capacity = self._flower.wait_for_capacity
         self.reconcile = self._flower.reconcile
         self.close = self._flower.close
-        self._workers = _start_warm_worker() if warm else None
+        self._workers = _start_warm_worker()
         self._tasks: list[multiprocessing.process.BaseProcess] = []
 
     def worker_pid(self) -> int | None:
