@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from fedward.common.errors import FedwardError
 MODULE = "fedward.simulations.local_runtime"
 """This module's import name (it runs itself in a child process for the data preparation)."""
 ERROR_MARK = "fedward: error: "
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
 RAY_START_ATTEMPTS = 2  # a loaded machine can time Ray's node start-up out once
 
 
@@ -109,6 +111,11 @@ def _ray_start_failed(exc: BaseException) -> bool:
 def run(spec: dict[str, Any]) -> None:
     """Run the simulation `spec` describes; raises what the run raised."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # nothing about the run leaves this machine
+    # Ctrl-C ends the run here and now: a KeyboardInterrupt in this main thread would leave the ServerApp
+    # thread running, and with the sites interrupted too it could finish the rounds and write a summary
+    # before `fedward sim` stops this process. The round checkpoints are written atomically, so
+    # `fedward sim resume` continues after the last completed round.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED))
     from flwr.simulation import run_simulation
 
     background = Background(spec.get("prepare"))
@@ -147,7 +154,7 @@ def main(argv: list[str]) -> int:
             return 0
         run(json.loads(Path(argv[0]).read_text()))
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BaseException as exc:  # the run's end: one line for people, the rest for the log
         traceback.print_exc()
         print(ERROR_MARK + _reason(exc), file=sys.stderr, flush=True)
