@@ -81,3 +81,14 @@ def test_a_nifti_site_is_opened_once_for_the_gate_and_the_loader(tmp_path: Path,
     files = sorted(site.rglob("*.nii.gz"))
     assert files and {counted[("nifti", str(p))] for p in files} == {1}
     assert counted["listings"] == 1
+
+
+def test_a_scan_without_the_gate_still_parses_each_file_once(tmp_path: Path, counted) -> None:
+    """The loaders alone (baselines, `site check` of a table-free folder) keep their own one reading."""
+    from fedward.common.data.mri.site import scan_site
+
+    site = generate_site(tmp_path / "site-0", 0, 3, fmt="dicom", spec=SPEC)
+    scan = scan_site(site, ("t1ce", "flair"))
+    slices = sorted(site.rglob("*.dcm"))
+    assert len(scan.samples) == 3 and counted["listings"] == 1
+    assert {counted[("parse", str(p))] for p in slices} == {1}

@@ -76,7 +76,12 @@ _KEPT: ContextVar[SiteFolder | None] = ContextVar("kept_site_folder", default=No
 
 @contextmanager
 def kept_site_folder(root: Path) -> Iterator[SiteFolder]:
-    """Read `root` once; within the block, `site_folder(root)` returns this reading."""
+    """Read `root` once (or reuse the enclosing block's reading of it); within the block,
+    `site_folder(root)` and the loaders' per-file lookups use this reading."""
+    kept = _KEPT.get()
+    if kept is not None and kept.root == Path(root):
+        yield kept
+        return
     folder = read_site_folder(root)
     token = _KEPT.set(folder)
     try:

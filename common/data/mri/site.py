@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedward.common.data.mri.dicom import load_dicom
-from fedward.common.data.mri.files import OUTSIDE_LINK, relative
-from fedward.common.data.mri.folder import site_folder
+from fedward.common.data.mri.files import OUTSIDE_LINK, SiteFiles, relative
+from fedward.common.data.mri.folder import kept_site_folder
 from fedward.common.data.mri.images import load_images
 from fedward.common.data.mri.manifest import read_manifest
 from fedward.common.data.mri.nifti import load_nifti
@@ -15,8 +15,12 @@ from fedward.common.data.mri.sample import ScanResult, Skipped
 
 def scan_site(site_dir: Path, contrasts: tuple[str, ...]) -> ScanResult:
     """All samples of a site folder (DICOM series, BraTS NIfTI cases and class image folders)."""
+    with kept_site_folder(site_dir) as folder:  # the PHI gate's reading when it ran first, else a new one
+        return _scan(site_dir, contrasts, folder.files)
+
+
+def _scan(site_dir: Path, contrasts: tuple[str, ...], files: SiteFiles) -> ScanResult:
     manifest = read_manifest(site_dir)
-    files = site_folder(site_dir).files  # the listing the PHI gate saw, when the reading is kept
     result = ScanResult(
         skipped=list(manifest.skipped), files=sorted(files.dicom + files.nifti + files.images)
     )
