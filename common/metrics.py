@@ -1,4 +1,7 @@
-"""Classification metrics at a site, and their exact pooling across sites."""
+"""Classification metrics at a site, and their exact pooling across sites.
+
+scikit-learn (with scipy and pandas behind it, ≈ 140 MB) is imported by the functions a site runs, not
+by the module: the coordinator, which only pools, never loads it."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score
 
 from fedward.common.clinical import (
     auc_batch,
@@ -36,6 +38,8 @@ def binary_metrics(
     AUC is NaN when the split holds a single class. `intervals` adds 95 % intervals: Wilson for the
     proportions, a case bootstrap for AUC and balanced accuracy.
     """
+    from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score  # at sites only (see module)
+
     y_true = np.asarray(y_true).astype(int)
     if len(y_true) == 0:  # same keys as always, so replies stay consistent across sites
         return {**dict.fromkeys(BINARY_KEYS, math.nan), "tp": 0, "fp": 0, "tn": 0, "fn": 0}
@@ -155,6 +159,8 @@ def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, *, intervals: bool
     """Accuracy, balanced accuracy, macro sensitivity/specificity/F1, macro one-vs-rest ROC AUC, log loss
     and ECE of (n, k) probabilities, plus the confusion counts `cm-<true>-<predicted>` and calibration
     sums for exact pooling. `intervals` adds 95 % intervals (Wilson for accuracy, bootstrap for AUC)."""
+    from sklearn.metrics import confusion_matrix, log_loss, roc_auc_score  # at sites only (see module)
+
     y_true = np.asarray(y_true).astype(int)
     k = probs.shape[1]
     cm = confusion_matrix(y_true, probs.argmax(axis=1), labels=list(range(k)))

@@ -14,6 +14,7 @@ writes the sites' data (run while Ray starts). A failure ends with one line
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -24,29 +25,16 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedward.common.errors import FedwardError
+from fedward.simulations.local_sites import SiteApp
 
 MODULE = "fedward.simulations.local_runtime"
 """This module's import name (it runs itself in a child process for the data preparation)."""
 ERROR_MARK = "fedward: error: "
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
 RAY_START_ATTEMPTS = 2  # a loaded machine can time Ray's node start-up out once
-
-
-def with_run_config(config: dict[str, Any]):
-    """A ClientApp mod that gives each site the run config for the message (the in-process engine leaves
-    it empty, and refuses a context whose run config changed: it is put back afterwards)."""
-
-    def mod(msg, context, call_next):
-        empty, context.run_config = context.run_config, dict(config)
-        try:
-            return call_next(msg, context)
-        finally:
-            context.run_config = empty
-
-    return mod
 
 
 class Background:
@@ -83,11 +71,6 @@ class Background:
 def _apps(config: dict[str, Any], background: Background):
     from flwr.serverapp import ServerApp
 
-    from fedward.client.app import site_app
-    from fedward.client.audit_mod import audit_mod
-    from fedward.client.hostile import hostile_mod
-    from fedward.client.simulated_faults import fault_mod
-
     server = ServerApp()
 
     @server.main()
@@ -97,10 +80,23 @@ def _apps(config: dict[str, Any], background: Background):
 
         context.run_config = dict(config)
         coordinator_main(grid, context)
+        end_now(0)  # every result is written: no need to wait for the engine's and Ray's slow shutdown
 
-    return server, site_app(
-        with_run_config(config), fault_mod, hostile_mod, audit_mod
-    )  # simulation-only mods
+    return server, SiteApp(config)  # by reference: each Ray actor imports it, keeps its app
+
+
+def end_now(code: int) -> NoReturn:
+    """End this process and every process under it (Ray's GCS, raylet and site actors) at once. Called
+    when the run has written its results (run folder, model, signed provenance; each site's ledger is
+    committed with its reply): Flower's engine and Ray would otherwise take seconds to wind down."""
+    import psutil
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for member in psutil.Process().children(recursive=True):  # nothing of the run is left in them
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    os._exit(code)
 
 
 def _ray_start_failed(exc: BaseException) -> bool:

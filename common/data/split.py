@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 
 def stratified_split(
@@ -14,6 +13,8 @@ def stratified_split(
     Stratifies by label when every class has at least two patients; a tiny site with a singleton
     class falls back to a plain random split. No patient lands in both splits.
     """
+    from sklearn.model_selection import train_test_split  # scikit-learn (and pandas): at sites only
+
     index = np.arange(len(patients))
     if len(index) < 2 or test_fraction <= 0:
         return index, index[:0]
