@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -226,7 +227,7 @@ def _run_local(
         try:
             failed, error = _stream(proc, log_file, verbose, echo)
         except BaseException:  # Ctrl-C: stop the run and its Ray workers now
-            _stop(proc)
+            _stop(proc, interrupt=True)
             raise
         if proc.returncode == 0 and not failed:
             return
@@ -329,15 +330,22 @@ def _worth_showing(line: str) -> bool:
     return line.startswith(("round ", "fedward:")) or "ERROR" in line or "Error" in line
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the SuperLink and every process it started. Flower's SuperExec runs in a session of its own,
-    with the simulation and its Ray workers under it: the whole tree is collected first, so nothing
-    survives as an orphan that would go on with the run."""
+def _stop(proc: subprocess.Popen, interrupt: bool = False) -> None:
+    """Stop the SuperLink (or the local runtime) and every process it started. Flower's SuperExec runs in a
+    session of its own, with the simulation and its Ray workers under it: the whole tree is collected
+    first, so nothing survives as an orphan that would go on with the run. `interrupt`: the local runtime
+    gets SIGINT first, which ends it at once (`local_runtime.INTERRUPTED`); SIGTERM would not, as Ray's
+    driver turns it into an exit of the main thread only, and the ServerApp thread would finish the run."""
     try:
         root = psutil.Process(proc.pid)
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
+    if interrupt and tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root.send_signal(signal.SIGINT)
+        with contextlib.suppress(psutil.TimeoutExpired):
+            root.wait(timeout=5)
     for member in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             member.terminate()
