@@ -56,16 +56,6 @@ TARGETS = {
 STEP_MODES = ("non-dp", "hooks", "functorch")
 
 
-def sim_defaults() -> dict[str, Any]:
-    """`fedward sim tumour`'s training defaults: the recipe every arm runs unless overridden."""
-    import inspect
-
-    from fedward.simulations.cli import tumour
-
-    params = inspect.signature(tumour).parameters
-    return {k: params[k].default for k in ("rounds", "local_epochs", "batch_size", "lr")}
-
-
 # ---------------------------------------------------------------------------------------------- utility
 
 
@@ -350,7 +340,6 @@ def _floats(text: str) -> list[float]:
 def main() -> None:
     """Parse options, run every arm on every seed, then the step timings; print and write."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    recipe = sim_defaults()
     parser.add_argument("--site-sizes", type=_ints, default=[40, 120, 250, 400], help="patients per site")
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     parser.add_argument("--epsilons", type=_floats, default=[1.0, 3.0, 8.0], help="ε per site over the run")
@@ -359,21 +348,28 @@ def main() -> None:
     parser.add_argument("--tasks", type=lambda s: [t for t in s.split(",") if t], default=["tumour"])
     parser.add_argument("--arms", type=lambda s: s.split(","), default=["pooled", "federated", "dp"],
                         help="pooled, federated, dp (every ε)")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=recipe["rounds"])
-    parser.add_argument("--local-epochs", type=int, default=recipe["local_epochs"])
-    parser.add_argument("--batch-size", type=int, default=recipe["batch_size"])
-    parser.add_argument("--lr", type=float, default=recipe["lr"])
+    by_recipe = "default: the model's recipe (simulations/recipes.py)"
+    parser.add_argument("--rounds", type=int, help=by_recipe)
+    parser.add_argument("--local-epochs", type=int, help=by_recipe)
+    parser.add_argument("--batch-size", type=int, help=by_recipe)
+    parser.add_argument("--lr", type=float, help=by_recipe)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--depth", type=int, default=16, help="slices per volume = model input depth")
     parser.add_argument("--skew", type=float, default=2.0)
     parser.add_argument("--contrasts", default="t1ce,flair")
-    parser.add_argument("--model", default="cnn", help="tumour classifier: cnn, densenet121, features")
+    parser.add_argument("--model", default="features", help="tumour classifier: features, cnn, densenet121")
     parser.add_argument("--step-batches", type=_ints, default=[], help="batch sizes of the step timing")
     parser.add_argument("--step-batches-per-epoch", type=int, default=4)
     parser.add_argument("--step-epochs", type=int, default=1, help="epochs per timed call (one setup)")
     parser.add_argument("--step-repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tumour_utility.json"))
     args = parser.parse_args()
+    from fedward.simulations.recipes import recipe
+
+    plan = recipe(args.model)  # what `fedward sim tumour --model M` trains with, unless given
+    for key in ("rounds", "local_epochs", "batch_size", "lr"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(plan, key))
     started = time.perf_counter()
     for task in args.tasks:
         for seed in args.seeds:

@@ -177,25 +177,49 @@ def test_features_model_trains_only_its_head_under_dp(root, monkeypatch: pytest.
     assert torch.equal(net.feature_mean, mean) and torch.equal(net.feature_scale, scale)
 
 
-def test_fixed_features_layout_is_channel_map_statistic() -> None:
-    """A bright blob in one octant of channel 1 raises that channel's grid maximum of the image map in
-    that octant only: the order (channel, map, statistic) the per-contrast reference relies on."""
+def test_fixed_features_layout_is_channel_then_pooled_maps() -> None:
+    """A bright blob in one cell of channel 1 raises that channel's image maximum in that cell of the
+    3 x 3 x 2 grid only: the order (channel, then image cells, mean, max, low-pass ...) the per-contrast
+    reference relies on."""
     front = FixedFeatures()
-    x = torch.zeros(1, 2, 16, 16, 8)
-    base = front(x).view(2, FixedFeatures.MAPS, FixedFeatures.STATS)
-    x[0, 1, 10:13, 2:5, 5:7] = 5.0  # octant (1, 0, 1) of the 2 x 2 x 2 grid
-    out = front(x).view(2, FixedFeatures.MAPS, FixedFeatures.STATS)
+    cells = 3 * 3 * 2
+    x = torch.zeros(1, 2, 18, 18, 8)
+    base = front(x).view(2, FixedFeatures.PER_CHANNEL)
+    x[0, 1, 13:16, 1:4, 5:7] = 5.0  # cell (2, 0, 1) of the 3 x 3 x 2 grid
+    out = front(x).view(2, FixedFeatures.PER_CHANNEL)
+    assert out.numel() == 2 * (cells + 2 + 8 + 2)
     assert torch.equal(out[0], base[0])  # channel 0 untouched
-    grid_max = out[1, 0, 8:16] - base[1, 0, 8:16]  # image map, grid maxima (cells in C order)
-    assert int(grid_max.argmax()) == 1 * 4 + 0 * 2 + 1 and float(grid_max.max()) == 5.0
-    assert float(grid_max.sort().values[-2]) == 0.0
-    assert float(out[1, 0, 17]) == 5.0  # global maximum
+    cell_max = out[1, :cells] - base[1, :cells]  # image map, cell maxima (C order over the grid)
+    assert int(cell_max.argmax()) == 2 * 6 + 0 * 2 + 1 and float(cell_max.max()) == 5.0
+    assert float(cell_max.sort().values[-2]) == 0.0
+    assert float(out[1, cells + 1]) == 5.0  # global maximum of the image
+    low_max = out[1, cells + 2 : cells + 10] - base[1, cells + 2 : cells + 10]  # low-pass, 2 x 2 x 2 cells
+    assert int(low_max.argmax()) == 1 * 4 + 0 * 2 + 1 and 0 < float(low_max.max()) < 5.0  # blurred
+
+
+def test_fixed_features_give_a_midline_lesion_its_own_cell() -> None:
+    """A small enhancing lesion on the midline, low and central (where the sella is), is seen by exactly one
+    image cell, the central-inferior one; on a 2 x 2 x 2 grid it would straddle the left-right split. Its
+    mirror image gives the same features, and a lateral lesion's mirror image the same global ones."""
+    front = FixedFeatures()
+    x = torch.zeros(1, 1, 32, 32, 16)
+    base = front(x)[0, :18]
+    x[0, 0, 14:18, 14:18, 2:5] = 3.0  # left-right symmetric about the midline (i = 15.5)
+    midline = front(x)[0]
+    changed = torch.nonzero(midline[:18] - base).flatten().tolist()
+    assert changed == [1 * 6 + 1 * 2 + 0]  # cell (1, 1, 0): central, central, inferior
+    assert torch.equal(front(x.flip(2)), front(x))  # symmetric lesion: mirror-invariant
+    lateral = torch.zeros(1, 1, 32, 32, 16)
+    lateral[0, 0, 3:7, 14:18, 10:13] = 3.0
+    a, b = front(lateral)[0], front(lateral.flip(2))[0]
+    assert not torch.equal(a[:18], b[:18])  # the side is in the cells ...
+    assert torch.allclose(a[18:20], b[18:20])  # ... not in the global statistics
 
 
 def test_features_model_refuses_what_it_cannot_standardise() -> None:
     with pytest.raises(ConfigError, match="no reference standardisation for contrast"):
         phantom_reference(("t1ce", "dwi"))
-    with pytest.raises(ConfigError, match="180 means and 180 positive scales"):
+    with pytest.raises(ConfigError, match="60 means and 60 positive scales"):
         build_classifier("features", 3, 2, 4, reference=(torch.zeros(90), torch.ones(90)))
     with pytest.raises(ConfigError, match="3D volumes"):
         get_task("tumour").build_model(_config("tumour", model="features", image_depth=0))
