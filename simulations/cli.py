@@ -19,6 +19,7 @@ from fedward.common.errors import ConfigError
 from fedward.common.tasks import task_spec
 from fedward.server.rundir import CONFIG_FILE, CROSS_SITE_FILE, SUMMARY_FILE, RunDirectory
 from fedward.simulations.progress import RunProgress
+from fedward.simulations.recipes import FEATURES_RECIPE, IMAGE_MODEL, Recipe, planned_training
 from fedward.simulations.runner import SimulationResources, SitePreparation, run_simulation
 
 if TYPE_CHECKING:  # the commands import their machinery when they run: `--help` stays instant
@@ -225,14 +226,26 @@ def site_sizes(text: str, sites: int, smallest: int = 4) -> list[int]:
     return counts
 
 
+def _by_model(key: str) -> str:
+    """`(default: features 1, other models 40)`: a recipe value for --help (simulations/recipes.py)."""
+    features, others = getattr(FEATURES_RECIPE, key), getattr(IMAGE_MODEL, key)
+    return f"(default: features {features:g}, other models {others:g})"
+
+
 @app.command("tumour")
 def tumour(
     ctx: typer.Context,
     sites: Annotated[int, typer.Option(min=1, help="Number of simulated hospitals.")] = 3,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help=f"Federated rounds {_by_model('rounds')}.", show_default=False)
+    ] = None,
     patients: Annotated[
-        str, typer.Option(help="Synthetic patients per site: one number, or one per site (40,120,250,400).")
-    ] = "24",
+        str,
+        typer.Option(
+            help="Synthetic patients per site: one number, or one per site (40,120,250,400). Under DP a "
+            "site needs dozens: at 24 the private default model stays near the majority class."
+        ),
+    ] = "60",
     anatomy: Annotated[
         PhantomAnatomy, typer.Option(help="simple (ellipsoid heads) or mni (MNI template anatomy).")
     ] = PhantomAnatomy.simple,
@@ -269,13 +282,23 @@ def tumour(
     model: Annotated[
         str,
         typer.Option(
-            help="cnn, densenet121 or features (classification; features: fixed filter bank + linear head, "
-            "for DP); unet (segmentation)."
+            help="Classification: features (default; fixed filter bank + linear head, learns under DP), cnn "
+            "(the default for --format png: 2D), densenet121. Segmentation: unet.",
+            show_default=False,
         ),
     ] = "",
-    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 40,
-    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 4,
-    lr: Annotated[float, typer.Option(min=1e-9, help="Local learning rate (Adam).")] = 0.002,
+    local_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help=f"Local epochs per round {_by_model('local_epochs')}.", show_default=False),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help=f"Local batch size {_by_model('batch_size')}.", show_default=False),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(min=1e-9, help=f"Local learning rate, Adam {_by_model('lr')}.", show_default=False),
+    ] = None,
     strategy: Annotated[str, typer.Option(help=f"Aggregation: {STRATEGY_NAMES}.")] = "fedavg",
     seed: Annotated[int, typer.Option(help="Seed of the phantoms, splits, initial model and training.")] = 0,
     name: Annotated[str, typer.Option(help="Run name (default: tumour-<time>).")] = "",
@@ -292,16 +315,19 @@ def tumour(
         seg = _segmenter_run(pipeline.resolve(), segmentation)
         sites, data_root, contrasts = seg["min-sites"], Path(seg["data-root"]), seg["mri-contrasts"]
     depth = seg["image-depth"] if pipeline else 0 if fmt is PhantomFormat.png else RunConfig().image_depth
+    model, plan = planned_training(
+        task, depth, model, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr
+    )
     config = RunConfig(
         task=task,
-        num_server_rounds=rounds,
+        num_server_rounds=plan.rounds,
         min_sites=sites,
         seed=seed,
-        model=model or ("unet" if segmentation else "mlp" if pipeline else "cnn"),
-        local_epochs=local_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer="adam",
+        model=model,
+        local_epochs=plan.local_epochs,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        optimizer=plan.optimizer,
         strategy=strategy,
         dp=not no_dp,
         dp_target_epsilon=epsilon,
@@ -315,7 +341,7 @@ def tumour(
         segmenter_run=str(pipeline.resolve()) if pipeline else "",
     )
     if pipeline is not None:  # the segmenter run's sites, as they are
-        console.print(f"fedward sim {task}: the {sites} sites of {pipeline}, {rounds} rounds")
+        console.print(f"fedward sim {task}: the {sites} sites of {pipeline}, {_recipe_text(model, plan)}")
         _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
         print_summary(run_dir)
         _pipeline_privacy(pipeline.resolve(), run_dir)
@@ -329,10 +355,19 @@ def tumour(
     sizes = f"{sites} sites × {counts[0]}" if len(set(counts)) == 1 else f"sites of {patients}"
     console.print(
         f"fedward sim {task}: {sizes} phantom patients ({fmt.value}, {anatomy.value} anatomy), "
-        f"{rounds} rounds, {dp_text}"
+        f"{_recipe_text(model, plan)}, {dp_text}"
     )
     _launch(ctx).run(config.to_flower(), sites, run_dir, verbose)
     print_summary(run_dir)
+
+
+def _recipe_text(model: str, plan: Recipe) -> str:
+    """`model features, 10 rounds × 1 local epoch (batch 8, lr 0.05)`."""
+    epochs = "epoch" if plan.local_epochs == 1 else "epochs"
+    return (
+        f"model {model}, {plan.rounds} rounds × {plan.local_epochs} local {epochs} "
+        f"(batch {plan.batch_size}, lr {plan.lr:g})"
+    )
 
 
 def _segmenter_run(folder: Path, segmentation: bool) -> dict[str, Any]:
@@ -597,8 +632,7 @@ def _describe(spec: Scenario) -> str:
     if priv.private and priv.noise_multiplier > 0:
         dp = f"DP σ = {priv.noise_multiplier:g}"
     sites = spec.num_sites if spec.num_sites is not None else f"'{p.column}'"
-    rounds = spec.scenario.rounds
-    return f"{spec.scenario.task}, {sites} sites ({p.kind}), {rounds} rounds, {spec.strategy.name}, {dp}"
+    return f"{spec.scenario.task}, {sites} sites ({p.kind}), {spec.rounds} rounds, {spec.strategy.name}, {dp}"
 
 
 def _finished(run_dir: Path, spec: Scenario, baselines: bool) -> dict | None:

@@ -21,9 +21,12 @@ from fedward.common.errors import ConfigError
 from fedward.common.tasks import task_spec
 from fedward.common.tomlfile import read_toml
 from fedward.common.validation_errors import validation_problems
+from fedward.simulations.recipes import RECIPES, default_classifier
 from fedward.strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+DEFAULT_ROUNDS = 10  # federated rounds of a scenario whose model has no recipe of its own
 
 # phantom class mix of an `iid` tumour scenario: Dirichlet(this), i.e. practically the same mix everywhere
 IID_PHANTOM_SKEW = 1000.0
@@ -46,7 +49,7 @@ class ScenarioTable(_Table):
     description: str = ""
     task: Literal["ckd", "tumour", "tumour-seg"] = "ckd"
     sites: int | None = Field(None, ge=1)  # default 3; natural partitions: the column's number of values
-    rounds: int = Field(10, ge=1)
+    rounds: int | None = Field(None, ge=1)  # default: the model's recipe (simulations/recipes.py), else 10
     seed: int = 0
     data: str = ""  # ckd: a CSV in the UCI CKD format (relative to this file); default the shipped table
     test_fraction: float = Field(0.2, gt=0, lt=1)
@@ -137,7 +140,7 @@ SiteSize = Annotated[int, Field(ge=4)]
 class PhantomTable(_Table):
     """`[data]`: the synthetic MRI sites of the tumour tasks (simulations/phantoms.py)."""
 
-    patients: SiteSize | list[SiteSize] = 24  # one size for every site, or one per site
+    patients: SiteSize | list[SiteSize] = 60  # one size for every site, or one per site (DP: dozens)
     anatomy: Literal["simple", "mni"] = "simple"  # ellipsoid heads, or the MNI template (anatomy.py)
     format: Literal["dicom", "nifti", "png"] = "dicom"
     contrasts: str = "t1ce,flair"
@@ -184,10 +187,39 @@ class Scenario(_Table):
         path = Path(self.scenario.data).expanduser()
         return path if path.is_absolute() else Path(self.source).resolve().parent / path
 
+    @property
+    def model(self) -> str:
+        """`[training] model`, else the task's default (tumour: `features`, or `cnn` for 2D PNG phantoms)."""
+        if self.training.model is not None:
+            return self.training.model
+        if self.scenario.task == "tumour":
+            return default_classifier(self.image_depth)
+        return task_spec(self.scenario.task).training_defaults["model"]
+
+    @property
+    def rounds(self) -> int:
+        """`[scenario] rounds`, else the model's recipe (tumour `features`), else 10."""
+        if self.scenario.rounds is not None:
+            return self.scenario.rounds
+        if self.model in RECIPES and task_spec(self.scenario.task).imaging:
+            return RECIPES[self.model].rounds
+        return DEFAULT_ROUNDS
+
+    @property
+    def image_depth(self) -> int:
+        """The model input's depth of the phantoms: 0 (2D) for PNG folders."""
+        return 0 if self.data.format == "png" else RunConfig().image_depth
+
     def training_value(self, key: str) -> Any:
-        """A `[training]` value, or the task's default."""
+        """A `[training]` value, else the model's recipe (simulations/recipes.py) or the task's default."""
         value = getattr(self.training, key)
-        return task_spec(self.scenario.task).training_defaults[key] if value is None else value
+        if value is not None:
+            return value
+        if key == "model":
+            return self.model
+        if self.model in RECIPES and task_spec(self.scenario.task).imaging:
+            return RECIPES[self.model].training()[key]
+        return task_spec(self.scenario.task).training_defaults[key]
 
     def min_sites(self, num_sites: int) -> int:
         """Sites that must train each round: `[sites] min-sites`, else all (1 with dropout or policies)."""
@@ -253,7 +285,7 @@ class Scenario(_Table):
         }
         values: dict[str, Any] = {
             "task": s.task,
-            "num-server-rounds": s.rounds,
+            "num-server-rounds": self.rounds,
             "min-sites": self.min_sites(num_sites),
             "seed": s.seed,
             "dp": priv.private,
@@ -280,7 +312,7 @@ class Scenario(_Table):
             d = self.data
             values |= {
                 "image-size": d.image_size,
-                "image-depth": 0 if d.format == "png" else RunConfig().image_depth,
+                "image-depth": self.image_depth,
                 "mri-contrasts": d.contrasts,
                 "tumour-binary": d.binary,
             }
