@@ -1,5 +1,5 @@
-"""Simulation runtime: progress display, the sites' app as Ray holds it, a real run that ends at once and
-keeps its results, a real run interrupted mid-round and resumed, leave-one-site-out."""
+"""Simulation runtime: progress display, the sites' app as Ray holds it, a real run interrupted mid-round
+and resumed, leave-one-site-out (a real run that ends at once and keeps its results: test_simulation.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from flower_fakes import flower_identity  # noqa: F401 (fixture)
 from inprocess_grid import InProcessGrid, run_server
 from rich.console import Console
 
-from fedward.client.ledger import PrivacyLedger
 from fedward.common.config import RunConfig
 from fedward.server.checkpoint import RoundCheckpoint
 from fedward.simulations.leave_one_out import leave_one_out
@@ -65,52 +63,6 @@ def test_the_sites_app_travels_by_reference_and_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def _marked(mark: str) -> list[psutil.Process]:
-    """Processes (any depth under the command, Ray's included) whose environment carries `mark`."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("FEDWARD_TEST_TREE") == mark:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-@pytest.mark.slow
-def test_a_finished_simulation_ends_every_process_it_started_and_keeps_its_results(tmp_path: Path) -> None:
-    """The local runtime ends itself and Ray as soon as the run's results are written (no graceful Ray
-    shutdown): nothing of the run may be left running, and nothing it wrote may be missing."""
-    mark = f"{os.getpid()}-{time.time_ns()}"
-    command = [
-        FEDWARD, "sim", "ckd", "--sites", "2", "--rounds", "2", "--name", "done", "--runs-dir", str(tmp_path),
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env={**os.environ, "FEDWARD_TEST_TREE": mark}
-    )
-
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    deadline = time.monotonic() + 10
-    while _marked(mark) and time.monotonic() < deadline:  # a killed process may take a moment to vanish
-        time.sleep(0.2)
-    assert [p.name() for p in _marked(mark)] == []
-    run_dir = tmp_path / "done"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["rounds-completed"] == 2 and summary["stopped"] is None
-    assert {"model.safetensors", "provenance.json", "provenance.sig", "cross-site.json"} <= {
-        p.name for p in run_dir.iterdir()
-    }
-    for site in ("site-0", "site-1"):  # every round's steps are committed to the site's ledger
-        ledger = PrivacyLedger(run_dir / "sites" / site / "state")
-        (dataset,) = ledger.datasets()
-        rows = ledger.rows(dataset.fingerprint)
-        assert sorted((row.server_round, row.label) for row in rows) == [
-            (0, "statistics"), (1, "train"), (2, "train"),
-        ]  # fmt: skip
-        assert {row.kind for row in rows} == {"spend"}  # no reservation left open
-        assert ledger.verify() is None
 
 
 @pytest.mark.slow
