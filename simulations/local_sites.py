@@ -36,9 +36,10 @@ class SiteApp:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.key = json.dumps(config, sort_keys=True)  # once, where it is built: not per message
 
     def __call__(self, message: Message, context: Context) -> Message:
-        key = json.dumps(self.config, sort_keys=True)
+        key = self.key
         app = SiteApp._built.get(key)
         if app is None:
             from fedward.client.app import site_app
