@@ -15,6 +15,12 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real federations (marked slow, up to minutes each, much of it waiting on Flower's polls and
+    heartbeats) first, so that with xdist (pyproject's addopts) the rest of the suite runs beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Runs sign their provenance with a throwaway key, not the developer's ~/.fedward key."""
