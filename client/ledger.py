@@ -25,9 +25,10 @@ import math
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,7 +209,9 @@ class PrivacyLedger:
         self.head_path = self.path.with_name(HEAD_FILE)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._timeout = timeout
-        with closing(self._connect()) as db:  # a site opens its ledger per message: read before writing
+        self._connection: sqlite3.Connection | None = None
+        self._owner: tuple[int, int] | None = None
+        with self._db() as db:  # a site opens its ledger per message: read before writing
             current = db.execute("PRAGMA user_version").fetchone()[0] == _SCHEMA_VERSION
         if not current:
             self._set_up()
@@ -233,6 +236,21 @@ class PrivacyLedger:
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """This ledger's connection, opened once per process and thread and kept for its lifetime: a
+        round's reserve, settle and reads reuse it (closing SQLite's last connection checkpoints the WAL)."""
+        owner = (os.getpid(), threading.get_ident())
+        if self._connection is None or self._owner != owner:
+            self._connection, self._owner = self._connect(), owner  # a forked child never reuses it
+        yield self._connection
+
+    def close(self) -> None:
+        """Close the connection (also done when the ledger is garbage collected)."""
+        if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
+            self._connection.close()
+        self._connection = self._owner = None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
@@ -263,7 +281,7 @@ class PrivacyLedger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding the write lock from its start (no lost updates). When rows
         were appended, the head file is rewritten before COMMIT, while the lock is still held."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
             try:
@@ -402,7 +420,7 @@ class PrivacyLedger:
         `keys` are the data set's patient keys (default: those the ledger registered for it); `delta`
         picks the most-spent group when patients fall into several (without it they are merged).
         """
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return self._worst(db, fingerprint, keys, [], delta, accountant)
 
     def spent(
@@ -420,18 +438,18 @@ class PrivacyLedger:
         keys: list[str] | None = None,
     ) -> float:
         """ε(δ) the data set would have spent after also taking `extra_entries`."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             history = self._worst(db, fingerprint, keys, list(extra_entries), delta, accountant)
         return history.epsilon(delta, accountant)
 
     def patients(self, fingerprint: str) -> list[str]:
         """The patient keys registered for the data set."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return _members(db, fingerprint)
 
     def datasets(self) -> list[DatasetSummary]:
         """One summary per data set (its own counted steps), most recently used first."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             found = db.execute(
                 "SELECT fingerprint, SUM(CASE WHEN kind = 'register' THEN 0 ELSE steps END), "
                 "COUNT(DISTINCT CASE WHEN kind = 'register' THEN NULL ELSE run_id END), MIN(recorded_at), "
@@ -449,7 +467,7 @@ class PrivacyLedger:
 
     def rows(self, fingerprint: str) -> list[LedgerRow]:
         """The data set's own step batches that count (taken, or reserved and not settled), oldest first."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             found = db.execute(
                 "SELECT run_id, server_round, noise_multiplier, sample_rate, steps, delta, accountant, "
                 f"task, recorded_at, kind, label FROM rows WHERE fingerprint = ? AND {_COUNTED} ORDER BY id",
@@ -563,7 +581,7 @@ class PrivacyLedger:
 
     def verify(self) -> str | None:
         """The first problem of the hash chain, the head file or the patient lists, or None when intact."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             found = db.execute(f"SELECT id, {_COLUMNS}, prev_hash, row_hash FROM rows ORDER BY id").fetchall()
             members: dict[str, list[str]] = {}
             for fp, patient in db.execute("SELECT fingerprint, patient FROM members"):

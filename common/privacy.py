@@ -5,7 +5,8 @@ rate, steps) of every private step, and ε(δ) is always composed over the whole
 ignores the order of the steps, so a history is first grouped (equal (σ, q) merged, steps summed,
 sorted) and each grouped history is composed once per process and δ: the budget check before a round,
 the run and lifetime ε after it and σ's calibration share one PRV composition. (PRV's discretisation
-depends on the total number of steps, so adding a round to an earlier result would not be exact.)
+depends on the total number of steps, so adding a round to an earlier result would not be exact.) PRV
+runs on a domain rounds share (common/prv_composition.py): a round re-composes, it does not re-discretise.
 """
 
 from __future__ import annotations
@@ -279,7 +280,12 @@ def _compose(entries: tuple[Entry, ...], delta: float, accountant: str) -> float
     from opacus.accountants import create_accountant  # Opacus loads in ~2.5 s: only when needed
 
     _memoise_step_rdp()
-    acc = create_accountant(mechanism=accountant)
+    if accountant == "prv":  # Opacus' PRV on a domain later rounds share (common/prv_composition.py)
+        from fedward.common.prv_composition import SharedDomainPRVAccountant
+
+        acc = SharedDomainPRVAccountant()
+    else:
+        acc = create_accountant(mechanism=accountant)
     acc.history = list(entries)
     with warnings.catch_warnings():  # RDP's order advice; PRV's log(1 - q) = -inf at q = 1 (harmless)
         warnings.simplefilter("ignore", UserWarning)

@@ -65,7 +65,8 @@ def test_history_survives_a_round_trip_through_flower_state() -> None:
     assert again.entries == history.entries
     reference = PRVAccountant()
     reference.history = list(history.entries)
-    assert again.epsilon(1e-3, "prv") == pytest.approx(reference.get_epsilon(1e-3), rel=1e-9)
+    # on a domain rounds share (common/prv_composition.py): Opacus' bound, far inside its eps_error 0.01
+    assert again.epsilon(1e-3, "prv") == pytest.approx(reference.get_epsilon(1e-3), abs=1e-4)
 
 
 def test_noise_from_target_epsilon_spends_the_target_over_the_planned_rounds() -> None:
@@ -117,7 +118,8 @@ def test_grouping_equal_mechanisms_keeps_epsilon_exact(accountant) -> None:
         reference.history = [e for e in SCATTERED if e[2] > 0]  # as Opacus composes them, one by one
         expected = reference.get_epsilon(delta)
         mechanism = accountant.mechanism()
-        assert compose_epsilon(SCATTERED, delta, mechanism) == pytest.approx(expected, rel=1e-9)
+        exact = {"rdp": {"rel": 1e-9}, "prv": {"abs": 1e-4}}[mechanism]  # PRV: common/prv_composition.py
+        assert compose_epsilon(SCATTERED, delta, mechanism) == pytest.approx(expected, **exact)
         assert compose_epsilon(SCATTERED[::-1], delta, mechanism) == compose_epsilon(
             SCATTERED, delta, mechanism
         )
