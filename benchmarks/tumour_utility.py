@@ -82,7 +82,7 @@ def base_config(task: str, args: argparse.Namespace, data_root: Path, work: Path
         num_server_rounds=args.rounds,
         min_sites=len(args.site_sizes),
         seed=seed,
-        model="unet" if task == "tumour-seg" else args.model,
+        model=args.seg_model if task == "tumour-seg" else args.model,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -358,6 +358,7 @@ def main() -> None:
     parser.add_argument("--skew", type=float, default=2.0)
     parser.add_argument("--contrasts", default="t1ce,flair")
     parser.add_argument("--model", default="features", help="tumour classifier: features, cnn, densenet121")
+    parser.add_argument("--seg-model", default="unet", help="tumour segmenter: unet, voxel-features")
     parser.add_argument("--step-batches", type=_ints, default=[], help="batch sizes of the step timing")
     parser.add_argument("--step-batches-per-epoch", type=int, default=4)
     parser.add_argument("--step-epochs", type=int, default=1, help="epochs per timed call (one setup)")

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from fedward.common.errors import ConfigError
 
 CLASSIFIERS = ("cnn", "densenet121", "features")
-SEGMENTERS = ("unet",)
+SEGMENTERS = ("unet", "voxel-features")
 
 
 def _conv(dims: int):
@@ -55,6 +55,19 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
+def _blur3d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, X, Y, Z), each channel on its own, edges replicated."""
+    radius, channels = (len(kernel) - 1) // 2, x.shape[1]
+    for axis in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + axis] = len(kernel)
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        weight = kernel.view(shape).repeat(channels, 1, 1, 1, 1)
+        x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=channels)
+    return x
+
+
 class FixedFeatures(nn.Module):
     """A fixed (untrained, parameter-free) 3D front in front of a linear head: few, localised features.
 
@@ -80,15 +93,7 @@ class FixedFeatures(nn.Module):
         self.register_buffer("kernel", _gaussian_kernel(sigma), persistent=False)
 
     def _blur(self, x: torch.Tensor) -> torch.Tensor:
-        radius, channels = (len(self.kernel) - 1) // 2, x.shape[1]
-        for axis in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = len(self.kernel)
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-            weight = self.kernel.view(shape).repeat(channels, 1, 1, 1, 1)
-            x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=channels)
-        return x
+        return _blur3d(x, self.kernel)
 
     @staticmethod
     def _pooled(maps: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -181,8 +186,50 @@ def build_classifier(
     raise ConfigError(f"unknown model {name!r} for tumour classification; expected one of {CLASSIFIERS}")
 
 
+class VoxelFeatures(nn.Module):
+    """Fixed per-voxel features of each contrast (no parameters, nothing learned from any data): the voxel,
+    its Gaussian blurs at σ = 1, 2 and 4 voxels, and the local contrasts voxel − blur(4) and blur(1) −
+    blur(4). The loader has already standardised each contrast over the brain's voxels."""
+
+    SIGMAS = (1.0, 2.0, 4.0)
+    PER_CHANNEL = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        for i, sigma in enumerate(self.SIGMAS):
+            self.register_buffer(f"kernel{i}", _gaussian_kernel(sigma), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blur1, blur2, blur4 = (_blur3d(x, getattr(self, f"kernel{i}")) for i in range(len(self.SIGMAS)))
+        return torch.cat([x, blur1, blur2, blur4, x - blur4, blur1 - blur4], dim=1)
+
+
+class VoxelSegmenter(nn.Module):
+    """`VoxelFeatures`, then the same small MLP at every voxel (1 × 1 × 1 convolutions: features → 16 →
+    classes; 242 weights for two contrasts): a segmenter with few weights to noise under DP-SGD, in the
+    spirit of handcrafted features under DP (Tramèr & Boneh 2021)."""
+
+    def __init__(self, in_channels: int, num_classes: int = 2, hidden: int = 16) -> None:
+        super().__init__()
+        self.front = VoxelFeatures()
+        self.head = nn.Sequential(
+            nn.Conv3d(in_channels * VoxelFeatures.PER_CHANNEL, hidden, 1),
+            nn.ReLU(),
+            nn.Conv3d(hidden, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.front(x))
+
+
 def build_segmenter(name: str, spatial_dims: int, in_channels: int, num_classes: int = 2) -> nn.Module:
-    """MONAI `unet` with InstanceNorm (the MONAI default; Opacus has a grad sampler for it)."""
+    """MONAI `unet` with InstanceNorm (the MONAI default; Opacus has a grad sampler for it), or
+    `voxel-features` (3D only: fixed per-voxel features and a per-voxel MLP)."""
+    if name == "voxel-features":
+        if spatial_dims != 3:
+            raise ConfigError("model 'voxel-features' takes 3D volumes: set image-depth > 0")
+        return VoxelSegmenter(in_channels, num_classes)
     if name == "unet":
         from monai.networks.nets import UNet
 

@@ -283,7 +283,8 @@ def tumour(
         str,
         typer.Option(
             help="Classification: features (default; fixed filter bank + linear head, learns under DP), cnn "
-            "(the default for --format png: 2D), densenet121. Segmentation: unet.",
+            "(the default for --format png: 2D), densenet121. Segmentation: voxel-features (default; fixed "
+            "per-voxel features + a per-voxel MLP, learns under DP), unet (the default for --format png).",
             show_default=False,
         ),
     ] = "",

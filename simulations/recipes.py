@@ -41,11 +41,16 @@ IMAGE_MODEL = Recipe(rounds=5, local_epochs=40, batch_size=4, lr=0.002)
 # q = 1/6. Measured on the default command and at 120 patients per site (BENCHMARKS.md "Tumour defaults").
 FEATURES_RECIPE = Recipe(rounds=10, local_epochs=1, batch_size=8, lr=0.05)
 
-RECIPES: dict[str, Recipe] = {FEATURES: FEATURES_RECIPE}
+# The DP-suited `voxel-features` segmenter (fixed per-voxel features + a per-voxel MLP of 242 weights): the
+# `features` recipe, measured at 4 sites x 40 patients (BENCHMARKS.md "A segmenter that learns under DP").
+VOXEL_FEATURES = "voxel-features"
+
+RECIPES: dict[str, Recipe] = {FEATURES: FEATURES_RECIPE, VOXEL_FEATURES: FEATURES_RECIPE}
 
 
 def recipe(model: str) -> Recipe:
-    """The recipe of a tumour model (`features` its own; every other image model the CNN's)."""
+    """The recipe of a tumour model (`features` and `voxel-features` their own; every other image model the
+    CNN's)."""
     return RECIPES.get(model, IMAGE_MODEL)
 
 
@@ -55,10 +60,18 @@ def default_classifier(image_depth: int) -> str:
     return FEATURES if image_depth > 0 else CNN
 
 
+def default_segmenter(image_depth: int) -> str:
+    """The segmenter when none is named: `voxel-features` (learns under DP) for 3D volumes; `unet` for 2D
+    slices, which `voxel-features` does not take."""
+    return VOXEL_FEATURES if image_depth > 0 else "unet"
+
+
 def default_model(task: str, image_depth: int) -> str:
-    """The model of a tumour task when none is named: the classifier above, `unet` (tumour-seg) or the
-    pipeline's `mlp` (tumour-pipeline)."""
-    return {"tumour-seg": "unet", "tumour-pipeline": "mlp"}.get(task) or default_classifier(image_depth)
+    """The model of a tumour task when none is named: the classifier or segmenter above, or the pipeline's
+    `mlp` (tumour-pipeline)."""
+    if task == "tumour-seg":
+        return default_segmenter(image_depth)
+    return "mlp" if task == "tumour-pipeline" else default_classifier(image_depth)
 
 
 def planned_training(

@@ -21,7 +21,7 @@ from fedward.common.errors import ConfigError
 from fedward.common.tasks import task_spec
 from fedward.common.tomlfile import read_toml
 from fedward.common.validation_errors import validation_problems
-from fedward.simulations.recipes import RECIPES, default_classifier
+from fedward.simulations.recipes import RECIPES, default_model
 from fedward.strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -189,11 +189,12 @@ class Scenario(_Table):
 
     @property
     def model(self) -> str:
-        """`[training] model`, else the task's default (tumour: `features`, or `cnn` for 2D PNG phantoms)."""
+        """`[training] model`, else the task's default (tumour: `features`, tumour-seg: `voxel-features`;
+        `cnn` and `unet` for 2D PNG phantoms)."""
         if self.training.model is not None:
             return self.training.model
-        if self.scenario.task == "tumour":
-            return default_classifier(self.image_depth)
+        if self.scenario.task in ("tumour", "tumour-seg"):
+            return default_model(self.scenario.task, self.image_depth)
         return task_spec(self.scenario.task).training_defaults["model"]
 
     @property

@@ -14,7 +14,13 @@ from fedward.common import training
 from fedward.common.config import RunConfig
 from fedward.common.data.split import split_by_patient
 from fedward.common.errors import ConfigError
-from fedward.common.imaging_models import FixedFeatures, build_classifier, phantom_reference
+from fedward.common.imaging_models import (
+    FixedFeatures,
+    VoxelFeatures,
+    build_classifier,
+    build_segmenter,
+    phantom_reference,
+)
 from fedward.common.metrics import multiclass_metrics, pool_multiclass
 from fedward.common.privacy import DPConfig
 from fedward.common.tasks import SiteSource, get_task
@@ -59,6 +65,7 @@ def test_image_folder_site_splits_by_patient(root) -> None:
         ("tumour", "densenet121", 0),
         ("tumour", "features", 8),
         ("tumour-seg", "unet", 8),
+        ("tumour-seg", "voxel-features", 8),
     ],
 )
 def test_one_dp_step_per_model(root, task: str, model: str, depth: int) -> None:
@@ -175,6 +182,27 @@ def test_features_model_trains_only_its_head_under_dp(root, monkeypatch: pytest.
     assert layers == {"Linear"}
     assert not torch.equal(head, net.head.weight)
     assert torch.equal(net.feature_mean, mean) and torch.equal(net.feature_scale, scale)
+
+
+def test_voxel_features_see_a_lesion_where_it_is_and_only_the_head_trains() -> None:
+    """`voxel-features`: six fixed maps per contrast at full resolution (map-major: map k of contrast c at
+    2k + c for two contrasts); a bright lesion stands out in its local contrast (voxel − blur(4)) at its
+    voxels and nowhere far from it, a flat contrast gives nothing; only the per-voxel MLP has weights."""
+    x = torch.zeros(1, 2, 16, 16, 8)
+    x[0, 1, 6:9, 6:9, 3:5] = 3.0  # a lesion in the second contrast only
+    maps = VoxelFeatures()(x)
+    assert maps.shape == (1, 2 * VoxelFeatures.PER_CHANNEL, 16, 16, 8)
+    local_contrast = maps[0, 2 * 4 + 1]
+    peak = local_contrast[7, 7, 4]
+    assert peak > 1.0 and local_contrast[:3, :3].abs().max() < 0.01 * peak  # 5+ voxels away
+    assert maps[0, 0::2].abs().max() == 0
+    net = build_segmenter("voxel-features", 3, 2)
+    assert [name for name, _ in net.named_parameters()] == [
+        "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"
+    ]  # fmt: skip
+    assert net(x).shape == (1, 2, 16, 16, 8)
+    with pytest.raises(ConfigError, match="3D"):
+        build_segmenter("voxel-features", 2, 2)
 
 
 def test_fixed_features_layout_is_channel_then_pooled_maps() -> None:

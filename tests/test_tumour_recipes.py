@@ -32,9 +32,11 @@ def test_default_tumour_command_trains_features_with_its_recipe() -> None:
     assert _cli("--no-dp", "--patients", "120") == ("features", FEATURES_RECIPE)
 
 
-def test_cnn_keeps_its_recipe_and_segmentation_its_own() -> None:
+def test_cnn_and_unet_keep_their_recipe_and_segmentation_defaults_to_voxel_features() -> None:
     assert _cli("--model", "cnn") == ("cnn", CNN_RECIPE) == ("cnn", IMAGE_MODEL)
-    assert _cli("--segmentation") == ("unet", CNN_RECIPE)
+    assert _cli("--segmentation") == ("voxel-features", FEATURES_RECIPE)  # learns under DP, the UNet not
+    assert _cli("--segmentation", "--model", "unet") == ("unet", CNN_RECIPE)
+    assert _cli("--segmentation", "--format", "png") == ("unet", CNN_RECIPE)  # voxel-features: 3D only
     assert _cli("--format", "png") == ("cnn", CNN_RECIPE)  # features takes 3D volumes only
     assert planned_training("tumour-pipeline", 16) == ("mlp", CNN_RECIPE)
 
@@ -73,4 +75,4 @@ def test_tumour_scenario_cnn_png_and_explicit_keys(tmp_path: Path) -> None:
     seg_path = tmp_path / "seg.toml"
     seg_path.write_text('[scenario]\ntask = "tumour-seg"\n')
     seg = RunConfig.from_flower(load_scenario(seg_path).run_config_values(num_sites=3, data_root="/d"))
-    assert (seg.model, seg.local_epochs, seg.batch_size, seg.lr) == ("unet", 40, 4, 0.002)
+    assert (seg.model, seg.local_epochs, seg.batch_size, seg.lr) == ("voxel-features", 1, 8, 0.05)

@@ -90,7 +90,7 @@ TUMOUR_SEG = TaskSpec(
     columns=("dice", "dice-voxels", "hd95"),
     primary_metric="dice",
     imaging=True,
-    models=("unet",),
+    models=("unet", "voxel-features"),
     training_defaults={**_IMAGING_TRAINING, "model": "unet"},
 )
 
