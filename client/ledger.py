@@ -239,18 +239,12 @@ class PrivacyLedger:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """This ledger's connection, opened once per process and thread and kept for its lifetime: a
-        round's reserve, settle and reads reuse it (closing SQLite's last connection checkpoints the WAL)."""
+        """This ledger's connection, opened once per process and thread, closed with the ledger object: a
+        message's reserve, settle and reads reuse it (closing SQLite's last connection checkpoints)."""
         owner = (os.getpid(), threading.get_ident())
         if self._connection is None or self._owner != owner:
             self._connection, self._owner = self._connect(), owner  # a forked child never reuses it
         yield self._connection
-
-    def close(self) -> None:
-        """Close the connection (also done when the ledger is garbage collected)."""
-        if self._connection is not None and self._owner == (os.getpid(), threading.get_ident()):
-            self._connection.close()
-        self._connection = self._owner = None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)

@@ -81,7 +81,7 @@ def discretisation_cache_info():
     return _discretised.cache_info()
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=32)  # a site's few mechanisms on the current domain (each ≤ ~2 MB)
 def _discretised(sample_rate: float, sigma: float, t_min: float, t_max: float, size: int) -> DiscretePRV:
     """A Poisson-subsampled Gaussian mechanism truncated to and discretised on the domain (Opacus')."""
     truncated = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(sample_rate, sigma), t_min, t_max)
