@@ -19,7 +19,13 @@ from fedward.common.errors import ConfigError
 from fedward.common.tasks import task_spec
 from fedward.server.rundir import CONFIG_FILE, CROSS_SITE_FILE, SUMMARY_FILE, RunDirectory
 from fedward.simulations.progress import RunProgress
-from fedward.simulations.recipes import FEATURES_RECIPE, IMAGE_MODEL, Recipe, planned_training
+from fedward.simulations.recipes import (
+    FEATURES_RECIPE,
+    IMAGE_MODEL,
+    VOXEL_FEATURES_RECIPE,
+    Recipe,
+    planned_training,
+)
 from fedward.simulations.runner import SimulationResources, SitePreparation, run_simulation
 
 if TYPE_CHECKING:  # the commands import their machinery when they run: `--help` stays instant
@@ -227,9 +233,10 @@ def site_sizes(text: str, sites: int, smallest: int = 4) -> list[int]:
 
 
 def _by_model(key: str) -> str:
-    """`(default: features 1, other models 40)`: a recipe value for --help (simulations/recipes.py)."""
-    features, others = getattr(FEATURES_RECIPE, key), getattr(IMAGE_MODEL, key)
-    return f"(default: features {features:g}, other models {others:g})"
+    """`(default: features 1, voxel-features 4, other models 40)`: a recipe value for --help
+    (simulations/recipes.py)."""
+    features, voxel, others = (getattr(r, key) for r in (FEATURES_RECIPE, VOXEL_FEATURES_RECIPE, IMAGE_MODEL))
+    return f"(default: features {features:g}, voxel-features {voxel:g}, other models {others:g})"
 
 
 @app.command("tumour")

@@ -9,7 +9,13 @@ import typer
 
 from fedward.common.config import RunConfig
 from fedward.simulations import cli
-from fedward.simulations.recipes import FEATURES_RECIPE, IMAGE_MODEL, Recipe, planned_training
+from fedward.simulations.recipes import (
+    FEATURES_RECIPE,
+    IMAGE_MODEL,
+    VOXEL_FEATURES_RECIPE,
+    Recipe,
+    planned_training,
+)
 from fedward.simulations.scenario import load_scenario
 
 CNN_RECIPE = Recipe(rounds=5, local_epochs=40, batch_size=4, lr=0.002)  # the CLI's recipe before features
@@ -34,7 +40,7 @@ def test_default_tumour_command_trains_features_with_its_recipe() -> None:
 
 def test_cnn_and_unet_keep_their_recipe_and_segmentation_defaults_to_voxel_features() -> None:
     assert _cli("--model", "cnn") == ("cnn", CNN_RECIPE) == ("cnn", IMAGE_MODEL)
-    assert _cli("--segmentation") == ("voxel-features", FEATURES_RECIPE)  # learns under DP, the UNet not
+    assert _cli("--segmentation") == ("voxel-features", VOXEL_FEATURES_RECIPE)  # learns under DP, UNet not
     assert _cli("--segmentation", "--model", "unet") == ("unet", CNN_RECIPE)
     assert _cli("--segmentation", "--format", "png") == ("unet", CNN_RECIPE)  # voxel-features: 3D only
     assert _cli("--format", "png") == ("cnn", CNN_RECIPE)  # features takes 3D volumes only
@@ -75,4 +81,5 @@ def test_tumour_scenario_cnn_png_and_explicit_keys(tmp_path: Path) -> None:
     seg_path = tmp_path / "seg.toml"
     seg_path.write_text('[scenario]\ntask = "tumour-seg"\n')
     seg = RunConfig.from_flower(load_scenario(seg_path).run_config_values(num_sites=3, data_root="/d"))
-    assert (seg.model, seg.local_epochs, seg.batch_size, seg.lr) == ("voxel-features", 1, 8, 0.05)
+    assert (seg.model, seg.local_epochs, seg.batch_size, seg.lr) == ("voxel-features", 4, 32, 0.1)
+    assert seg.num_server_rounds == VOXEL_FEATURES_RECIPE.rounds
