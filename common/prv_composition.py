@@ -76,7 +76,7 @@ class SharedDomainPRVAccountant(PRVAccountant):
         return "prv"
 
 
-def discretisation_cache_info():
+def discretisation_cache_info() -> tuple[int, int, int | None, int]:
     """(hits, misses, maxsize, size) of the per-domain discretisations; a miss is one discretisation."""
     return _discretised.cache_info()
 
