@@ -7,9 +7,9 @@ truncated PRV's mean per mechanism: most of a composition), and the domain's len
 gives (often with a large prime factor: the FFT that composes the steps then takes several times longer
 than at a nearby length).
 
-`SharedDomainPRVAccountant` sizes the domain for each mechanism's steps rounded up to a power of two, and
-lengthens it to the next length the FFT handles well. The domain is then at least as wide (L from more
-steps) and at least as fine (the mesh of more steps) as the one Opacus would choose, so Opacus' error
+`SharedDomainPRVAccountant` sizes the domain for each mechanism's steps rounded up to a power of two (64 at
+least), and lengthens it to the next length the FFT handles well. The domain is then at least as wide (L from
+more steps) and at least as fine (the mesh of more steps) as the one Opacus would choose, so Opacus' error
 bounds hold as they are (`eps_error` and `delta_error` for the history actually composed) and the upper
 bound it returns stays an upper bound; it agrees with `PRVAccountant` to well within `eps_error`
 (tests/test_prv_composition.py). Rounds whose step counts fall in the same powers of two share one
@@ -33,10 +33,15 @@ from opacus.accountants.analysis.prv import (
 )
 from scipy.fft import next_fast_len
 
+SMALLEST_SHARED_STEPS = 64
+"""A run's first rounds share one domain: below 64 steps a doubling came every round or two (a CKD site
+takes a few steps a round), and a domain for 64 steps still composes in milliseconds."""
+
 
 def shared_steps(steps: int) -> int:
-    """The step count a mechanism's domain is sized for: `steps` rounded up to a power of two."""
-    return 1 << max(0, int(steps) - 1).bit_length()
+    """The step count a mechanism's domain is sized for: `steps` rounded up to a power of two, at least
+    `SMALLEST_SHARED_STEPS`."""
+    return max(SMALLEST_SHARED_STEPS, 1 << max(0, int(steps) - 1).bit_length())
 
 
 class SharedDomainPRVAccountant(PRVAccountant):

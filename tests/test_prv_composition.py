@@ -50,14 +50,14 @@ def test_epsilon_is_opacus_bound_far_inside_its_error(delta: float) -> None:
         assert compose_epsilon(history, delta, "prv") == pytest.approx(reference.get_epsilon(delta), abs=1e-4)
 
 
-def test_rounds_within_a_power_of_two_recompose_without_rediscretising() -> None:
-    assert [shared_steps(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000)] == [1, 2, 4, 4, 8, 8, 16, 1024]
+def test_rounds_within_a_power_of_two_and_a_runs_first_rounds_recompose_without_rediscretising() -> None:
+    assert [shared_steps(n) for n in (1, 4, 64, 65, 128, 129, 1000)] == [64, 64, 64, 128, 128, 256, 1024]
     sigma = 2.345678  # a mechanism no other test composes
-    compose_epsilon([RELEASE, (sigma, 0.25, 20)], 1e-3, "prv")  # steps 20: sized for 32
+    compose_epsilon([RELEASE, (sigma, 0.25, 4)], 1e-3, "prv")  # round 1 of 4 steps: sized for 64
     before = discretisation_cache_info()
-    epsilons = [compose_epsilon([RELEASE, (sigma, 0.25, n)], 1e-3, "prv") for n in (24, 28, 32)]
+    epsilons = [compose_epsilon([RELEASE, (sigma, 0.25, n)], 1e-3, "prv") for n in (8, 12, 36, 64)]
     after = discretisation_cache_info()
-    assert after.misses == before.misses and after.hits == before.hits + 2 * 3  # two mechanisms, 3 rounds
-    assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3  # each round composed anew
-    compose_epsilon([RELEASE, (sigma, 0.25, 36)], 1e-3, "prv")  # 36 > 32: a new domain
+    assert after.misses == before.misses and after.hits == before.hits + 2 * 4  # two mechanisms, 4 rounds
+    assert epsilons == sorted(epsilons) and len(set(epsilons)) == 4  # each round composed anew
+    compose_epsilon([RELEASE, (sigma, 0.25, 68)], 1e-3, "prv")  # 68 > 64: a new domain
     assert discretisation_cache_info().misses == after.misses + 2
