@@ -21,7 +21,7 @@ from fedward.common.errors import ConfigError
 from fedward.common.tasks import task_spec
 from fedward.common.tomlfile import read_toml
 from fedward.common.validation_errors import validation_problems
-from fedward.simulations.recipes import RECIPES, default_model
+from fedward.simulations.recipes import RECIPES, Recipe, default_model
 from fedward.strategies.registry import STRATEGIES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -198,13 +198,16 @@ class Scenario(_Table):
         return task_spec(self.scenario.task).training_defaults["model"]
 
     @property
+    def recipe(self) -> Recipe | None:
+        """The model's own recipe (tumour `features`, tumour-seg `voxel-features`), else None."""
+        return RECIPES.get(self.model) if task_spec(self.scenario.task).imaging else None
+
+    @property
     def rounds(self) -> int:
-        """`[scenario] rounds`, else the model's recipe (tumour `features`), else 10."""
+        """`[scenario] rounds`, else the model's recipe, else 10."""
         if self.scenario.rounds is not None:
             return self.scenario.rounds
-        if self.model in RECIPES and task_spec(self.scenario.task).imaging:
-            return RECIPES[self.model].rounds
-        return DEFAULT_ROUNDS
+        return self.recipe.rounds if self.recipe is not None else DEFAULT_ROUNDS
 
     @property
     def image_depth(self) -> int:
@@ -218,8 +221,8 @@ class Scenario(_Table):
             return value
         if key == "model":
             return self.model
-        if self.model in RECIPES and task_spec(self.scenario.task).imaging:
-            return RECIPES[self.model].training()[key]
+        if self.recipe is not None:
+            return self.recipe.training()[key]
         return task_spec(self.scenario.task).training_defaults[key]
 
     def min_sites(self, num_sites: int) -> int:
