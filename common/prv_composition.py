@@ -8,8 +8,9 @@ gives (often with a large prime factor: the FFT that composes the steps then tak
 than at a nearby length).
 
 `SharedDomainPRVAccountant` sizes the domain for each mechanism's steps rounded up to a power of two (64 at
-least), and lengthens it to the next length the FFT handles well. The domain is then at least as wide (L from
-more steps) and at least as fine (the mesh of more steps) as the one Opacus would choose, so Opacus' error
+least; a one-step release as it is), and lengthens it to the next length the FFT handles well. The
+domain is then at least as wide (L from more steps) and at least as fine (the mesh of more steps) as the
+one Opacus would choose, so Opacus' error
 bounds hold as they are (`eps_error` and `delta_error` for the history actually composed) and the upper
 bound it returns stays an upper bound; it agrees with `PRVAccountant` to well within `eps_error`
 (tests/test_prv_composition.py). Rounds whose step counts fall in the same powers of two share one
@@ -40,7 +41,11 @@ takes a few steps a round), and a domain for 64 steps still composes in millisec
 
 def shared_steps(steps: int) -> int:
     """The step count a mechanism's domain is sized for: `steps` rounded up to a power of two, at least
-    `SMALLEST_SHARED_STEPS`."""
+    `SMALLEST_SHARED_STEPS` — except a one-off release (one step), sized as it is: it does not grow round
+    by round, and sizing a statistics release (q = 1) for 64 compositions of itself widened a CKD run's
+    domain from 46,784 to 90,000 points (twice the FFT work every round for nothing)."""
+    if int(steps) == 1:
+        return 1
     return max(SMALLEST_SHARED_STEPS, 1 << max(0, int(steps) - 1).bit_length())
 
 

@@ -51,7 +51,8 @@ def test_epsilon_is_opacus_bound_far_inside_its_error(delta: float) -> None:
 
 
 def test_rounds_within_a_power_of_two_and_a_runs_first_rounds_recompose_without_rediscretising() -> None:
-    assert [shared_steps(n) for n in (1, 4, 64, 65, 128, 129, 1000)] == [64, 64, 64, 128, 128, 256, 1024]
+    steps = (1, 2, 4, 64, 65, 128, 129, 1000)
+    assert [shared_steps(n) for n in steps] == [1, 64, 64, 64, 128, 128, 256, 1024]
     sigma = 2.345678  # a mechanism no other test composes
     compose_epsilon([RELEASE, (sigma, 0.25, 4)], 1e-3, "prv")  # round 1 of 4 steps: sized for 64
     before = discretisation_cache_info()
@@ -61,3 +62,22 @@ def test_rounds_within_a_power_of_two_and_a_runs_first_rounds_recompose_without_
     assert epsilons == sorted(epsilons) and len(set(epsilons)) == 4  # each round composed anew
     compose_epsilon([RELEASE, (sigma, 0.25, 68)], 1e-3, "prv")  # 68 > 64: a new domain
     assert discretisation_cache_info().misses == after.misses + 2
+
+
+def test_a_one_off_release_does_not_widen_the_domain_of_the_rounds() -> None:
+    """A statistics release (one step at q = 1) is sized as one step: the domain of a run's first rounds
+    is the one their DP-SGD steps alone would get, not one sized for 64 releases."""
+    training = (2.5, 0.25, 4)
+    sized = SharedDomainPRVAccountant()._get_domain(
+        prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in (RELEASE, training)],
+        num_self_compositions=[1, 4],
+        eps_error=0.01,
+        delta_error=1e-6,
+    )
+    as_64_releases = PRVAccountant()._get_domain(
+        prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in (RELEASE, training)],
+        num_self_compositions=[64, 64],
+        eps_error=0.01,
+        delta_error=1e-6,
+    )
+    assert sized.size < 0.75 * as_64_releases.size
