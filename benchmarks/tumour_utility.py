@@ -367,7 +367,9 @@ def main() -> None:
     args = parser.parse_args()
     from fedward.simulations.recipes import recipe
 
-    plan = recipe(args.model)  # what `fedward sim tumour --model M` trains with, unless given
+    # What `fedward sim tumour [--segmentation] --model M` trains with, unless given (both tasks: the
+    # classifier's recipe)
+    plan = recipe(args.seg_model if args.tasks == ["tumour-seg"] else args.model)
     for key in ("rounds", "local_epochs", "batch_size", "lr"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(plan, key))
