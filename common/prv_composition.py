@@ -10,13 +10,12 @@ than at a nearby length).
 `SharedDomainPRVAccountant` sizes the domain for each mechanism's steps rounded up to a power of two (64 at
 least; a one-step release as it is), and lengthens it to the next length the FFT handles well. The
 domain is then at least as wide (L from more steps) and at least as fine (the mesh of more steps) as the
-one Opacus would choose, so Opacus' error
-bounds hold as they are (`eps_error` and `delta_error` for the history actually composed) and the upper
-bound it returns stays an upper bound; it agrees with `PRVAccountant` to well within `eps_error`
-(tests/test_prv_composition.py). Rounds whose step counts fall in the same powers of two share one
-domain, so a mechanism is discretised once per doubling of its steps (`_discretised`, cached) and a round
-costs only the FFT composition. The composition itself is Opacus' (`compose_heterogeneous`,
-`DiscretePRV.compute_epsilon`); nothing here computes privacy loss.
+one Opacus would choose, so Opacus' error bounds hold as they are (`eps_error` and `delta_error` for the
+history actually composed) and the upper bound it returns stays an upper bound; it agrees with
+`PRVAccountant` to well within `eps_error` (tests/test_prv_composition.py). Rounds whose step counts fall
+in the same powers of two share one domain, so a mechanism is discretised once per doubling of its steps
+(`_discretised`, cached) and a round costs only the FFT composition. The composition itself is Opacus'
+(`compose_heterogeneous`, `DiscretePRV.compute_epsilon`); nothing here computes privacy loss.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def train_model(
     ⟨w, c - c_i⟩. See `_parameter_terms` for how both reach the update, with or without Opacus.
 
     `grad_sample_mode` is how Opacus computes per-sample gradients (the task's `Task.grad_sample_mode`:
-    "hooks" or "functorch"); it changes the speed, not the gradients or the privacy.
+    "hooks", "functorch" or "ew"); it changes the speed, not the gradients or the privacy.
     """
     private = dp is not None and dp.enabled
     n = len(dataset)

@@ -75,7 +75,8 @@ class Task(ABC):
 
     name: str
     # Opacus' per-sample gradient mode for this task's models under DP-SGD: "hooks" (Opacus' per-layer
-    # grad samplers) or "functorch" (vmap over each layer; faster for 3D convolutions, BENCHMARKS.md)
+    # grad samplers), "functorch" (vmap over each layer; faster for 3D convolutions, BENCHMARKS.md) or "ew"
+    # (PyTorch's expanded weights; faster for small linear models)
     grad_sample_mode: str = "hooks"
 
     @abstractmethod
