@@ -1,9 +1,9 @@
-"""Brain-tumour segmentation (whole tumour) with a MONAI UNet, Dice loss, Dice and HD95."""
+"""Brain-tumour segmentation (whole tumour): Dice + cross-entropy loss, Dice and HD95."""
 
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -13,7 +13,11 @@ from fedward.common.imaging_models import SEGMENTERS, build_segmenter
 from fedward.common.seg_metrics import pool_segmentation, segmentation_metrics
 from fedward.common.tasks.mri import MriTask, contrasts_of, model_name
 
-_dice = DiceLoss(to_onehot_y=True, softmax=True)
+_dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+"""Soft Dice of each case (both classes) plus voxel cross-entropy: a sum of per-case terms, as DP-SGD's
+per-sample clipping needs (a Dice over the whole batch would couple its cases). Dice alone let a model sit
+at "no tumour anywhere": the cases without tumour reward it fully and, once the softmax saturates, the
+tumour class gets no gradient — `voxel-features` did so in 2 of 3 seeds without DP (BENCHMARKS.md)."""
 
 
 class TumourSegTask(MriTask):
@@ -41,23 +45,24 @@ class TumourSegTask(MriTask):
         )
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Soft Dice over both classes, averaged over the batch (0 on an empty Poisson batch)."""
+        """Soft Dice over both classes per case plus voxel cross-entropy, averaged over the batch (0 on an
+        empty Poisson batch)."""
         if output.shape[0] == 0:
             return output.sum() * 0.0
-        return _dice(output, target.long())
+        return _dice_ce(output, target.long())
 
     @torch.no_grad()
     def evaluate(
         self, model: nn.Module, test: Dataset, device: torch.device, *, intervals: bool = False
     ) -> dict[str, float]:
-        """Dice, HD95 (mm), voxel counts and Dice loss on the held-out cases."""
+        """Dice, HD95 (mm), voxel counts and the training loss on the held-out cases."""
         if len(test) == 0:
             return {"num-examples": 0.0}
         model.to(device).eval()
         preds, targets, losses = [], [], []
         for xb, yb in DataLoader(test, batch_size=16):
             out = model(xb.to(device)).cpu()
-            losses.append(float(_dice(out, yb.long())) * len(yb))
+            losses.append(float(_dice_ce(out, yb.long())) * len(yb))
             preds.append(out.argmax(dim=1, keepdim=True))
             targets.append(yb)
         voxels = getattr(test, "voxels", [[1.0] * (preds[0].ndim - 2)] * len(test))
