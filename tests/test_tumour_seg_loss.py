@@ -35,3 +35,17 @@ def test_the_loss_is_the_mean_of_per_case_losses() -> None:
     target = torch.stack([_case(True), _case(False), _case(True)])
     per_case = [task.loss(logits[i : i + 1], target[i : i + 1]) for i in range(3)]
     assert torch.allclose(task.loss(logits, target), torch.stack(per_case).mean(), atol=1e-6)
+
+
+def test_one_patients_mask_does_not_rescale_another_patients_gradient() -> None:
+    """DP-SGD clips each patient's gradient on its own: a loss normalised over the whole batch (a class-
+    weighted cross-entropy's summed weights) would let one patient's mask change another's gradient."""
+    task = get_task("tumour-seg")
+    torch.manual_seed(1)
+    base = torch.randn(2, 2, 8, 8, 4)
+    gradients = []
+    for other in (_case(False), _case(True)):
+        logits = base.clone().requires_grad_(True)
+        task.loss(logits, torch.stack([_case(True), other])).backward()
+        gradients.append(logits.grad[0].clone())
+    assert torch.equal(gradients[0], gradients[1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -13,11 +14,25 @@ from fedward.common.imaging_models import SEGMENTERS, build_segmenter
 from fedward.common.seg_metrics import pool_segmentation, segmentation_metrics
 from fedward.common.tasks.mri import MriTask, contrasts_of, model_name
 
-_dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-"""Soft Dice of each case (both classes) plus voxel cross-entropy: a sum of per-case terms, as DP-SGD's
-per-sample clipping needs (a Dice over the whole batch would couple its cases). Dice alone let a model sit
-at "no tumour anywhere": the cases without tumour reward it fully and, once the softmax saturates, the
-tumour class gets no gradient — `voxel-features` did so in 2 of 3 seeds without DP (BENCHMARKS.md)."""
+TUMOUR_VOXEL_WEIGHT = 10.0
+"""Cross-entropy weight of a tumour voxel against a background one (tumour is a few per cent of a volume)."""
+_dice = DiceLoss(to_onehot_y=True, softmax=True)  # per case (batch=False), both classes
+
+
+def dice_ce_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice of each case plus its class-weighted voxel cross-entropy (normalised by the case's voxel
+    count), averaged over cases.
+
+    Each case's term depends on that case alone, as DP-SGD's per-sample clipping needs: a cross-entropy
+    weighted over the whole batch (`nn.CrossEntropyLoss(weight=...)` divides by the batch's summed weights)
+    would let one patient's mask rescale every other patient's gradient. Dice alone let a model sit at "no
+    tumour anywhere" (the cases without tumour reward it fully and, once the softmax saturates, the tumour
+    class gets no gradient): `voxel-features` did so in 2 of 3 seeds without DP; unweighted cross-entropy
+    then pulled small tumours to background (BENCHMARKS.md)."""
+    labels = target[:, 0].long()
+    weights = torch.where(labels > 0, TUMOUR_VOXEL_WEIGHT, 1.0).to(output.dtype)
+    voxel_ce = F.cross_entropy(output, labels, reduction="none") * weights
+    return _dice(output, target.long()) + voxel_ce.flatten(1).mean(1).mean()
 
 
 class TumourSegTask(MriTask):
@@ -45,11 +60,11 @@ class TumourSegTask(MriTask):
         )
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Soft Dice over both classes per case plus voxel cross-entropy, averaged over the batch (0 on an
-        empty Poisson batch)."""
+        """Soft Dice over both classes per case plus class-weighted voxel cross-entropy, averaged over the
+        batch (0 on an empty Poisson batch)."""
         if output.shape[0] == 0:
             return output.sum() * 0.0
-        return _dice_ce(output, target.long())
+        return dice_ce_loss(output, target)
 
     @torch.no_grad()
     def evaluate(
@@ -62,7 +77,7 @@ class TumourSegTask(MriTask):
         preds, targets, losses = [], [], []
         for xb, yb in DataLoader(test, batch_size=16):
             out = model(xb.to(device)).cpu()
-            losses.append(float(_dice_ce(out, yb.long())) * len(yb))
+            losses.append(float(dice_ce_loss(out, yb)) * len(yb))
             preds.append(out.argmax(dim=1, keepdim=True))
             targets.append(yb)
         voxels = getattr(test, "voxels", [[1.0] * (preds[0].ndim - 2)] * len(test))
