@@ -67,17 +67,7 @@ def test_rounds_within_a_power_of_two_and_a_runs_first_rounds_recompose_without_
 def test_a_one_off_release_does_not_widen_the_domain_of_the_rounds() -> None:
     """A statistics release (one step at q = 1) is sized as one step: the domain of a run's first rounds
     is the one their DP-SGD steps alone would get, not one sized for 64 releases."""
-    training = (2.5, 0.25, 4)
-    sized = SharedDomainPRVAccountant()._get_domain(
-        prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in (RELEASE, training)],
-        num_self_compositions=[1, 4],
-        eps_error=0.01,
-        delta_error=1e-6,
-    )
-    as_64_releases = PRVAccountant()._get_domain(
-        prvs=[PoissonSubsampledGaussianPRV(q, s) for s, q, _ in (RELEASE, training)],
-        num_self_compositions=[64, 64],
-        eps_error=0.01,
-        delta_error=1e-6,
-    )
+    prvs = [PoissonSubsampledGaussianPRV(q, s) for s, q, _ in (RELEASE, (2.5, 0.25, 4))]
+    sized = SharedDomainPRVAccountant()._get_domain(prvs, [1, 4], 0.01, 1e-6)
+    as_64_releases = PRVAccountant()._get_domain(prvs, [64, 64], 0.01, 1e-6)
     assert sized.size < 0.75 * as_64_releases.size
