@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from fedward.common.config import RunConfig
+from fedward.common.tasks.ckd import CkdTask
 from fedward.simulations.baselines import load_sites, local_baselines, pooled_baseline
 from fedward.simulations.prepare import prepare_ckd_sites
 from fedward.simulations.runner import run_simulation
@@ -59,7 +60,7 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path) -> dict[str, dict[
         "seconds": local["seconds"],
     }
 
-    default_sigma = RunConfig().dp_statistics_noise_multiplier
+    default_sigma = CkdTask.statistics_noise_multiplier
     arms = [("federated", False, 0.0, default_sigma)] + [
         (f"federated-dp-eps{e:g}" + ("" if s == default_sigma else f"-stats-sigma{s:g}"), True, e, s)
         for e in args.epsilons
@@ -141,7 +142,7 @@ def main() -> None:
         "--statistics-noise",
         type=float,
         nargs="+",
-        default=[RunConfig().dp_statistics_noise_multiplier],
+        default=[CkdTask.statistics_noise_multiplier],
         help="σ of the statistics release, one DP arm each (e.g. 6 1000: 1000 ≈ the public reference alone)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ckd_utility.json"))

@@ -7,8 +7,9 @@ benchmarks/tumour_feature_reference.py does), then the linear head is trained as
 it: FedAvg over the sites, each site's rounds through `common/training.py` with its own DP plan
 (`client/budget.py`: the run's target ε after the statistics release, δ from its patient count, Poisson
 sampling, σ from OS entropy). The front is parameter-free, so training the head on precomputed features
-gives the same per-sample gradients as the full model. FedAvg weights are the true training counts (the
-federation uses the released counts). Pooled = the head on the union, without DP.
+gives the same per-sample gradients as the full model. FedAvg weights are the training counts, under DP
+with the statistics release's Gaussian noise (as the federation weights its sites). Pooled = the head on the
+union, without DP.
 
     nice -n 10 python -P benchmarks/tumour_feature_search.py --anatomy mni --seeds 0,1,2 --sets base,model \
         --recipes 20:64:0.03 --repeats 2
@@ -28,6 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -334,24 +336,47 @@ def evaluate(task, head: nn.Module, feats: Sites) -> float:
     return float(task.pool(per_site)["roc-auc"])
 
 
+def round_lr(lr: float, schedule: str, server_round: int, rounds: int) -> float:
+    """The learning rate of a round: `const`, or `cos` (cosine decay from lr to lr / 10 over the run)."""
+    if schedule != "cos" or rounds == 1:
+        return lr
+    progress = (server_round - 1) / (rounds - 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def federated_auc(task, feats: Sites, eps: float | None, rounds: int, batch: int, lr: float, seed: int,
-                  epochs: int = 1) -> float:  # fmt: skip
-    """FedAvg of the head over the sites, each site under its own DP plan (None: no DP)."""
+                  epochs: int = 1, schedule: str = "const",
+                  noise_seed: int | None = None, stats_sigma: float = 0.0) -> float:  # fmt: skip
+    """FedAvg of the head over the sites, each site under its own DP plan (None: no DP). Schedule `meanK`:
+    constant lr, the mean of the last K global heads evaluated. `noise_seed`: DP noise and sampling drawn from
+    it (the research switch), so that schedules can be compared on the same noise."""
     config = RunConfig(
         task="tumour", num_server_rounds=rounds, local_epochs=epochs, batch_size=batch, lr=lr,
-        optimizer="adam", dp=eps is not None, dp_target_epsilon=eps or 1.0, seed=seed,
+        optimizer="adam", dp=eps is not None, dp_target_epsilon=eps or 1.0,
+        seed=seed if noise_seed is None else noise_seed, dp_seeded_noise=noise_seed is not None,
+        dp_statistics_noise_multiplier=stats_sigma,
     )  # fmt: skip
-    spent = (release_entry(config.dp_statistics_noise_multiplier),)
+    stats_sigma = task.statistics_sigma(config)
+    spent = (release_entry(stats_sigma),)
     plans = [SiteBudget(SitePrivacy(), None).plan(config, len(s["ytr"]), spent=spent) for s in feats]
     torch.manual_seed(seed)
     global_head = nn.Linear(feats[0]["xtr"].shape[1], 4)
-    weights = torch.tensor([float(len(s["ytr"])) for s in feats])
+    counts = torch.tensor([float(len(s["ytr"])) for s in feats])
+    if eps is None:
+        weights = counts
+    else:  # the released noisy counts, as the federation weights its sites
+        noise = torch.Generator()
+        noise.manual_seed(noise_seed if noise_seed is not None else torch.seed())
+        weights = (counts + stats_sigma * torch.randn(len(feats), generator=noise)).round().clamp_min(1.0)
+    tail = int(schedule[4:]) if schedule.startswith("mean") else 1
+    history: list[dict[str, torch.Tensor]] = []
     for r in range(1, rounds + 1):
         states = []
         for i, (s, plan) in enumerate(zip(feats, plans, strict=True)):
             head = nn.Linear(global_head.in_features, 4)
             head.load_state_dict(global_head.state_dict())
-            train_model(head, TensorDataset(s["xtr"], s["ytr"]), task.loss, config.local_training(r, i),
+            local = replace(config.local_training(r, i), lr=round_lr(lr, schedule, r, rounds))
+            train_model(head, TensorDataset(s["xtr"], s["ytr"]), task.loss, local,
                         config.privacy if plan else None, mechanism=plan)  # fmt: skip
             states.append({k: v.detach().clone() for k, v in head.state_dict().items()})
         avg = {
@@ -359,6 +384,8 @@ def federated_auc(task, feats: Sites, eps: float | None, rounds: int, batch: int
             for k in states[0]
         }
         global_head.load_state_dict(avg)
+        history = [*history, avg][-tail:]
+    global_head.load_state_dict({k: sum(h[k] for h in history) / len(history) for k in history[0]})
     return evaluate(task, global_head, feats)
 
 
@@ -369,13 +396,19 @@ def main() -> None:
     parser.add_argument("--sets", default="base")
     parser.add_argument("--epsilons", default="1,3")
     parser.add_argument("--recipes", default="20:64:0.1", help="rounds:batch:lr[:epochs], comma-separated")
+    parser.add_argument("--schedules", default="const", help="const, cos, meanK; comma-separated")
+    parser.add_argument("--stats-sigma", type=float, default=0.0, help="release σ (0: the task's)")
+    parser.add_argument("--federated", action="store_true", help="also FedAvg without DP (the no-DP twin)")
+    parser.add_argument("--paired", action="store_true", help="the same DP noise for every schedule")
+    parser.add_argument("--sizes", default="40,120,250,400", help="patients per site")
+    parser.add_argument("--skew", type=float, default=2.0, help="Dirichlet α of the sites' class mix")
     parser.add_argument("--repeats", type=int, default=1, help="DP runs per setting (noise varies)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/fm-cache"))
     parser.add_argument("--out", type=Path, default=Path("/tmp/fm-cache/search.jsonl"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = get_task("tumour")
-    sizes, contrasts = [40, 120, 250, 400], "t1ce,flair"
+    sizes, contrasts = [int(n) for n in args.sizes.split(",")], "t1ce,flair"
     ref_sites = [
         s
         for anatomy in ("simple", "mni")
@@ -386,8 +419,8 @@ def main() -> None:
     ]
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
-        sites = cached(args.cache / f"{args.anatomy}-{seed}.pt",
-                       lambda s=seed: build_sites(args.anatomy, s, sizes, 2.0, contrasts))  # fmt: skip
+        sites = cached(args.cache / f"{args.anatomy}-{args.sizes}-{args.skew:g}-{seed}.pt",
+                       lambda s=seed: build_sites(args.anatomy, s, sizes, args.skew, contrasts))  # fmt: skip
         print(f"data {args.anatomy} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         for name in args.sets.split(","):
             fn = SETS[name]
@@ -409,11 +442,18 @@ def main() -> None:
                 row = {"anatomy": args.anatomy, "seed": seed, "set": name, "dim": feats[0]["xtr"].shape[1],
                        "recipe": recipe}  # fmt: skip
                 row["pooled"] = pooled_auc(task, feats, rounds * epochs, batch, lr, seed)
+                if args.federated:
+                    row["federated"] = federated_auc(task, feats, None, rounds, batch, lr, seed, epochs)
                 for e in [float(v) for v in args.epsilons.split(",")]:
-                    vals = [federated_auc(task, feats, e, rounds, batch, lr, seed, epochs)
-                            for _ in range(args.repeats)]  # fmt: skip
-                    row[f"eps{e:g}"] = statistics.fmean(vals)
-                    row[f"eps{e:g}-pct"] = row[f"eps{e:g}"] / row["pooled"]
+                    for schedule in args.schedules.split(","):
+                        vals = [federated_auc(task, feats, e, rounds, batch, lr, seed, epochs, schedule,
+                                              seed * 1000 + rep if args.paired else None,
+                                              args.stats_sigma)
+                                for rep in range(args.repeats)]  # fmt: skip
+                        key = f"eps{e:g}" + ("" if schedule == "const" else f"-{schedule}")
+                        row[key] = statistics.fmean(vals)
+                        row[f"{key}-runs"] = vals
+                        row[f"{key}-pct"] = row[key] / row["pooled"]
                 shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
                 print(json.dumps(shown), flush=True)
                 with args.out.open("a") as fh:

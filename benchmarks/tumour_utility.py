@@ -51,7 +51,7 @@ HEADLINE = {
 # (arm, metric, fraction of pooled the mean over seeds must reach)
 TARGETS = {
     "tumour": [("federated", "roc-auc", 0.99), ("dp-eps3", "roc-auc", 0.95), ("dp-eps1", "roc-auc", 0.90)],
-    "tumour-seg": [("federated", "dice", 0.99), ("dp-eps3", "dice", 0.95)],
+    "tumour-seg": [("federated", "dice", 0.97), ("dp-eps8", "dice", 0.85)],
 }
 STEP_MODES = ("non-dp", "hooks", "functorch")
 

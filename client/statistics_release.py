@@ -79,7 +79,7 @@ def release_statistics(
         sums, sigma, kept_bound = found
         if len(sums) == contributions.shape[1]:
             return StatisticsRelease(sums, sigma, kept_bound, drawn_now=False)
-    sigma = config.dp_statistics_noise_multiplier
+    sigma = task.statistics_sigma(config)
     delta = site_delta(config, budget, site.num_train)
     reason = budget.spend(config, [release_entry(sigma)], delta, run_id, RELEASE)
     if reason is not None:

@@ -40,7 +40,8 @@ class RunConfig(BaseModel):
     dp_delta: float = Field(0.0, ge=0, lt=1)
     dp_max_grad_norm: float = Field(1.0, gt=0)
     dp_accountant: str = "prv"
-    dp_statistics_noise_multiplier: float = Field(6.0, gt=0)  # σ of the one-off federated statistics release
+    # σ of the one-off federated statistics release; 0: the task's own (`Task.statistics_noise_multiplier`)
+    dp_statistics_noise_multiplier: float = Field(0.0, ge=0)
     dp_seeded_noise: bool = False  # research switch, simulation only: replayable noise (docs/privacy.md)
     central_dp: bool = False
     central_dp_noise_multiplier: float = Field(2.0, gt=0)  # z; 10 rounds at δ 1e-5 spend ε ≈ 8.1

@@ -61,6 +61,7 @@ def _site_limits(config: RunConfig, sites: list, model: ArrayRecord) -> dict[int
             count_noise_std=s.noise_std,
             num_test=float(s.report.get("num-test", math.nan)),
             dim=dim,
+            release_sigma=float(s.statistics.get("noise-multiplier", 0.0)),
         )
         for s in sites
     }

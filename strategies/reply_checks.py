@@ -161,10 +161,12 @@ def site_limits(
     count_noise_std: float,
     num_test: float,
     dim: int,
+    release_sigma: float,
     sigma_margin: float = 2.0,
 ) -> SiteLimits:
     """A site's limits from its statistics release (noisy patient `count`, with noise σ
-    `count_noise_std`), its data report (`num_test`) and the run config. The DP bound takes the largest
+    `count_noise_std`, drawn at noise multiplier `release_sigma`), its data report (`num_test`) and the
+    run config. The DP bound takes the largest
     noise multiplier the site can use: the run's σ, or `sigma_margin` × the σ a site of the smallest
     plausible size calibrates for the run's target ε (the margin covers a site policy's smaller δ,
     which raises σ only slowly). It applies to plain DP-SGD updates only (optimizer sgd,
@@ -176,7 +178,7 @@ def site_limits(
         most = max(count + slack, 1.0)  # the site's true patient count is at most this...
         least = max(count - slack, 1.0)  # ...and at least this
         steps = config.local_epochs * math.ceil(most / config.batch_size)
-        sigma = largest_sigma(config, least, most, sigma_margin)
+        sigma = largest_sigma(config, least, most, release_sigma, sigma_margin)
         expected = min(config.batch_size / 2.0, least)  # N / ceil(N / B) >= B / 2 when N >= B, else N
         norm = (
             0.0
@@ -194,10 +196,12 @@ def site_limits(
     return SiteLimits(example_cap(count, tolerance), test_cap, norm)
 
 
-def largest_sigma(config: RunConfig, least: float, most: float, margin: float) -> float | None:
+def largest_sigma(
+    config: RunConfig, least: float, most: float, release_sigma: float, margin: float
+) -> float | None:
     """The largest DP-SGD noise multiplier a site with between `least` and `most` patients uses in this
-    run (as `client/budget.py` plans it, after paying for the statistics release), or None when the
-    run's target cannot be met (sites refuse to train)."""
+    run (as `client/budget.py` plans it, after paying for its statistics release at noise multiplier
+    `release_sigma`; 0: none), or None when the run's target cannot be met (sites refuse to train)."""
     if config.dp_noise_multiplier > 0:
         return config.dp_noise_multiplier
     per_epoch = math.ceil(least / config.batch_size)  # a smaller site samples more: it needs more noise
@@ -207,7 +211,7 @@ def largest_sigma(config: RunConfig, least: float, most: float, margin: float) -
             delta=resolve_delta(config.dp_delta, math.ceil(most)),
             sample_rate=1.0 / per_epoch,
             planned_steps=config.num_server_rounds * config.local_epochs * per_epoch,
-            spent=(release_entry(config.dp_statistics_noise_multiplier),),
+            spent=(release_entry(release_sigma),) if release_sigma > 0 else (),
         )
     except PrivacyError:
         return None

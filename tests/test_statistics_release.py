@@ -13,11 +13,14 @@ from flwr.app import Context, RecordDict
 from inprocess_grid import InProcessGrid, ckd_run_config, run_server
 from site_policy import policy_text
 
-from fedward.client.budget import SitePrivacy
+from fedward.client.budget import SiteBudget, SitePrivacy
 from fedward.client.ledger import PrivacyLedger
 from fedward.client.site import seeded_noise_refusal
 from fedward.common.config import RunConfig
+from fedward.common.dp_release import release_entry
+from fedward.common.tasks import get_task
 from fedward.simulations.prepare import prepare_ckd_sites
+from fedward.strategies.reply_checks import largest_sigma
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 SITES = 2
@@ -49,7 +52,7 @@ def test_statistics_are_paid_once_per_data_set_and_inside_the_run_target(tmp_pat
 
     first, summary = _run(sites, runs, "first")
     drawn = _releases(first)
-    assert all(r["drawn-now"] == 1 and r["noise-multiplier"] > 0 for r in drawn.values())
+    assert all(r["drawn-now"] == 1 and r["noise-multiplier"] == 6.0 for r in drawn.values())  # CKD's own σ
     for site in summary["sites"].values():
         assert site["statistics-drawn-now"] is True and 0 < site["statistics-epsilon"] < 1
         assert site["epsilon"] <= TARGET + 0.02  # statistics and training together within the target
@@ -95,3 +98,22 @@ def test_a_site_refusing_the_statistics_release_is_left_out_and_the_others_run(t
     assert summary["rounds-completed"] == 1 and sorted(summary["sites"]) == ["site-0", "site-1"]
     (failure,) = json.loads((runs / "x" / "config.json").read_text())["statistics-failures"]
     assert "site-2 refused" in failure and "cap" in failure
+
+
+@pytest.mark.parametrize(("task", "own"), [("ckd", 6.0), ("tumour", 15.0), ("tumour-seg", 15.0)])
+def test_the_release_sigma_is_the_tasks_own_unless_the_run_sets_one(task: str, own: float) -> None:
+    """CKD's sums standardise every site's inputs; an MRI site releases only its patient count (its FedAvg
+    weight), which a larger σ keeps useful at a third of the ε (BENCHMARKS.md)."""
+    assert get_task(task).statistics_sigma(RunConfig(task=task)) == own
+    assert get_task(task).statistics_sigma(RunConfig(task=task, dp_statistics_noise_multiplier=9.0)) == 9.0
+
+
+@pytest.mark.parametrize("release_sigma", [6.0, 15.0])
+def test_the_servers_dp_bound_assumes_the_sites_own_release(release_sigma: float) -> None:
+    """The server bounds a site's update with the σ the site plans after paying for the release it sent
+    (its reported noise multiplier), not with a σ the run config alone implies."""
+    config = RunConfig(task="tumour", num_server_rounds=5, batch_size=16, dp_target_epsilon=1.0)
+    n = 64
+    plan = SiteBudget(SitePrivacy(), None).plan(config, n, spent=(release_entry(release_sigma),))
+    assert plan is not None
+    assert largest_sigma(config, n, n, release_sigma, margin=1.0) == pytest.approx(plan.noise_multiplier)

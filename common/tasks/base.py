@@ -78,6 +78,11 @@ class Task(ABC):
     # grad samplers), "functorch" (vmap over each layer; faster for 3D convolutions, BENCHMARKS.md) or "ew"
     # (PyTorch's expanded weights; faster for small linear models)
     grad_sample_mode: str = "hooks"
+    # σ of the statistics release when the run does not set `dp-statistics-noise-multiplier`. The default
+    # release is the patient count alone, the site's FedAvg weight: σ 15 costs ε 0.13 where 6 costs 0.38
+    # (δ 10⁻³) and lifts MRI models at ε = 1 (BENCHMARKS.md "The statistics release of MRI sites"). A task
+    # whose sums preprocess the inputs (CKD) sets its own.
+    statistics_noise_multiplier: float = 15.0
 
     @abstractmethod
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
@@ -88,6 +93,10 @@ class Task(ABC):
         before training, and their L2 bound (the sensitivity of the sums). The first column counts
         patients; by default it is the only one."""
         return np.ones((site.num_train, 1)), 1.0
+
+    def statistics_sigma(self, config: RunConfig) -> float:
+        """σ of this run's statistics release: the run's `dp-statistics-noise-multiplier`, else the task's."""
+        return config.dp_statistics_noise_multiplier or self.statistics_noise_multiplier
 
     def combine_statistics(
         self, per_site: list[np.ndarray], noise_std: float = 0.0

@@ -33,6 +33,7 @@ class CkdTask(Task):
 
     name = "ckd"
     grad_sample_mode = "ew"  # PyTorch's expanded weights: a private step of the small MLP 0.8x the hooks'
+    statistics_noise_multiplier = 6.0  # its sums impute and scale every site's inputs (common/stats.py)
 
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
         """Validated rows of the site, split stratified by label (each row is one patient).
