@@ -48,12 +48,15 @@ from fedward.common.training import train_model
 Sites = list[dict[str, torch.Tensor]]
 
 
-def build_sites(anatomy: str, seed: int, sizes: list[int], skew: float, contrasts: str) -> Sites:
-    """Phantom sites, generated and preprocessed as the benchmark does (train/test images and labels)."""
+def build_sites(
+    anatomy: str, seed: int, sizes: list[int], skew: float, contrasts: str, slices: int = 16
+) -> Sites:
+    """Phantom sites of `slices` slices, generated and preprocessed (to 16) as the benchmark does (train/test
+    images and labels)."""
     from fedward.simulations.baselines import load_sites
     from fedward.simulations.phantoms import PhantomSpec, generate_site
 
-    spec = PhantomSpec(size=32, slices=16, contrasts=tuple(contrasts.split(",")), anatomy=anatomy)
+    spec = PhantomSpec(size=32, slices=slices, contrasts=tuple(contrasts.split(",")), anatomy=anatomy)
     config = RunConfig(task="tumour", image_size=32, image_depth=16, mri_contrasts=contrasts,
                        min_sites=len(sizes), seed=seed)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -400,6 +403,7 @@ def main() -> None:
     parser.add_argument("--stats-sigma", type=float, default=0.0, help="release σ (0: the task's)")
     parser.add_argument("--federated", action="store_true", help="also FedAvg without DP (the no-DP twin)")
     parser.add_argument("--paired", action="store_true", help="the same DP noise for every schedule")
+    parser.add_argument("--slices", type=int, default=16, help="slices the phantoms are written with")
     parser.add_argument("--sizes", default="40,120,250,400", help="patients per site")
     parser.add_argument("--skew", type=float, default=2.0, help="Dirichlet α of the sites' class mix")
     parser.add_argument("--repeats", type=int, default=1, help="DP runs per setting (noise varies)")
@@ -419,8 +423,11 @@ def main() -> None:
     ]
     for seed in [int(s) for s in args.seeds.split(",")]:
         t0 = time.perf_counter()
-        sites = cached(args.cache / f"{args.anatomy}-{args.sizes}-{args.skew:g}-{seed}.pt",
-                       lambda s=seed: build_sites(args.anatomy, s, sizes, args.skew, contrasts))  # fmt: skip
+        key = f"{args.anatomy}-{args.sizes}-{args.skew:g}-{args.slices}-{seed}"
+        sites = cached(
+            args.cache / f"{key}.pt",
+            lambda s=seed: build_sites(args.anatomy, s, sizes, args.skew, contrasts, args.slices),
+        )
         print(f"data {args.anatomy} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         for name in args.sets.split(","):
             fn = SETS[name]

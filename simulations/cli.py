@@ -278,7 +278,14 @@ def tumour(
         str, typer.Option(help="Contrasts written and used, in channel order.")
     ] = "t1ce,flair",
     size: Annotated[int, typer.Option(min=8, help="Slice size of the phantoms and the model input.")] = 32,
-    slices: Annotated[int, typer.Option(min=1, help="Slices per phantom volume.")] = 12,
+    slices: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Slices per phantom volume [default: the model's input depth, 16; 12 for --format png].",
+            show_default=False,
+        ),
+    ] = None,
     skew: Annotated[
         float, typer.Option(min=1e-3, help="Dirichlet concentration of each site's class mix.")
     ] = 2.0,
@@ -355,8 +362,9 @@ def tumour(
         _pipeline_privacy(pipeline.resolve(), run_dir)
         return
     from fedward.common.tasks.mri import contrasts_of  # imaging stack: imported only for this command
-    from fedward.simulations.phantoms import PhantomSpec, generate_sites
+    from fedward.simulations.phantoms import PhantomSpec, generate_sites, phantom_slices
 
+    slices = phantom_slices(depth, slices)
     spec = PhantomSpec(size=size, slices=slices, contrasts=contrasts_of(config), anatomy=anatomy.value)
     generate_sites(data_root, sites, counts, fmt=fmt.value, spec=spec, skew=skew, seed=seed)
     dp_text = "no DP" if no_dp else f"DP-Adam, ε ≤ {epsilon:g} per site"

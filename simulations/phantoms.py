@@ -54,6 +54,16 @@ class PhantomSpec:
             raise ValueError(f"PhantomSpec.anatomy must be one of {ANATOMIES}, got {self.anatomy!r}")
 
 
+def phantom_slices(image_depth: int, slices: int | None = None) -> int:
+    """Slices per phantom volume: `slices` if given, else the model input's depth, so that the loader does not
+    resample them (the `features` model's public standardisation is computed at that depth; 12-slice phantoms
+    interpolated to 16 cost the private model about 2 points of AUC, BENCHMARKS.md), or 12 for 2D PNG
+    folders (`image_depth` 0)."""
+    if slices is not None:
+        return slices
+    return image_depth if image_depth > 0 else 12
+
+
 @dataclass(frozen=True)
 class Scanner:
     """One site's acquisition: what makes its images differ from another site's."""

@@ -145,7 +145,7 @@ class PhantomTable(_Table):
     format: Literal["dicom", "nifti", "png"] = "dicom"
     contrasts: str = "t1ce,flair"
     image_size: int = Field(32, ge=8)
-    slices: int = Field(12, ge=1)
+    slices: int | None = Field(None, ge=1)  # default: the model input's depth (phantoms.phantom_slices)
     binary: bool = False
 
 

@@ -139,14 +139,17 @@ def _groups(scenario: Scenario, source: Path, source_rows: np.ndarray) -> list[s
 
 def _phantom_sites(scenario: Scenario, data_root: Path) -> list[PreparedSite]:
     from fedward.common.data.mri.sample import parse_contrasts  # imaging stack: only for tumour scenarios
-    from fedward.simulations.phantoms import PhantomSpec, generate_sites
+    from fedward.simulations.phantoms import PhantomSpec, generate_sites, phantom_slices
 
     d, p = scenario.data, scenario.partition
     num_sites = scenario.num_sites or 3
     skew = IID_PHANTOM_SKEW if p.kind == "iid" else (p.alpha or DEFAULT_ALPHA)
     try:
         spec = PhantomSpec(
-            size=d.image_size, slices=d.slices, contrasts=parse_contrasts(d.contrasts), anatomy=d.anatomy
+            size=d.image_size,
+            slices=phantom_slices(scenario.image_depth, d.slices),
+            contrasts=parse_contrasts(d.contrasts),
+            anatomy=d.anatomy,
         )
     except ValueError as exc:
         raise scenario.fail(f"data.contrasts: {exc}") from exc

@@ -389,3 +389,16 @@ def test_tumour_scenario_sites_of_unequal_size_on_mni_anatomy(tmp_path: Path) ->
     wrong = _write(tmp_path, text.replace("sites = 2", "sites = 3"), "bad.toml")
     with pytest.raises(ConfigError, match=r"data\.patients: 2 site sizes for 3 sites"):
         prepare_scenario_sites(load_scenario(wrong), tmp_path / "other")
+
+
+def test_tumour_phantoms_are_written_at_the_models_input_depth_unless_told(tmp_path: Path) -> None:
+    """No resampling by default: 12-slice phantoms interpolated to the 16-slice input cost the private
+    `features` model about 2 points of AUC (its public standardisation is computed at that depth)."""
+    import nibabel as nib
+
+    text = '[scenario]\ntask = "tumour"\nsites = 2\n[data]\npatients = 4\nformat = "nifti"\n'
+    for extra, depth in (("", RunConfig().image_depth), ("slices = 8\n", 8)):
+        root = tmp_path / f"data-{depth}"
+        prepare_scenario_sites(load_scenario(_write(tmp_path, text + extra, f"s{depth}.toml")), root)
+        volumes = sorted(root.rglob("*.nii.gz"))
+        assert volumes and {nib.load(v).shape[-1] for v in volumes} == {depth}
