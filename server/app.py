@@ -51,8 +51,12 @@ def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRe
     )
 
 
-def _site_limits(config: RunConfig, sites: list, model: ArrayRecord) -> dict[int, SiteLimits]:
-    """Each site's limits (examples it may claim, its DP-SGD update bound) from its statistics release."""
+def _site_limits(
+    config: RunConfig, sites: list, model: ArrayRecord, release_sigma: float
+) -> dict[int, SiteLimits]:
+    """Each site's limits (examples it may claim, its DP-SGD update bound) from its statistics release. The
+    bound assumes the run's release σ (`release_sigma`), never the σ a site reports: a site reporting a
+    tiny one would otherwise claim a budget spent on the release, hence a larger DP-SGD σ, or none at all."""
     dim = sum(a.numpy().size for a in model.values() if np.issubdtype(a.numpy().dtype, np.floating))
     return {
         s.node_id: site_limits(
@@ -61,7 +65,7 @@ def _site_limits(config: RunConfig, sites: list, model: ArrayRecord) -> dict[int
             count_noise_std=s.noise_std,
             num_test=float(s.report.get("num-test", math.nan)),
             dim=dim,
-            release_sigma=float(s.statistics.get("noise-multiplier", 0.0)),
+            release_sigma=release_sigma,
         )
         for s in sites
     }
@@ -210,7 +214,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
-    limits.update(_site_limits(config, sites, initial))
+    limits.update(_site_limits(config, sites, initial, task.statistics_sigma(config)))
     if config.secure_aggregation:  # the server never holds one site's update: each site clips its own
         limits.update({n: dataclasses.replace(lim, max_update_norm=0.0) for n, lim in limits.items()})
     done = 0

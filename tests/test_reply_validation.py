@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from inprocess_grid import FIRST_NODE, InProcessGrid, ckd_run_config, run_server
 
+from fedward.common.config import RunConfig
 from fedward.common.tasks import get_task
 from fedward.server.rounds import RoundRecorder, RunStopped
 from fedward.server.rundir import RunDirectory
@@ -235,3 +236,23 @@ def test_a_non_finite_aggregate_stops_the_run_and_keeps_the_last_finite_model(tm
     with pytest.raises(RunStopped, match="non-finite values in 'w'"):
         recorder.on_train(2, [], ArrayRecord({"w": torch.tensor([1.0, math.nan])}), None)
     assert recorder.arrays is good and "non-finite" in (recorder.stop_reason or "")
+
+
+def test_a_site_reporting_a_tiny_release_sigma_keeps_its_update_bound() -> None:
+    """Attack: a hostile site reports its statistics release at noise multiplier 0.001. Were the server to
+    take that σ, the release alone would exceed the run's ε, the site's DP-SGD σ could not be planned, and
+    its update would go unbounded. The server assumes the run's σ for every site; the reported noise only
+    narrows the site's plausible patient counts (a tighter bound, never none)."""
+    from fedward.server.app import _site_limits
+
+    config = RunConfig(task="ckd", dp=True, optimizer="sgd", dp_target_epsilon=1.0)
+    task = get_task("ckd")
+    model = ArrayRecord(task.build_model(config).state_dict())
+
+    def site(node_id: int, sigma: float) -> SiteInfo:
+        statistics = {"sums": [64.0], "noise-multiplier": sigma, "bound": 1.0, "num-examples": 64}
+        return SiteInfo(node_id=node_id, site_id=f"site-{node_id}", statistics=statistics, report={})
+
+    limits = _site_limits(config, [site(1, 6.0), site(2, 1e-3)], model, task.statistics_sigma(config))
+    honest, hostile = limits[1].max_update_norm, limits[2].max_update_norm
+    assert honest > 0 and 0 < hostile <= honest
