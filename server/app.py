@@ -15,7 +15,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from fedward.common.config import RunConfig
 from fedward.common.errors import ConfigError, FedwardError
 from fedward.common.secure_aggregation import SecAggParameters
-from fedward.common.tasks import get_task
+from fedward.common.tasks import Task, get_task
 from fedward.server.checkpoint import RoundCheckpoint, restore_strategy_state, seed_everything
 from fedward.server.cross_site import CROSS_SITE, cross_site_matrix
 from fedward.server.export import finalise_run
@@ -51,18 +51,18 @@ def _train_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRe
     )
 
 
-def _site_limits(
-    config: RunConfig, sites: list, model: ArrayRecord, release_sigma: float
-) -> dict[int, SiteLimits]:
+def _site_limits(config: RunConfig, sites: list, model: ArrayRecord, task: Task) -> dict[int, SiteLimits]:
     """Each site's limits (examples it may claim, its DP-SGD update bound) from its statistics release. The
-    bound assumes the run's release σ (`release_sigma`), never the σ a site reports: a site reporting a
-    tiny one would otherwise claim a budget spent on the release, hence a larger DP-SGD σ, or none at all."""
+    bound assumes the run's release σ, never the σ a site reports (a tiny one would claim a budget spent on
+    the release, hence a larger DP-SGD σ, or none at all), and a site's reported noise can narrow its
+    plausible patient counts but not widen them past the run's (a huge one would void the bound)."""
+    release_sigma, release_noise_std = task.statistics_sigma(config), task.statistics_noise_std(config)
     dim = sum(a.numpy().size for a in model.values() if np.issubdtype(a.numpy().dtype, np.floating))
     return {
         s.node_id: site_limits(
             config,
             count=float(s.statistics.get("num-examples", s.sums[0])),
-            count_noise_std=s.noise_std,
+            count_noise_std=min(s.noise_std, release_noise_std),
             num_test=float(s.report.get("num-test", math.nan)),
             dim=dim,
             release_sigma=release_sigma,
@@ -214,7 +214,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     seed_everything(config.seed)  # public randomness only: node order, initial weights (never DP noise)
     final = initial = ArrayRecord(task.build_model(config).state_dict())
-    limits.update(_site_limits(config, sites, initial, task.statistics_sigma(config)))
+    limits.update(_site_limits(config, sites, initial, task))
     if config.secure_aggregation:  # the server never holds one site's update: each site clips its own
         limits.update({n: dataclasses.replace(lim, max_update_norm=0.0) for n, lim in limits.items()})
     done = 0

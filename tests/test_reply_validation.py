@@ -238,21 +238,24 @@ def test_a_non_finite_aggregate_stops_the_run_and_keeps_the_last_finite_model(tm
     assert recorder.arrays is good and "non-finite" in (recorder.stop_reason or "")
 
 
-def test_a_site_reporting_a_tiny_release_sigma_keeps_its_update_bound() -> None:
-    """Attack: a hostile site reports its statistics release at noise multiplier 0.001. Were the server to
-    take that σ, the release alone would exceed the run's ε, the site's DP-SGD σ could not be planned, and
-    its update would go unbounded. The server assumes the run's σ for every site; the reported noise only
-    narrows the site's plausible patient counts (a tighter bound, never none)."""
+def test_a_site_misreporting_its_release_noise_keeps_its_update_bound() -> None:
+    """Attack: a hostile site reports its statistics release at noise multiplier 0.001, or 10⁶, or with a
+    bound of 10⁶. Were the server to take the first, the release alone would exceed the run's ε and no DP-SGD
+    σ could be planned (no bound); the others would widen the site's plausible patient counts to 1 .. 10⁷ and
+    its bound with them (10⁸–10⁹ for a bound of 150). The server assumes the run's σ for every site; a site's
+    reported noise may only narrow its range."""
     from fedward.server.app import _site_limits
 
     config = RunConfig(task="ckd", dp=True, optimizer="sgd", dp_target_epsilon=1.0)
     task = get_task("ckd")
     model = ArrayRecord(task.build_model(config).state_dict())
 
-    def site(node_id: int, sigma: float) -> SiteInfo:
-        statistics = {"sums": [64.0], "noise-multiplier": sigma, "bound": 1.0, "num-examples": 64}
+    def site(node_id: int, sigma: float, bound: float = 1.0) -> SiteInfo:
+        statistics = {"sums": [64.0], "noise-multiplier": sigma, "bound": bound, "num-examples": 64}
         return SiteInfo(node_id=node_id, site_id=f"site-{node_id}", statistics=statistics, report={})
 
-    limits = _site_limits(config, [site(1, 6.0), site(2, 1e-3)], model, task.statistics_sigma(config))
-    honest, hostile = limits[1].max_update_norm, limits[2].max_update_norm
-    assert honest > 0 and 0 < hostile <= honest
+    reports = [site(1, 6.0, task.statistics_bound), site(2, 1e-3), site(3, 1e6), site(4, 6.0, 1e6)]
+    limits = _site_limits(config, reports, model, task)
+    honest = limits[1].max_update_norm
+    assert honest > 0
+    assert all(0 < limits[node].max_update_norm <= honest for node in (2, 3, 4))

@@ -83,6 +83,7 @@ class Task(ABC):
     # (δ 10⁻³) and lifts MRI models at ε = 1 (BENCHMARKS.md "The statistics release of MRI sites"). A task
     # whose sums preprocess the inputs (CKD) sets its own.
     statistics_noise_multiplier: float = 15.0
+    statistics_bound: float = 1.0  # L2 bound of one patient's `statistics` vector (the count alone: 1)
 
     @abstractmethod
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
@@ -92,11 +93,15 @@ class Task(ABC):
         """Per-patient contribution vectors (one row per training patient) whose sums the server needs
         before training, and their L2 bound (the sensitivity of the sums). The first column counts
         patients; by default it is the only one."""
-        return np.ones((site.num_train, 1)), 1.0
+        return np.ones((site.num_train, 1)), self.statistics_bound
 
     def statistics_sigma(self, config: RunConfig) -> float:
         """σ of this run's statistics release: the run's `dp-statistics-noise-multiplier`, else the task's."""
         return config.dp_statistics_noise_multiplier or self.statistics_noise_multiplier
+
+    def statistics_noise_std(self, config: RunConfig) -> float:
+        """Standard deviation of the noise on each sum of this run's statistics release."""
+        return self.statistics_sigma(config) * self.statistics_bound
 
     def combine_statistics(
         self, per_site: list[np.ndarray], noise_std: float = 0.0

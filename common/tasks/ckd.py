@@ -34,6 +34,7 @@ class CkdTask(Task):
     name = "ckd"
     grad_sample_mode = "ew"  # PyTorch's expanded weights: a private step of the small MLP 0.8x the hooks'
     statistics_noise_multiplier = 6.0  # its sums impute and scale every site's inputs (common/stats.py)
+    statistics_bound = CKD_REFERENCE.bound
 
     def load_site(self, source: SiteSource, config: RunConfig) -> SiteData:
         """Validated rows of the site, split stratified by label (each row is one patient).
@@ -91,7 +92,7 @@ class CkdTask(Task):
     def statistics(self, site: SiteData) -> tuple[np.ndarray, float]:
         """Each training patient's bounded vector of counts, values and squares against the public
         clinical reference (common/stats.py), and the vectors' L2 bound."""
-        return CKD_REFERENCE.contributions(site.train.x), CKD_REFERENCE.bound
+        return CKD_REFERENCE.contributions(site.train.x), self.statistics_bound
 
     def combine_statistics(
         self, per_site: list[np.ndarray], noise_std: float = 0.0
