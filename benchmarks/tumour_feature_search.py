@@ -369,7 +369,10 @@ def federated_auc(task, feats: Sites, eps: float | None, rounds: int, batch: int
         weights = counts
     else:  # the released noisy counts, as the federation weights its sites
         noise = torch.Generator()
-        noise.manual_seed(noise_seed if noise_seed is not None else torch.seed())
+        if noise_seed is not None:
+            noise.manual_seed(noise_seed)
+        else:
+            noise.seed()  # OS entropy, without reseeding torch's global generator as torch.seed() does
         weights = (counts + stats_sigma * torch.randn(len(feats), generator=noise)).round().clamp_min(1.0)
     tail = int(schedule[4:]) if schedule.startswith("mean") else 1
     history: list[dict[str, torch.Tensor]] = []
